@@ -1,0 +1,1 @@
+//! limpet's control plane.

@@ -1,0 +1,9 @@
+//! limpet's packet path.
+//!
+//! Everything a worker touches per packet lives here: zero-copy wire views,
+//! the service snapshot, the flow and affinity tables with their timer wheel,
+//! Maglev selection, the run-to-completion pipeline and the I/O backends.
+//! The crate denies `unsafe` except in [`io`], the hardware-facing boundary.
+
+pub mod wire;
+pub mod maglev;

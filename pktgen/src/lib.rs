@@ -1,0 +1,1 @@
+//! Packet synthesis for limpet's tests and benchmarks.
