@@ -5,5 +5,17 @@
 //! Maglev selection, the run-to-completion pipeline and the I/O backends.
 //! The crate denies `unsafe` except in [`io`], the hardware-facing boundary.
 
-pub mod wire;
+pub mod affinity;
+pub mod clock;
+pub mod family;
+pub mod flow;
+pub mod hash;
+pub mod io;
 pub mod maglev;
+pub mod nat;
+pub mod pipeline;
+pub mod snapshot;
+pub mod stats;
+pub mod table;
+pub mod timer_wheel;
+pub mod wire;

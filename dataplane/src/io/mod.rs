@@ -1,0 +1,62 @@
+//! Packet I/O: the [`PacketIo`] trait the pipeline runs over, its backends,
+//! and the few hardware hints the packet path needs.
+//!
+//! This module is the crate's only `unsafe` boundary.
+#![allow(unsafe_code)]
+
+pub mod memory;
+
+pub use memory::{MemoryIo, MemoryPacket};
+
+/// Most packets one burst carries.
+pub const BURST: usize = 32;
+
+/// One received packet, in a buffer its backend owns: an `rte_mbuf`, a
+/// frame of an `AF_PACKET` ring, or a pooled buffer of the in-memory backend.
+/// The pipeline edits it in place and hands it back through
+/// [`PacketIo::tx_burst`] or [`PacketIo::free_burst`].
+pub trait PacketBuf {
+    /// The frame's bytes, from the Ethernet header on.
+    fn data(&self) -> &[u8];
+    fn data_mut(&mut self) -> &mut [u8];
+    /// The port it arrived on, or (once set) the port to send it out of.
+    fn port(&self) -> u16;
+    fn set_port(&mut self, port: u16);
+}
+
+/// A packet I/O backend, polled by one worker.
+///
+/// Bursts are `Vec`s that the worker allocates once with capacity
+/// [`BURST`]; backends only push within that capacity and drain them, so the
+/// packet path never allocates.
+pub trait PacketIo {
+    type Buf: PacketBuf;
+
+    /// Appends up to `burst`'s spare capacity of received packets to it;
+    /// returns how many. Never blocks.
+    fn rx_burst(&mut self, burst: &mut Vec<Self::Buf>) -> usize;
+
+    /// Sends every packet of `burst` out of its port and empties `burst`.
+    /// Packets the device cannot take are freed and counted by the backend.
+    /// Returns how many were sent.
+    fn tx_burst(&mut self, burst: &mut Vec<Self::Buf>) -> usize;
+
+    /// Returns packets to the backend unsent and empties `burst`.
+    fn free_burst(&mut self, burst: &mut Vec<Self::Buf>);
+}
+
+/// Asks the CPU to start loading the cache line holding `value`.
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only needs SSE, which every x86_64 CPU has
+    // (it is in the x86_64 baseline target features); a prefetch is a hint
+    // that never faults, and `value` is a live reference in any case.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(value).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}

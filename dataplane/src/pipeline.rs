@@ -1,0 +1,746 @@
+//! The run-to-completion worker: one loop per core, top to bottom.
+//!
+//! ```text
+//! poll:  swap snapshot (burst boundary) -> reap expired entries (once a second)
+//!        -> rx burst -> parse all, prefetch flow buckets
+//!        -> prefetch flow entries (and affinity buckets of likely-new connections)
+//!        -> decide and rewrite each packet in place -> tx burst / free
+//! ```
+//!
+//! Per packet: a known connection (flow-table hit) goes to its backend, or
+//! under `nat` its reply is translated back to the client. A new connection
+//! looks its destination up in the snapshot; under `ClientIP` a live
+//! affinity entry whose backend is still usable decides (and is refreshed),
+//! otherwise Maglev over the masked client address picks and the entry is
+//! written; under `None` Maglev over the 5-tuple picks. The connection is
+//! then recorded so every later packet of it, and its replies, skip all that.
+//!
+//! Nothing here locks, allocates or makes a system call; all buffers and
+//! tables are allocated when the worker is built. Packets that cannot be
+//! parsed are counted by reason and dropped.
+
+use crate::affinity::{AffinityKey, AffinityTable, Sticky};
+use crate::clock::Clock;
+use crate::family::Family;
+use crate::flow::{Direction, Flow, FlowKey, FlowState, FlowTable, FlowTimeouts};
+use crate::hash::stable_hash;
+use crate::io::{BURST, PacketBuf, PacketIo};
+use crate::nat::{End, IpRewrite, rewrite};
+use crate::snapshot::{Affinity, ForwardMode, ServicePort, Snapshot};
+use crate::stats::{DropReason, WorkerStats};
+use crate::table::TableError;
+use crate::wire::tcp::flags::{ACK, SYN};
+use crate::wire::{EtherType, IpProtocol, MacAddr, ethernet, ipv4, ipv6, tcp, udp, vlan};
+use crossbeam_channel::{Receiver, Sender};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A worker's fixed settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The MAC address limpet sends from.
+    pub mac: MacAddr,
+    /// Connections per address family.
+    pub flow_capacity: usize,
+    /// Sticky clients per address family.
+    pub affinity_capacity: usize,
+    pub timeouts: FlowTimeouts,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            mac: MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]),
+            flow_capacity: 1 << 20,
+            affinity_capacity: 1 << 20,
+            timeouts: FlowTimeouts::default(),
+        }
+    }
+}
+
+/// What became of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Rewritten and sent.
+    Forward,
+    /// Counted and dropped.
+    Drop(DropReason),
+    /// Not for the fast path: ARP, neighbour discovery, ICMP, or a
+    /// destination no service claims. Counted and handed to the slow path.
+    SlowPath,
+}
+
+/// The connection and affinity tables of one address family.
+#[derive(Debug)]
+struct Tables<A: Family> {
+    flows: FlowTable<A>,
+    affinity: AffinityTable<A>,
+}
+
+impl<A: Family> Tables<A> {
+    fn new(config: &WorkerConfig, now: u32) -> Result<Self, TableError> {
+        Ok(Self {
+            flows: FlowTable::new(config.flow_capacity, config.timeouts, now)?,
+            affinity: AffinityTable::new(config.affinity_capacity, now)?,
+        })
+    }
+}
+
+/// A parsed packet's tuple, by family.
+#[derive(Debug, Clone, Copy)]
+enum Tuple {
+    V4(FlowKey<Ipv4Addr>),
+    V6(FlowKey<Ipv6Addr>),
+}
+
+/// What the parse stage learnt about one packet of the burst.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    /// `Some` once the packet's fate is known without the tables.
+    early: Option<Action>,
+    tuple: Tuple,
+    flow_hash: u64,
+    /// Offset of the IP header, and of the transport header within it.
+    l3: u16,
+    l4: u16,
+    tcp_flags: u8,
+}
+
+impl Meta {
+    const EMPTY: Meta = Meta {
+        early: Some(Action::Drop(DropReason::Truncated)),
+        tuple: Tuple::V4(FlowKey {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            src_port: 0,
+            dst_port: 0,
+            protocol: 0,
+        }),
+        flow_hash: 0,
+        l3: 0,
+        l4: 0,
+        tcp_flags: 0,
+    };
+
+    fn decided(action: Action) -> Meta {
+        Meta {
+            early: Some(action),
+            ..Meta::EMPTY
+        }
+    }
+}
+
+/// A poll-mode worker over one I/O backend.
+pub struct Worker<I: PacketIo, C: Clock> {
+    io: I,
+    clock: C,
+    config: WorkerConfig,
+    snapshot: Arc<Snapshot>,
+    updates: Option<Receiver<Arc<Snapshot>>>,
+    /// Old snapshots go back to the control thread to be freed there.
+    retired: Option<Sender<Arc<Snapshot>>>,
+    v4: Tables<Ipv4Addr>,
+    v6: Tables<Ipv6Addr>,
+    rx: Vec<I::Buf>,
+    tx: Vec<I::Buf>,
+    dropped: Vec<I::Buf>,
+    slow: Vec<I::Buf>,
+    meta: [Meta; BURST],
+    actions: [Action; BURST],
+    stats: WorkerStats,
+    reaped_at: u32,
+}
+
+impl<I: PacketIo, C: Clock> std::fmt::Debug for Worker<I, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("generation", &self.snapshot.generation())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: PacketIo, C: Clock> Worker<I, C> {
+    /// Builds a worker, allocating every table and buffer it will use.
+    pub fn new(
+        io: I,
+        clock: C,
+        config: WorkerConfig,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<Self, TableError> {
+        let now = clock.now();
+        Ok(Self {
+            v4: Tables::new(&config, now)?,
+            v6: Tables::new(&config, now)?,
+            io,
+            clock,
+            config,
+            snapshot,
+            updates: None,
+            retired: None,
+            rx: Vec::with_capacity(BURST),
+            tx: Vec::with_capacity(BURST),
+            dropped: Vec::with_capacity(BURST),
+            slow: Vec::with_capacity(BURST),
+            meta: [Meta::EMPTY; BURST],
+            actions: [Action::SlowPath; BURST],
+            stats: WorkerStats::default(),
+            reaped_at: now,
+        })
+    }
+
+    /// Subscribes to snapshot updates; old snapshots are sent to `retired`
+    /// so the worker never frees a big one itself.
+    #[must_use]
+    pub fn with_updates(
+        mut self,
+        updates: Receiver<Arc<Snapshot>>,
+        retired: Sender<Arc<Snapshot>>,
+    ) -> Self {
+        self.updates = Some(updates);
+        self.retired = Some(retired);
+        self
+    }
+
+    pub fn io(&self) -> &I {
+        &self.io
+    }
+
+    pub fn io_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        let mut s = self.stats;
+        s.affinity_evictions =
+            self.v4.affinity.counters().evictions + self.v6.affinity.counters().evictions;
+        s.flow_evictions = self.v4.flows.counters().evictions + self.v6.flows.counters().evictions;
+        s.snapshot_generation = self.snapshot.generation();
+        s
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    pub fn affinity_v4(&self) -> &AffinityTable<Ipv4Addr> {
+        &self.v4.affinity
+    }
+
+    pub fn affinity_v6(&self) -> &AffinityTable<Ipv6Addr> {
+        &self.v6.affinity
+    }
+
+    pub fn affinity_v4_mut(&mut self) -> &mut AffinityTable<Ipv4Addr> {
+        &mut self.v4.affinity
+    }
+
+    pub fn affinity_v6_mut(&mut self) -> &mut AffinityTable<Ipv6Addr> {
+        &mut self.v6.affinity
+    }
+
+    pub fn flows_v4(&self) -> &FlowTable<Ipv4Addr> {
+        &self.v4.flows
+    }
+
+    pub fn flows_v6(&self) -> &FlowTable<Ipv6Addr> {
+        &self.v6.flows
+    }
+
+    /// Replaces the snapshot directly (tests, and single-threaded use).
+    pub fn set_snapshot(&mut self, snapshot: Arc<Snapshot>) {
+        self.snapshot = snapshot;
+        self.stats.snapshot_swaps += 1;
+    }
+
+    /// One iteration of the poll loop. Returns how many packets it received.
+    pub fn poll(&mut self) -> usize {
+        self.take_update();
+        let now = self.clock.now();
+        if now != self.reaped_at {
+            self.reap(now);
+        }
+        let n = self.io.rx_burst(&mut self.rx);
+        if n == 0 {
+            return 0;
+        }
+        let started = Instant::now();
+        self.process_burst(now);
+        self.stats.rx_packets += n as u64;
+        self.stats.busy_polls += 1;
+        self.stats.busy_ns += started.elapsed().as_nanos() as u64;
+        n
+    }
+
+    /// Adopts the newest published snapshot, if any, at a burst boundary.
+    fn take_update(&mut self) {
+        let Some(updates) = &self.updates else {
+            return;
+        };
+        let Some(newest) = updates.try_iter().last() else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.snapshot, newest);
+        self.stats.snapshot_swaps += 1;
+        if let Some(retired) = &self.retired {
+            // If the control thread is gone or behind, freeing here is the
+            // lesser evil than holding every old snapshot.
+            let _ = retired.try_send(old);
+        }
+    }
+
+    /// Reaps expired connections and affinity entries.
+    fn reap(&mut self, now: u32) {
+        self.reaped_at = now;
+        let snap = &self.snapshot;
+        self.v4.flows.expire(now);
+        self.v6.flows.expire(now);
+        self.v4.affinity.expire(now, |id| snap.affinity_timeout(id));
+        self.v6.affinity.expire(now, |id| snap.affinity_timeout(id));
+    }
+
+    fn process_burst(&mut self, now: u32) {
+        let n = self.rx.len();
+        // Stage 1: parse everything, start loading flow buckets.
+        for i in 0..n {
+            let meta = parse(self.rx[i].data());
+            if meta.early.is_none() {
+                match meta.tuple {
+                    Tuple::V4(_) => self.v4.flows.prefetch_bucket(meta.flow_hash),
+                    Tuple::V6(_) => self.v6.flows.prefetch_bucket(meta.flow_hash),
+                }
+            }
+            self.meta[i] = meta;
+        }
+        // Stage 2: start loading the entries those buckets point at, and
+        // the affinity bucket of packets that look like new connections.
+        for i in 0..n {
+            let meta = &self.meta[i];
+            if meta.early.is_some() {
+                continue;
+            }
+            let opens = meta.tcp_flags & (SYN | ACK) == SYN
+                || tuple_protocol(&meta.tuple) == IpProtocol::UDP;
+            match meta.tuple {
+                Tuple::V4(key) => {
+                    self.v4.flows.prefetch_entry(meta.flow_hash);
+                    if opens {
+                        prefetch_affinity(&self.snapshot, &self.v4.affinity, &key);
+                    }
+                }
+                Tuple::V6(key) => {
+                    self.v6.flows.prefetch_entry(meta.flow_hash);
+                    if opens {
+                        prefetch_affinity(&self.snapshot, &self.v6.affinity, &key);
+                    }
+                }
+            }
+        }
+        // Stage 3: decide and rewrite.
+        for i in 0..n {
+            let meta = self.meta[i];
+            let action = if let Some(action) = meta.early {
+                action
+            } else {
+                let frame = self.rx[i].data_mut();
+                let ctx = Ctx {
+                    snapshot: &self.snapshot,
+                    mac: self.config.mac,
+                    now,
+                    stats: &mut self.stats,
+                };
+                match meta.tuple {
+                    Tuple::V4(key) => handle(ctx, &mut self.v4, key, &meta, frame),
+                    Tuple::V6(key) => handle(ctx, &mut self.v6, key, &meta, frame),
+                }
+            };
+            match action {
+                Action::Drop(reason) => self.stats.drop(reason),
+                Action::SlowPath => self.stats.slow_path += 1,
+                Action::Forward => {}
+            }
+            self.actions[i] = action;
+        }
+        // Sort the burst by fate without copying a byte of it.
+        for (i, buf) in self.rx.drain(..).enumerate() {
+            match self.actions[i] {
+                Action::Forward => self.tx.push(buf),
+                Action::Drop(_) => self.dropped.push(buf),
+                Action::SlowPath => self.slow.push(buf),
+            }
+        }
+        self.stats.tx_packets += self.io.tx_burst(&mut self.tx) as u64;
+        self.io.free_burst(&mut self.dropped);
+        // The slow path (ARP, ND, ICMP) is served by the I/O layer's
+        // control plane; until one is attached these are counted and freed.
+        self.io.free_burst(&mut self.slow);
+    }
+
+    /// Runs `poll` until `stop` says so.
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if self.poll() == 0 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// The action taken for each packet of the last burst (fixtures).
+    pub fn last_actions(&self, n: usize) -> &[Action] {
+        &self.actions[..n.min(BURST)]
+    }
+}
+
+fn tuple_protocol(t: &Tuple) -> u8 {
+    match t {
+        Tuple::V4(k) => k.protocol,
+        Tuple::V6(k) => k.protocol,
+    }
+}
+
+#[inline]
+fn prefetch_affinity<A: Family>(snapshot: &Snapshot, table: &AffinityTable<A>, key: &FlowKey<A>) {
+    if let Some(svc) = snapshot.service(key.dst.ip(), key.dst_port, key.protocol)
+        && let Affinity::ClientIp {
+            v4_prefix,
+            v6_prefix,
+            ..
+        } = svc.spec.affinity
+    {
+        let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
+        table.prefetch_bucket(AffinityTable::hash(&akey));
+    }
+}
+
+#[inline(always)]
+fn affinity_key<A: Family>(
+    svc: &ServicePort,
+    client: A,
+    v4_prefix: u8,
+    v6_prefix: u8,
+) -> AffinityKey<A> {
+    let prefix = if A::LEN == 4 { v4_prefix } else { v6_prefix };
+    AffinityKey {
+        service: svc.spec.id,
+        client: client.masked(prefix),
+    }
+}
+
+/// Parses a frame down to its transport ports.
+#[inline]
+fn parse(frame: &[u8]) -> Meta {
+    let eth = match ethernet::Frame::new_checked(frame) {
+        Ok(eth) => eth,
+        Err(e) => return Meta::decided(Action::Drop(e.into())),
+    };
+    let (ethertype, l3) = match eth.ethertype() {
+        EtherType::VLAN => match vlan::Packet::new_checked(eth.payload()) {
+            Ok(tag) => (
+                tag.inner_ethertype(),
+                ethernet::HEADER_LEN + vlan::HEADER_LEN,
+            ),
+            Err(e) => return Meta::decided(Action::Drop(e.into())),
+        },
+        other => (other, ethernet::HEADER_LEN),
+    };
+    let ip = &frame[l3..];
+    match ethertype {
+        EtherType::IPV4 => parse_v4(ip, l3),
+        EtherType::IPV6 => parse_v6(ip, l3),
+        EtherType::ARP => Meta::decided(Action::SlowPath),
+        _ => Meta::decided(Action::Drop(DropReason::UnsupportedL2)),
+    }
+}
+
+#[inline]
+fn parse_v4(ip: &[u8], l3: usize) -> Meta {
+    let p = match ipv4::Packet::new_checked(ip) {
+        Ok(p) => p,
+        Err(e) => return Meta::decided(Action::Drop(e.into())),
+    };
+    if !p.verify_checksum() {
+        return Meta::decided(Action::Drop(DropReason::BadChecksum));
+    }
+    if p.is_fragment() {
+        return Meta::decided(Action::Drop(DropReason::Fragment));
+    }
+    if p.ttl() <= 1 {
+        return Meta::decided(Action::Drop(DropReason::TtlExceeded));
+    }
+    let protocol = p.protocol();
+    let l4 = p.header_len();
+    let Some((src_port, dst_port, tcp_flags)) = ports(protocol, p.payload()) else {
+        return Meta::decided(match protocol {
+            IpProtocol::TCP | IpProtocol::UDP => Action::Drop(DropReason::Truncated),
+            _ => Action::SlowPath,
+        });
+    };
+    let key = FlowKey {
+        src: p.src_addr(),
+        dst: p.dst_addr(),
+        src_port,
+        dst_port,
+        protocol,
+    };
+    Meta {
+        early: None,
+        tuple: Tuple::V4(key),
+        flow_hash: key.hash(),
+        l3: l3 as u16,
+        l4: l4 as u16,
+        tcp_flags,
+    }
+}
+
+#[inline]
+fn parse_v6(ip: &[u8], l3: usize) -> Meta {
+    let p = match ipv6::Packet::new_checked(ip) {
+        Ok(p) => p,
+        Err(e) => return Meta::decided(Action::Drop(e.into())),
+    };
+    if p.hop_limit() <= 1 {
+        return Meta::decided(Action::Drop(DropReason::TtlExceeded));
+    }
+    let (protocol, offset) = match p.upper_layer() {
+        Ok(found) => found,
+        Err(e) => return Meta::decided(Action::Drop(e.into())),
+    };
+    match protocol {
+        IpProtocol::FRAGMENT => return Meta::decided(Action::Drop(DropReason::Fragment)),
+        IpProtocol::TCP | IpProtocol::UDP => {}
+        IpProtocol::AH
+        | IpProtocol::ESP
+        | IpProtocol::HOPOPTS
+        | IpProtocol::ROUTING
+        | IpProtocol::DSTOPTS => {
+            return Meta::decided(Action::Drop(DropReason::Ipv6ExtHeader));
+        }
+        // ICMPv6 (neighbour discovery, echo) and anything else: slow path.
+        _ => return Meta::decided(Action::SlowPath),
+    }
+    let Some((src_port, dst_port, tcp_flags)) =
+        p.payload().get(offset..).and_then(|l4| ports(protocol, l4))
+    else {
+        return Meta::decided(Action::Drop(DropReason::Truncated));
+    };
+    let key = FlowKey {
+        src: p.src_addr(),
+        dst: p.dst_addr(),
+        src_port,
+        dst_port,
+        protocol,
+    };
+    Meta {
+        early: None,
+        tuple: Tuple::V6(key),
+        flow_hash: key.hash(),
+        l3: l3 as u16,
+        l4: (ipv6::HEADER_LEN + offset) as u16,
+        tcp_flags,
+    }
+}
+
+/// Ports and TCP flags of a TCP or UDP header; `None` for other protocols
+/// or a header that does not check.
+#[inline(always)]
+fn ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16, u8)> {
+    match protocol {
+        IpProtocol::TCP => {
+            let t = tcp::Packet::new_checked(l4).ok()?;
+            Some((t.src_port(), t.dst_port(), t.flags()))
+        }
+        IpProtocol::UDP => {
+            let u = udp::Packet::new_checked(l4).ok()?;
+            Some((u.src_port(), u.dst_port(), 0))
+        }
+        _ => None,
+    }
+}
+
+/// What `handle` needs from the worker besides the family's tables.
+struct Ctx<'a> {
+    snapshot: &'a Snapshot,
+    mac: MacAddr,
+    now: u32,
+    stats: &'a mut WorkerStats,
+}
+
+/// Decides one parsed packet and rewrites it in place.
+#[inline]
+fn handle<A: IpRewrite>(
+    ctx: Ctx<'_>,
+    tables: &mut Tables<A>,
+    key: FlowKey<A>,
+    meta: &Meta,
+    frame: &mut [u8],
+) -> Action {
+    let Ctx {
+        snapshot,
+        mac,
+        now,
+        stats,
+    } = ctx;
+    if let Some((idx, dir)) = tables.flows.lookup(meta.flow_hash, &key, now) {
+        let flow = *tables.flows.get(idx);
+        let reopened = dir == Direction::Forward
+            && meta.tcp_flags & (SYN | ACK) == SYN
+            && matches!(flow.state, FlowState::Closing | FlowState::Reset);
+        if !reopened {
+            tables.flows.seen(idx, dir, meta.tcp_flags, now);
+            match dir {
+                Direction::Forward => stats.flow_hits += 1,
+                Direction::Reply => stats.replies += 1,
+            }
+            send(frame, meta, &flow, dir, mac);
+            return Action::Forward;
+        }
+        // A SYN reusing the tuple of a closed connection is a new
+        // connection, as conntrack sees it: it is balanced afresh.
+        tables.flows.remove(idx);
+    }
+
+    let Some(svc) = snapshot.service(key.dst.ip(), key.dst_port, key.protocol) else {
+        stats.no_service += 1;
+        return Action::SlowPath;
+    };
+    let backend = match svc.spec.affinity {
+        Affinity::None => svc.pick(tuple_hash(&key)),
+        Affinity::ClientIp {
+            timeout,
+            v4_prefix,
+            v6_prefix,
+        } => {
+            let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
+            let ahash = AffinityTable::hash(&akey);
+            let picked = || svc.pick(stable_hash(&akey.client.octets16()[..A::LEN]));
+            match tables.affinity.lookup(ahash, &akey, timeout, now) {
+                Sticky::Live { idx, backend } => {
+                    if let Some(b) = svc.usable(backend) {
+                        stats.affinity_hits += 1;
+                        tables.affinity.refresh(idx, now);
+                        Some(b)
+                    } else {
+                        // Its backend left the usable set: never honoured,
+                        // never refreshed; the client is picked afresh.
+                        stats.affinity_stale += 1;
+                        let b = picked();
+                        if let Some(b) = b {
+                            tables.affinity.repoint(idx, b.id, now);
+                        }
+                        b
+                    }
+                }
+                Sticky::Expired { idx } => {
+                    stats.affinity_expired += 1;
+                    let b = picked();
+                    if let Some(b) = b {
+                        tables.affinity.repoint(idx, b.id, now);
+                    }
+                    b
+                }
+                Sticky::Missing => {
+                    stats.affinity_misses += 1;
+                    let b = picked();
+                    if let Some(b) = b {
+                        tables
+                            .affinity
+                            .insert(akey, b.id, timeout, now, |id| snapshot.affinity_timeout(id));
+                    }
+                    b
+                }
+            }
+        }
+    };
+    let Some(backend) = backend else {
+        return Action::Drop(DropReason::NoBackend);
+    };
+    let Some(backend_addr) = family_addr::<A>(backend.addr) else {
+        return Action::Drop(DropReason::NoBackend);
+    };
+    let client_mac = ethernet::Frame::new_unchecked(&*frame).src_addr();
+    let flow = Flow {
+        client: key.src,
+        service_addr: key.dst,
+        backend_addr,
+        client_port: key.src_port,
+        service_port: key.dst_port,
+        backend_port: backend.port,
+        protocol: key.protocol,
+        state: FlowState::SynSent,
+        nat: svc.spec.mode == ForwardMode::Nat,
+        backend: backend.id,
+        backend_mac: backend.mac,
+        client_mac,
+    };
+    match tables.flows.insert(flow, meta.tcp_flags, now) {
+        Some(_) => {}
+        None => return Action::Drop(DropReason::FlowTableFull),
+    }
+    stats.new_flows += 1;
+    send(frame, meta, &flow, Direction::Forward, mac);
+    Action::Forward
+}
+
+/// The 5-tuple hash `None` affinity balances on; stable across instances.
+#[inline(always)]
+fn tuple_hash<A: Family>(key: &FlowKey<A>) -> u64 {
+    let mut bytes = [0u8; 37];
+    bytes[..16].copy_from_slice(&key.src.octets16());
+    bytes[16..32].copy_from_slice(&key.dst.octets16());
+    bytes[32..34].copy_from_slice(&key.src_port.to_be_bytes());
+    bytes[34..36].copy_from_slice(&key.dst_port.to_be_bytes());
+    bytes[36] = key.protocol;
+    stable_hash(&bytes)
+}
+
+/// `addr` as family `A`; snapshots reject mixed families, so this only
+/// fails on a broken one.
+#[inline(always)]
+fn family_addr<A: Family>(addr: std::net::IpAddr) -> Option<A> {
+    match addr {
+        std::net::IpAddr::V4(a) if A::LEN == 4 => Some(A::from_octets16(&a.octets16())),
+        std::net::IpAddr::V6(a) if A::LEN == 16 => Some(A::from_octets16(&a.octets())),
+        _ => None,
+    }
+}
+
+/// Rewrites a packet of `flow` travelling `dir` and points it at its next hop.
+#[inline(always)]
+fn send<A: IpRewrite>(frame: &mut [u8], meta: &Meta, flow: &Flow<A>, dir: Direction, mac: MacAddr) {
+    let mut eth = ethernet::Frame::new_unchecked(&mut *frame);
+    eth.set_src_addr(mac);
+    match dir {
+        Direction::Forward => eth.set_dst_addr(flow.backend_mac),
+        Direction::Reply => eth.set_dst_addr(flow.client_mac),
+    }
+    if !flow.nat {
+        // dsr: the backend holds the service address; only L2 changes.
+        return;
+    }
+    let Some(ip) = frame.get_mut(usize::from(meta.l3)..) else {
+        return;
+    };
+    A::decrement_hops(ip);
+    let l4 = usize::from(meta.l4);
+    match dir {
+        Direction::Forward => rewrite(
+            ip,
+            l4,
+            flow.protocol,
+            End::Destination,
+            flow.service_addr,
+            flow.backend_addr,
+            flow.backend_port,
+        ),
+        Direction::Reply => rewrite(
+            ip,
+            l4,
+            flow.protocol,
+            End::Source,
+            flow.backend_addr,
+            flow.service_addr,
+            flow.service_port,
+        ),
+    }
+}

@@ -1,0 +1,404 @@
+//! The compiled service view the control plane hands to workers.
+//!
+//! A [`Snapshot`] is immutable once built: workers read it without locks and
+//! swap to a newer one at a burst boundary. Each service port is compiled
+//! (Maglev table, backend index) on the control thread and shared by `Arc`,
+//! so a snapshot that changes one service reuses every other one as is.
+
+use crate::affinity::{BackendId, ServicePortId};
+use crate::maglev::{MaglevBackend, MaglevError, MaglevTable};
+use crate::wire::MacAddr;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// `sessionAffinity` of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    /// Every connection picks its own backend.
+    None,
+    /// A client's new connections reach the backend it last used while it
+    /// stays idle no longer than `timeout` seconds. Clients are grouped by
+    /// the first `v4_prefix` / `v6_prefix` bits of their address (32 / 128,
+    /// a single address, is Kubernetes' behaviour).
+    ClientIp {
+        timeout: u32,
+        v4_prefix: u8,
+        v6_prefix: u8,
+    },
+}
+
+impl Affinity {
+    /// Kubernetes' `ClientIP` with the given timeout, one address per client.
+    pub fn client_ip(timeout: u32) -> Self {
+        Affinity::ClientIp {
+            timeout,
+            v4_prefix: 32,
+            v6_prefix: 128,
+        }
+    }
+}
+
+/// How packets reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMode {
+    /// Rewrite the destination to the backend and translate replies back.
+    Nat,
+    /// Layer-2 direct server return: rewrite only the destination MAC; the
+    /// backend holds the service address and replies to the client itself.
+    Dsr,
+}
+
+/// One usable endpoint of a service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub id: BackendId,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    /// The backend's (or its next hop's) MAC address.
+    pub mac: MacAddr,
+}
+
+impl Backend {
+    /// The identity Maglev hashes: the endpoint's address and port, which
+    /// every limpet instance sees alike (ids are local to one process).
+    fn identity(&self) -> String {
+        match self.addr {
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// What the control plane asks for: one service port, uncompiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortSpec {
+    pub id: ServicePortId,
+    /// `namespace/name:port/protocol`, for operators.
+    pub name: String,
+    /// IP protocol number (TCP 6, UDP 17, SCTP 132).
+    pub protocol: u8,
+    pub affinity: Affinity,
+    pub mode: ForwardMode,
+    /// Every address and port that reaches this service port: `ClusterIPs`,
+    /// `NodePorts`, load-balancer and external IPs. Affinity is shared by all.
+    pub frontends: Vec<(IpAddr, u16)>,
+    /// The usable backends (ready, or serving and terminating if none is).
+    pub backends: Vec<Backend>,
+    /// Maglev table size; `None` picks [`maglev_size_for`].
+    pub maglev_size: Option<usize>,
+}
+
+/// A compiled service port, shared between snapshots while unchanged.
+#[derive(Debug)]
+pub struct ServicePort {
+    pub spec: ServicePortSpec,
+    maglev: MaglevTable,
+    /// Backend ids sorted, with their index in `spec.backends`.
+    by_id: Box<[(BackendId, u16)]>,
+}
+
+/// Maglev's table size for `backends` backends: 65537, or the first prime
+/// at least 100 times the backend count when that is larger.
+pub fn maglev_size_for(backends: usize) -> usize {
+    crate::maglev::table_size_for(backends)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("service port {name}: {source}")]
+    Maglev {
+        name: String,
+        #[source]
+        source: MaglevError,
+    },
+    #[error(
+        "service port {name}: backend {addr}:{port} is not the same address family as the frontend"
+    )]
+    FamilyMismatch {
+        name: String,
+        addr: IpAddr,
+        port: u16,
+    },
+    #[error("frontend {addr}:{port}/{protocol} is claimed by both {first} and {second}")]
+    FrontendConflict {
+        addr: IpAddr,
+        port: u16,
+        protocol: u8,
+        first: String,
+        second: String,
+    },
+    #[error("service port id {0} appears twice")]
+    DuplicateId(ServicePortId),
+}
+
+impl ServicePort {
+    /// Compiles a service port: builds its Maglev table (the expensive part,
+    /// done here on the control thread and never on a worker).
+    pub fn compile(spec: ServicePortSpec) -> Result<Self, SnapshotError> {
+        let identities: Vec<String> = spec.backends.iter().map(Backend::identity).collect();
+        let members: Vec<MaglevBackend<'_>> = identities
+            .iter()
+            .zip(&spec.backends)
+            .map(|(identity, b)| MaglevBackend {
+                identity: identity.as_bytes(),
+                weight: b.weight,
+            })
+            .collect();
+        let size = spec
+            .maglev_size
+            .unwrap_or_else(|| maglev_size_for(members.len()));
+        let maglev =
+            MaglevTable::build(&members, size).map_err(|source| SnapshotError::Maglev {
+                name: spec.name.clone(),
+                source,
+            })?;
+        let mut by_id: Vec<(BackendId, u16)> = spec
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id, i as u16))
+            .collect();
+        by_id.sort_unstable();
+        Ok(Self {
+            spec,
+            maglev,
+            by_id: by_id.into_boxed_slice(),
+        })
+    }
+
+    /// Maglev's pick for a flow or client hash.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<&Backend> {
+        let i = self.maglev.lookup(hash)?;
+        self.spec.backends.get(usize::from(i))
+    }
+
+    /// The backend with this id, if it is still usable.
+    #[inline]
+    pub fn usable(&self, id: BackendId) -> Option<&Backend> {
+        let pos = self.by_id.binary_search_by_key(&id, |&(b, _)| b).ok()?;
+        let (_, i) = self.by_id[pos];
+        self.spec.backends.get(usize::from(i))
+    }
+
+    pub fn maglev(&self) -> &MaglevTable {
+        &self.maglev
+    }
+}
+
+/// The key a packet's destination is looked up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Frontend {
+    addr: IpAddr,
+    port: u16,
+    protocol: u8,
+}
+
+/// A `Hasher` for frontends: the packet path looks one up per new
+/// connection, and `SipHash` would cost more than the rest of the lookup.
+#[derive(Default)]
+struct FrontendHasher(u64);
+
+impl Hasher for FrontendHasher {
+    fn finish(&self) -> u64 {
+        crate::hash::table_hash(&[self.0])
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = crate::hash::table_hash(&[self.0, u64::from_le_bytes(word)]);
+        }
+    }
+}
+
+type FrontendMap = HashMap<Frontend, u32, BuildHasherDefault<FrontendHasher>>;
+
+/// An immutable, compiled view of every service port.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    generation: u64,
+    ports: Vec<Arc<ServicePort>>,
+    frontends: FrontendMap,
+    by_id: HashMap<ServicePortId, u32>,
+}
+
+impl Snapshot {
+    /// Assembles a snapshot from compiled service ports.
+    pub fn new(generation: u64, ports: Vec<Arc<ServicePort>>) -> Result<Self, SnapshotError> {
+        let mut frontends = FrontendMap::default();
+        let mut by_id = HashMap::with_capacity(ports.len());
+        for (i, port) in ports.iter().enumerate() {
+            let spec = &port.spec;
+            if by_id.insert(spec.id, i as u32).is_some() {
+                return Err(SnapshotError::DuplicateId(spec.id));
+            }
+            for &(addr, p) in &spec.frontends {
+                if let Some(b) = spec
+                    .backends
+                    .iter()
+                    .find(|b| b.addr.is_ipv4() != addr.is_ipv4())
+                {
+                    return Err(SnapshotError::FamilyMismatch {
+                        name: spec.name.clone(),
+                        addr: b.addr,
+                        port: b.port,
+                    });
+                }
+                let key = Frontend {
+                    addr,
+                    port: p,
+                    protocol: spec.protocol,
+                };
+                if let Some(&other) = frontends.get(&key) {
+                    return Err(SnapshotError::FrontendConflict {
+                        addr,
+                        port: p,
+                        protocol: spec.protocol,
+                        first: ports[other as usize].spec.name.clone(),
+                        second: spec.name.clone(),
+                    });
+                }
+                frontends.insert(key, i as u32);
+            }
+        }
+        Ok(Self {
+            generation,
+            ports,
+            frontends,
+            by_id,
+        })
+    }
+
+    /// Compiles every spec and assembles a snapshot (tests, benchmarks and
+    /// full rebuilds; the control plane compiles incrementally).
+    pub fn build(generation: u64, specs: Vec<ServicePortSpec>) -> Result<Self, SnapshotError> {
+        let ports = specs
+            .into_iter()
+            .map(|s| ServicePort::compile(s).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(generation, ports)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The service port reached at `addr:port` over `protocol`.
+    #[inline]
+    pub fn service(&self, addr: IpAddr, port: u16, protocol: u8) -> Option<&ServicePort> {
+        let i = *self.frontends.get(&Frontend {
+            addr,
+            port,
+            protocol,
+        })?;
+        self.ports.get(i as usize).map(AsRef::as_ref)
+    }
+
+    /// The service port with this id.
+    pub fn by_id(&self, id: ServicePortId) -> Option<&ServicePort> {
+        let i = *self.by_id.get(&id)?;
+        self.ports.get(i as usize).map(AsRef::as_ref)
+    }
+
+    /// The current `ClientIP` timeout of a service port, if it has one.
+    #[inline]
+    pub fn affinity_timeout(&self, id: ServicePortId) -> Option<u32> {
+        match self.by_id(id)?.spec.affinity {
+            Affinity::ClientIp { timeout, .. } => Some(timeout),
+            Affinity::None => None,
+        }
+    }
+
+    /// Whether `addr` is one of the addresses this snapshot serves.
+    pub fn serves_addr(&self, addr: IpAddr) -> bool {
+        self.frontends.keys().any(|f| f.addr == addr)
+    }
+
+    pub fn ports(&self) -> &[Arc<ServicePort>] {
+        &self.ports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn backend(id: u32, last: u8) -> Backend {
+        Backend {
+            id,
+            addr: IpAddr::from([203, 0, 113, last]),
+            port: 9376,
+            weight: 1,
+            mac: MacAddr([0x02, 0, 0, 0, 0, last]),
+        }
+    }
+
+    fn spec(id: u32, vip: [u8; 4], backends: Vec<Backend>) -> ServicePortSpec {
+        ServicePortSpec {
+            id,
+            name: format!("default/svc{id}:80/TCP"),
+            protocol: 6,
+            affinity: Affinity::client_ip(10800),
+            mode: ForwardMode::Nat,
+            frontends: vec![(IpAddr::from(vip), 80)],
+            backends,
+            maglev_size: Some(251),
+        }
+    }
+
+    #[test]
+    fn looks_up_by_frontend_and_id() {
+        let snap = Snapshot::build(
+            7,
+            vec![
+                spec(1, [192, 0, 2, 1], vec![backend(10, 1), backend(11, 2)]),
+                spec(2, [192, 0, 2, 2], vec![backend(12, 3)]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(snap.generation(), 7);
+        let svc = snap.service(IpAddr::from([192, 0, 2, 1]), 80, 6).unwrap();
+        assert_eq!(svc.spec.id, 1);
+        assert!(snap.service(IpAddr::from([192, 0, 2, 1]), 81, 6).is_none());
+        assert!(snap.service(IpAddr::from([192, 0, 2, 1]), 80, 17).is_none());
+        assert_eq!(snap.affinity_timeout(2), Some(10800));
+        assert_eq!(svc.usable(11).map(|b| b.id), Some(11));
+        assert!(svc.usable(12).is_none());
+        // Maglev only ever picks a usable backend.
+        for h in 0..1000u64 {
+            let b = svc.pick(h.wrapping_mul(0x9e37_79b9_7f4a_7c15)).unwrap();
+            assert!(svc.usable(b.id).is_some());
+        }
+    }
+
+    #[test]
+    fn rejects_conflicts_and_mixed_families() {
+        let a = spec(1, [192, 0, 2, 1], vec![backend(10, 1)]);
+        let mut b = spec(2, [192, 0, 2, 1], vec![backend(11, 2)]);
+        assert!(matches!(
+            Snapshot::build(1, vec![a.clone(), b.clone()]),
+            Err(SnapshotError::FrontendConflict { .. })
+        ));
+        b.frontends = vec![("2001:db8::1".parse().unwrap(), 80)];
+        assert!(matches!(
+            Snapshot::build(1, vec![a.clone(), b]),
+            Err(SnapshotError::FamilyMismatch { .. })
+        ));
+        assert_eq!(
+            Snapshot::build(1, vec![a.clone(), a]).err(),
+            Some(SnapshotError::DuplicateId(1))
+        );
+    }
+
+    #[test]
+    fn empty_service_picks_nothing() {
+        let snap = Snapshot::build(1, vec![spec(1, [192, 0, 2, 1], vec![])]).unwrap();
+        let svc = snap.service(IpAddr::from([192, 0, 2, 1]), 80, 6).unwrap();
+        assert!(svc.pick(12345).is_none());
+    }
+}

@@ -1,0 +1,138 @@
+//! Per-worker counters. Each worker owns its counters outright (plain
+//! integers, no atomics on the packet path) and hands out copies.
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Too short for a header it claims, or a length field out of bounds.
+    Truncated,
+    /// A header field holds a forbidden value (version, IHL, data offset).
+    Malformed,
+    /// IPv4 header checksum does not verify.
+    BadChecksum,
+    /// IPv4 or IPv6 fragment: no ports to balance on.
+    Fragment,
+    /// TTL or hop limit would reach zero.
+    TtlExceeded,
+    /// An IPv6 extension header limpet does not walk (AH, ESP, or too many).
+    Ipv6ExtHeader,
+    /// Not IPv4, IPv6 or ARP; or a stacked VLAN tag.
+    UnsupportedL2,
+    /// A protocol limpet does not balance (e.g. SCTP) towards a service.
+    UnsupportedProtocol,
+    /// The service port has no usable backend.
+    NoBackend,
+    /// The connection table refused a new entry.
+    FlowTableFull,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 10;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Truncated,
+        DropReason::Malformed,
+        DropReason::BadChecksum,
+        DropReason::Fragment,
+        DropReason::TtlExceeded,
+        DropReason::Ipv6ExtHeader,
+        DropReason::UnsupportedL2,
+        DropReason::UnsupportedProtocol,
+        DropReason::NoBackend,
+        DropReason::FlowTableFull,
+    ];
+
+    /// A stable `snake_case` name, for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::Malformed => "malformed",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::Fragment => "fragment",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::Ipv6ExtHeader => "ipv6_ext_header",
+            DropReason::UnsupportedL2 => "unsupported_l2",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::NoBackend => "no_backend",
+            DropReason::FlowTableFull => "flow_table_full",
+        }
+    }
+}
+
+impl From<crate::wire::Error> for DropReason {
+    fn from(e: crate::wire::Error) -> Self {
+        match e {
+            crate::wire::Error::Truncated => DropReason::Truncated,
+            crate::wire::Error::Malformed => DropReason::Malformed,
+        }
+    }
+}
+
+/// A worker's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Polls that received at least one packet.
+    pub busy_polls: u64,
+    /// Nanoseconds spent in polls that received packets: busy time.
+    pub busy_ns: u64,
+    /// Packets of known connections sent on towards their backend.
+    pub flow_hits: u64,
+    /// Replies translated back towards their client (`nat`).
+    pub replies: u64,
+    /// New connections balanced.
+    pub new_flows: u64,
+    /// New connections sent to a client's live sticky backend.
+    pub affinity_hits: u64,
+    /// New connections of clients with no entry.
+    pub affinity_misses: u64,
+    /// Entries found past their timeout and overwritten.
+    pub affinity_expired: u64,
+    /// Entries whose backend had left the usable set, overwritten.
+    pub affinity_stale: u64,
+    /// Live affinity entries evicted to make room.
+    pub affinity_evictions: u64,
+    /// Live connections evicted to make room.
+    pub flow_evictions: u64,
+    /// Packets handed to the slow path (ARP, ND, ICMP, no service).
+    pub slow_path: u64,
+    /// Of those, packets whose destination no service claimed.
+    pub no_service: u64,
+    pub drops: [u64; DropReason::COUNT],
+    pub snapshot_swaps: u64,
+    pub snapshot_generation: u64,
+}
+
+impl WorkerStats {
+    #[inline(always)]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Mean busy nanoseconds per received packet.
+    pub fn busy_ns_per_packet(&self) -> f64 {
+        if self.rx_packets == 0 {
+            0.0
+        } else {
+            self.busy_ns as f64 / self.rx_packets as f64
+        }
+    }
+
+    /// Mean packets per non-empty burst.
+    pub fn packets_per_burst(&self) -> f64 {
+        if self.busy_polls == 0 {
+            0.0
+        } else {
+            self.rx_packets as f64 / self.busy_polls as f64
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! A bounded hash table whose entries expire: the storage under the
+//! affinity and flow tables.
+//!
+//! Why not `hashbrown::HashTable`: a worker looks up a whole burst at once
+//! and wants the memory for every packet in flight before it touches any of
+//! them. hashbrown does not expose where a hash lands, so there is nothing to
+//! prefetch, and it moves entries when it rehashes, which would break the
+//! timer wheel's links. This table is the layout DPDK's `rte_hash` uses for
+//! its bulk lookup (30 cycles a key against 78 one at a time): a bucket is
+//! one cache line of short signatures and entry indices, entries live in a
+//! separate preallocated array and never move. A lookup is two dependent
+//! cache lines, bucket then entry, and [`Table::prefetch_bucket`] /
+//! [`Table::prefetch_entry`] let a burst overlap them.
+//!
+//! Buckets overflow into their neighbours (linear probing over buckets) and
+//! keep a count of entries that overflowed past them, as folly's F14 does, so
+//! a miss stops at the first bucket nobody overflowed and deletion needs no
+//! tombstones. The bucket array is sized for a load of at most 0.8, so an
+//! insert always finds room and probe chains stay short.
+//!
+//! Capacity is fixed at construction. When full, an insert makes room by
+//! taking the entry the timer wheel would fire first: an expired one if there
+//! is one, else the live entry closest to expiry, and that is counted as an
+//! eviction. Nothing is ever dropped silently.
+
+use crate::io::prefetch;
+use crate::timer_wheel::{Fired, TimerWheel};
+
+/// An entry of a [`Table`]. It can answer to two keys: a flow is found by its
+/// forward tuple and by the tuple its replies carry.
+pub trait TableEntry: Copy + Default {
+    type Key: Copy + Eq;
+    /// The most keys one entry may have; sizes the index.
+    const MAX_WAYS: usize;
+    /// How many keys index this entry: 1, or 2 for the reply tuple too.
+    fn ways(&self) -> u8;
+    /// The key for `way` (0 or 1).
+    fn key(&self, way: u8) -> Self::Key;
+    /// The in-process hash of a key.
+    fn hash(key: &Self::Key) -> u64;
+}
+
+const BUCKET_SLOTS: usize = 10;
+const EMPTY: u32 = u32::MAX;
+const WAY_BIT: u32 = 1 << 31;
+/// `last_seen` of a free entry.
+const DEAD: u32 = u32::MAX;
+/// How many wheel-earliest entries an insert into a full table will look at
+/// before it evicts a live one that has not expired.
+const EVICTION_PROBES: usize = 8;
+/// Largest capacity: entry indices share their `u32` with the way bit.
+pub const MAX_CAPACITY: usize = (WAY_BIT - 1) as usize;
+
+/// One cache line: ten 16-bit signatures, ten entry references and the count
+/// of entries that overflowed past this bucket.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Bucket {
+    sig: [u16; BUCKET_SLOTS],
+    overflow: u32,
+    slot: [u32; BUCKET_SLOTS],
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+
+impl Bucket {
+    const EMPTY: Self = Self {
+        sig: [0; BUCKET_SLOTS],
+        overflow: 0,
+        slot: [EMPTY; BUCKET_SLOTS],
+    };
+}
+
+#[derive(Clone, Copy, Default)]
+struct Stored<E> {
+    entry: E,
+    last_seen: u32,
+}
+
+/// Where a key was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub idx: u32,
+    pub way: u8,
+}
+
+/// What an insert did to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// A free entry was used.
+    Free,
+    /// An expired entry was reclaimed early.
+    Expired,
+    /// A live entry was evicted.
+    Evicted,
+}
+
+/// Table events, for the worker's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TableCounters {
+    pub inserts: u64,
+    pub expirations: u64,
+    pub evictions: u64,
+    pub removals: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error("table capacity must be between 1 and {MAX_CAPACITY}, got {0}")]
+    Capacity(usize),
+}
+
+/// A bounded, preallocated hash table of expiring entries. See the module
+/// documentation for the layout.
+pub struct Table<E: TableEntry> {
+    buckets: Box<[Bucket]>,
+    mask: usize,
+    slots: Box<[Stored<E>]>,
+    wheel: TimerWheel,
+    live: usize,
+    counters: TableCounters,
+}
+
+impl<E: TableEntry> std::fmt::Debug for Table<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("capacity", &self.slots.len())
+            .field("live", &self.live)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+#[inline(always)]
+fn sig_of(hash: u64) -> u16 {
+    (hash >> 48) as u16
+}
+
+#[inline(always)]
+fn encode(idx: u32, way: u8) -> u32 {
+    idx | if way == 0 { 0 } else { WAY_BIT }
+}
+
+impl<E: TableEntry> Table<E> {
+    /// A table holding at most `capacity` entries, with its clock at `now`.
+    /// All memory is allocated here.
+    pub fn new(capacity: usize, now: u32) -> Result<Self, TableError> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(TableError::Capacity(capacity));
+        }
+        // Eight keys a ten-slot bucket keeps the load at or below 0.8.
+        let buckets = (capacity * E::MAX_WAYS).div_ceil(8).next_power_of_two();
+        Ok(Self {
+            buckets: vec![Bucket::EMPTY; buckets].into_boxed_slice(),
+            mask: buckets - 1,
+            slots: vec![
+                Stored {
+                    entry: E::default(),
+                    last_seen: DEAD,
+                };
+                capacity
+            ]
+            .into_boxed_slice(),
+            wheel: TimerWheel::new(capacity, u64::from(now)),
+            live: 0,
+            counters: TableCounters::default(),
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn counters(&self) -> TableCounters {
+        self.counters
+    }
+
+    /// Bytes of memory per entry of capacity: entry, wheel link and index.
+    pub fn bytes_per_entry(&self) -> f64 {
+        let entry = std::mem::size_of::<Stored<E>>() + TimerWheel::BYTES_PER_ENTRY;
+        let index = self.buckets.len() * std::mem::size_of::<Bucket>();
+        entry as f64 + index as f64 / self.slots.len() as f64
+    }
+
+    #[inline(always)]
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & self.mask
+    }
+
+    /// Starts loading the bucket a key with this hash lives in.
+    #[inline(always)]
+    pub fn prefetch_bucket(&self, hash: u64) {
+        if let Some(b) = self.buckets.get(self.home(hash)) {
+            prefetch(b);
+        }
+    }
+
+    /// Starts loading the entry the key most likely is, judged by signature
+    /// alone. Call after [`prefetch_bucket`](Self::prefetch_bucket) has had
+    /// time to land.
+    #[inline(always)]
+    pub fn prefetch_entry(&self, hash: u64) {
+        let sig = sig_of(hash);
+        let Some(b) = self.buckets.get(self.home(hash)) else {
+            return;
+        };
+        for i in 0..BUCKET_SLOTS {
+            if b.sig[i] == sig && b.slot[i] != EMPTY {
+                if let Some(s) = self.slots.get((b.slot[i] & !WAY_BIT) as usize) {
+                    prefetch(s);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Finds `key`, whose hash is `hash`.
+    #[inline]
+    pub fn find(&self, hash: u64, key: &E::Key) -> Option<Hit> {
+        let sig = sig_of(hash);
+        let mut b = self.home(hash);
+        for _ in 0..self.buckets.len() {
+            let bucket = &self.buckets[b];
+            for i in 0..BUCKET_SLOTS {
+                let slot = bucket.slot[i];
+                if bucket.sig[i] == sig && slot != EMPTY {
+                    let idx = slot & !WAY_BIT;
+                    let way = u8::from(slot & WAY_BIT != 0);
+                    if self.slots[idx as usize].entry.key(way) == *key {
+                        return Some(Hit { idx, way });
+                    }
+                }
+            }
+            if bucket.overflow == 0 {
+                return None;
+            }
+            b = (b + 1) & self.mask;
+        }
+        None
+    }
+
+    /// The entry at `idx`.
+    #[inline]
+    pub fn get(&self, idx: u32) -> &E {
+        &self.slots[idx as usize].entry
+    }
+
+    /// The entry at `idx`, to update its value. Its keys must not change.
+    #[inline]
+    pub fn get_mut(&mut self, idx: u32) -> &mut E {
+        &mut self.slots[idx as usize].entry
+    }
+
+    /// When the entry at `idx` was last refreshed.
+    #[inline]
+    pub fn last_seen(&self, idx: u32) -> u32 {
+        self.slots[idx as usize].last_seen
+    }
+
+    /// Refreshes the entry at `idx`. The wheel is not touched: the entry's
+    /// slot reschedules it when it fires.
+    #[inline]
+    pub fn touch(&mut self, idx: u32, now: u32) {
+        let s = &mut self.slots[idx as usize];
+        if s.last_seen != DEAD {
+            s.last_seen = now;
+        }
+    }
+
+    /// Inserts `entry`, whose keys must not be present, refreshed at `now`
+    /// and due to expire at `deadline`. `expiry` gives any entry's deadline
+    /// from its value and last refresh; a full table uses it to prefer an
+    /// expired entry over evicting a live one. Returns the new entry's index
+    /// and how room was made; `None` only if the table's invariants were
+    /// broken, which the caller counts rather than trusts.
+    pub fn insert(
+        &mut self,
+        entry: E,
+        now: u32,
+        deadline: u32,
+        expiry: impl Fn(&E, u32) -> u32,
+    ) -> Option<(u32, Room)> {
+        let (idx, room) = match self.wheel.alloc() {
+            Some(idx) => (idx, Room::Free),
+            None => self.make_room(now, &expiry)?,
+        };
+        self.slots[idx as usize] = Stored {
+            entry,
+            last_seen: now,
+        };
+        for way in 0..entry.ways() {
+            let hash = E::hash(&entry.key(way));
+            if !self.index_insert(hash, encode(idx, way)) {
+                for undo in 0..way {
+                    self.index_remove(E::hash(&entry.key(undo)), encode(idx, undo));
+                }
+                self.slots[idx as usize].last_seen = DEAD;
+                self.wheel.release(idx);
+                return None;
+            }
+        }
+        self.wheel.schedule(idx, u64::from(deadline));
+        self.live += 1;
+        self.counters.inserts += 1;
+        Some((idx, room))
+    }
+
+    /// Takes the entry the wheel fires first and reuses it. When no entry is
+    /// free every entry is live and on the wheel, so this finds one.
+    fn make_room(&mut self, now: u32, expiry: &impl Fn(&E, u32) -> u32) -> Option<(u32, Room)> {
+        for probe in 1..=EVICTION_PROBES {
+            let (idx, slot_end) = self.wheel.pop_earliest()?;
+            let s = self.slots[idx as usize];
+            let due = expiry(&s.entry, s.last_seen);
+            if due <= now {
+                self.unindex(idx);
+                self.counters.expirations += 1;
+                return Some((idx, Room::Expired));
+            }
+            // Due within the slot it came from: nothing is due sooner.
+            if probe == EVICTION_PROBES || u64::from(due) < slot_end {
+                self.unindex(idx);
+                self.counters.evictions += 1;
+                return Some((idx, Room::Evicted));
+            }
+            // Refreshed since it was scheduled: file it where it belongs and
+            // look at the next one.
+            self.wheel.schedule(idx, u64::from(due));
+        }
+        None
+    }
+
+    /// Removes the entry at `idx`, if live, and frees it.
+    pub fn remove(&mut self, idx: u32) {
+        if self.slots[idx as usize].last_seen == DEAD {
+            return;
+        }
+        self.unindex(idx);
+        self.slots[idx as usize].last_seen = DEAD;
+        self.wheel.unschedule(idx);
+        self.wheel.release(idx);
+        self.counters.removals += 1;
+    }
+
+    /// Drops `idx` from the index and the live count.
+    fn unindex(&mut self, idx: u32) {
+        let entry = self.slots[idx as usize].entry;
+        for way in 0..entry.ways() {
+            let hash = E::hash(&entry.key(way));
+            self.index_remove(hash, encode(idx, way));
+        }
+        self.live -= 1;
+    }
+
+    /// Moves the clock to `now` and releases every entry whose deadline, as
+    /// `expiry` computes it from the entry and its last refresh, has come.
+    /// Returns how many expired.
+    pub fn advance(&mut self, now: u32, expiry: impl Fn(&E, u32) -> u32) -> usize {
+        let Self {
+            buckets,
+            mask,
+            slots,
+            wheel,
+            live,
+            counters,
+        } = self;
+        let mut expired = 0;
+        wheel.advance(u64::from(now), |idx| {
+            let s = &mut slots[idx as usize];
+            let due = expiry(&s.entry, s.last_seen);
+            if due > now {
+                return Fired::Reschedule(u64::from(due));
+            }
+            s.last_seen = DEAD;
+            let entry = s.entry;
+            for way in 0..entry.ways() {
+                let hash = E::hash(&entry.key(way));
+                index_remove(buckets, *mask, hash, encode(idx, way));
+            }
+            *live -= 1;
+            expired += 1;
+            Fired::Released
+        });
+        counters.expirations += expired as u64;
+        expired
+    }
+
+    /// Live entries with their index and last refresh.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &E, u32)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.last_seen != DEAD)
+            .map(|(i, s)| (i as u32, &s.entry, s.last_seen))
+    }
+
+    /// Files `slot` under `hash`. The load bound guarantees room; `false`
+    /// (with the index unchanged) if that were ever not so.
+    fn index_insert(&mut self, hash: u64, slot: u32) -> bool {
+        let sig = sig_of(hash);
+        let home = self.home(hash);
+        let mut b = home;
+        for _ in 0..self.buckets.len() {
+            let bucket = &mut self.buckets[b];
+            if let Some(i) = bucket.slot.iter().position(|&s| s == EMPTY) {
+                bucket.sig[i] = sig;
+                bucket.slot[i] = slot;
+                // Count the entry as overflowing past every bucket it skipped.
+                let mut o = home;
+                while o != b {
+                    self.buckets[o].overflow += 1;
+                    o = (o + 1) & self.mask;
+                }
+                return true;
+            }
+            b = (b + 1) & self.mask;
+        }
+        false
+    }
+
+    fn index_remove(&mut self, hash: u64, slot: u32) {
+        index_remove(&mut self.buckets, self.mask, hash, slot);
+    }
+}
+
+fn index_remove(buckets: &mut [Bucket], mask: usize, hash: u64, slot: u32) {
+    let home = hash as usize & mask;
+    let mut b = home;
+    for _ in 0..buckets.len() {
+        let bucket = &mut buckets[b];
+        if let Some(i) = bucket.slot.iter().position(|&s| s == slot) {
+            bucket.slot[i] = EMPTY;
+            // Every bucket passed over on the way here counted this entry
+            // as overflowing past it.
+            let mut o = home;
+            while o != b {
+                buckets[o].overflow -= 1;
+                o = (o + 1) & mask;
+            }
+            return;
+        }
+        if bucket.overflow == 0 {
+            return;
+        }
+        b = (b + 1) & mask;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::table_hash;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// A two-way entry: found by `a` and, when `twin` is set, by `b`.
+    #[derive(Clone, Copy, Default, Debug, PartialEq)]
+    struct Pair {
+        a: u64,
+        b: u64,
+        twin: bool,
+        ttl: u32,
+    }
+
+    impl TableEntry for Pair {
+        type Key = u64;
+        const MAX_WAYS: usize = 2;
+        fn ways(&self) -> u8 {
+            if self.twin { 2 } else { 1 }
+        }
+        fn key(&self, way: u8) -> u64 {
+            if way == 0 { self.a } else { self.b }
+        }
+        fn hash(key: &u64) -> u64 {
+            table_hash(&[*key])
+        }
+    }
+
+    fn expiry(e: &Pair, last: u32) -> u32 {
+        last + e.ttl
+    }
+
+    fn pair(a: u64, ttl: u32) -> Pair {
+        Pair {
+            a,
+            b: a | 1 << 63,
+            twin: true,
+            ttl,
+        }
+    }
+
+    fn find(t: &Table<Pair>, k: u64) -> Option<Hit> {
+        t.find(Pair::hash(&k), &k)
+    }
+
+    #[test]
+    fn finds_both_ways_and_removes() {
+        let mut t = Table::<Pair>::new(100, 0).unwrap();
+        let (idx, room) = t.insert(pair(7, 10), 0, 10, expiry).unwrap();
+        assert_eq!(room, Room::Free);
+        assert_eq!(find(&t, 7), Some(Hit { idx, way: 0 }));
+        assert_eq!(find(&t, 7 | 1 << 63), Some(Hit { idx, way: 1 }));
+        assert_eq!(find(&t, 8), None);
+        t.remove(idx);
+        assert_eq!(find(&t, 7), None);
+        assert_eq!(find(&t, 7 | 1 << 63), None);
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.counters().removals, 1);
+    }
+
+    #[test]
+    fn expires_lazily_rescheduled() {
+        let mut t = Table::<Pair>::new(10, 0).unwrap();
+        let (idx, _) = t.insert(pair(1, 5), 0, 5, expiry).unwrap();
+        t.touch(idx, 4); // now due at 9, still filed at 5
+        assert_eq!(t.advance(8, expiry), 0);
+        assert!(find(&t, 1).is_some());
+        assert_eq!(t.advance(9, expiry), 1);
+        assert!(find(&t, 1).is_none());
+        assert_eq!(t.counters().expirations, 1);
+    }
+
+    #[test]
+    fn full_table_prefers_expired_then_evicts_and_counts() {
+        let mut t = Table::<Pair>::new(4, 0).unwrap();
+        for k in 0..4 {
+            t.insert(pair(k, 100), 0, 100, expiry).unwrap();
+        }
+        // Nothing has expired: the fifth insert evicts a live entry.
+        let (_, room) = t.insert(pair(4, 100), 1, 101, expiry).unwrap();
+        assert_eq!(room, Room::Evicted);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.counters().evictions, 1);
+        // A removed entry is free again at once: no eviction needed.
+        let hit = find(&t, 2).unwrap();
+        t.remove(hit.idx);
+        let (_, room) = t.insert(pair(5, 100), 2, 102, expiry).unwrap();
+        assert_eq!(room, Room::Free);
+        assert_eq!(t.counters().evictions, 1);
+    }
+
+    #[test]
+    fn full_table_spares_refreshed_entries() {
+        let mut t = Table::<Pair>::new(3, 0).unwrap();
+        let (a, _) = t.insert(pair(10, 50), 0, 50, expiry).unwrap();
+        t.insert(pair(11, 50), 1, 51, expiry).unwrap();
+        t.insert(pair(12, 50), 2, 52, expiry).unwrap();
+        // `a` is filed earliest but was refreshed: `11` goes instead.
+        t.touch(a, 40);
+        t.insert(pair(13, 50), 41, 91, expiry).unwrap();
+        assert!(find(&t, 10).is_some());
+        assert!(find(&t, 11).is_none());
+    }
+
+    #[test]
+    fn memory_per_entry_is_bounded() {
+        let t = Table::<Pair>::new(1 << 20, 0).unwrap();
+        // 32-byte entry and stamp, 8 bytes of links, 16 of index (two ways).
+        assert!(t.bytes_per_entry() <= 56.0, "{}", t.bytes_per_entry());
+    }
+
+    #[test]
+    fn rejects_bad_capacity() {
+        assert_eq!(
+            Table::<Pair>::new(0, 0).err(),
+            Some(TableError::Capacity(0))
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u16),
+        Remove(u16),
+        Touch(u16),
+        Tick(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => any::<u16>().prop_map(|k| Op::Insert(k % 512)),
+            2 => any::<u16>().prop_map(|k| Op::Remove(k % 512)),
+            2 => any::<u16>().prop_map(|k| Op::Touch(k % 512)),
+            1 => any::<u8>().prop_map(|d| Op::Tick(d % 20)),
+        ]
+    }
+
+    proptest! {
+        /// The table agrees with a model map, never exceeds capacity, and
+        /// accounts for every entry that leaves.
+        #[test]
+        fn matches_model(ops in proptest::collection::vec(op(), 1..2000), cap in 1usize..300) {
+            let ttl = 30;
+            let mut t = Table::<Pair>::new(cap, 0).unwrap();
+            let mut model: HashMap<u64, u32> = HashMap::new(); // key -> last_seen
+            let mut now = 0u32;
+            for op in ops {
+                match op {
+                    Op::Insert(k) => {
+                        let k = u64::from(k);
+                        if find(&t, k).is_none() {
+                            let full = model.len() == cap;
+                            let before = t.counters();
+                            t.insert(pair(k, ttl), now, now + ttl, expiry).unwrap();
+                            model.insert(k, now);
+                            if full {
+                                let after = t.counters();
+                                prop_assert_eq!(
+                                    after.evictions + after.expirations,
+                                    before.evictions + before.expirations + 1
+                                );
+                                // Drop whatever the table dropped.
+                                model.retain(|k, _| find(&t, *k).is_some());
+                            }
+                        }
+                    }
+                    Op::Remove(k) => {
+                        let k = u64::from(k);
+                        if let Some(h) = find(&t, k) {
+                            t.remove(h.idx);
+                            model.remove(&k);
+                        }
+                    }
+                    Op::Touch(k) => {
+                        let k = u64::from(k);
+                        if let Some(h) = find(&t, k) {
+                            t.touch(h.idx, now);
+                            model.insert(k, now);
+                        }
+                    }
+                    Op::Tick(d) => {
+                        now += u32::from(d);
+                        t.advance(now, expiry);
+                        model.retain(|_, last| *last + ttl > now);
+                    }
+                }
+                prop_assert!(t.len() <= cap);
+                prop_assert_eq!(t.len(), model.len());
+                for (&k, &last) in &model {
+                    let h = find(&t, k);
+                    prop_assert!(h.is_some(), "lost key {}", k);
+                    let h = h.unwrap();
+                    prop_assert_eq!(t.last_seen(h.idx), last);
+                    prop_assert_eq!(find(&t, k | 1 << 63).map(|h| h.idx), Some(h.idx));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! A worker over the in-memory backend with a hand-moved clock, for tests
+//! that drive the real pipeline packet by packet.
+#![allow(dead_code)]
+
+use limpet_dataplane::clock::ManualClock;
+use limpet_dataplane::io::MemoryIo;
+use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
+use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, Snapshot};
+use limpet_dataplane::wire::MacAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub const LIMPET_MAC: [u8; 6] = [0x02, 0x11, 0x11, 0x11, 0x11, 0x11];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc];
+
+/// The MAC address test backend `addr` answers to.
+pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
+    let o = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    [0x02, 0xbb, 0, 0, 0, o]
+}
+
+/// A backend at `addr:9376` with an id derived from its address.
+pub fn backend(addr: &str) -> Backend {
+    let addr: IpAddr = addr.parse().unwrap();
+    let id = match addr {
+        IpAddr::V4(a) => u32::from(a.octets()[3]),
+        IpAddr::V6(a) => 1000 + u32::from(a.octets()[15]),
+    };
+    Backend {
+        id,
+        addr,
+        port: 9376,
+        weight: 1,
+        mac: MacAddr(backend_mac(addr)),
+    }
+}
+
+/// One TCP service port on `vip:80` (and UDP when `protocol` is 17).
+pub fn service(
+    id: u32,
+    vip: &str,
+    protocol: u8,
+    affinity: Affinity,
+    mode: ForwardMode,
+    backends: Vec<Backend>,
+) -> ServicePortSpec {
+    ServicePortSpec {
+        id,
+        name: format!(
+            "default/svc{id}:80/{}",
+            if protocol == 6 { "TCP" } else { "UDP" }
+        ),
+        protocol,
+        affinity,
+        mode,
+        frontends: vec![(vip.parse().unwrap(), 80)],
+        backends,
+        maglev_size: None,
+    }
+}
+
+pub struct Harness {
+    pub worker: Worker<MemoryIo, ManualClock>,
+    pub clock: ManualClock,
+    generation: u64,
+}
+
+impl Harness {
+    pub fn new(specs: Vec<ServicePortSpec>) -> Self {
+        Self::with_capacity(specs, 1 << 12, 1 << 12)
+    }
+
+    pub fn with_capacity(specs: Vec<ServicePortSpec>, flows: usize, affinity: usize) -> Self {
+        let clock = ManualClock::new(1000);
+        let config = WorkerConfig {
+            mac: MacAddr(LIMPET_MAC),
+            flow_capacity: flows,
+            affinity_capacity: affinity,
+            ..WorkerConfig::default()
+        };
+        let snapshot = Arc::new(Snapshot::build(1, specs).unwrap());
+        let worker = Worker::new(MemoryIo::new(256), clock.clone(), config, snapshot).unwrap();
+        Self {
+            worker,
+            clock,
+            generation: 1,
+        }
+    }
+
+    /// Publishes a new snapshot built from `specs`.
+    pub fn update(&mut self, specs: Vec<ServicePortSpec>) {
+        self.generation += 1;
+        let snap = Snapshot::build(self.generation, specs).unwrap();
+        self.worker.set_snapshot(Arc::new(snap));
+    }
+
+    /// Sends one frame through the pipeline: what it did, and what it sent.
+    pub fn send(&mut self, frame: &[u8]) -> (Action, Option<Vec<u8>>) {
+        assert!(self.worker.io_mut().inject(frame, 0));
+        assert_eq!(self.worker.poll(), 1);
+        let action = self.worker.last_actions(1)[0];
+        let out = self.worker.io_mut().take_sent().map(|(_, bytes)| bytes);
+        (action, out)
+    }
+
+    /// Opens a TCP connection from `client:sport` to `vip:80` and returns
+    /// the backend the SYN was sent to.
+    pub fn connect(&mut self, client: IpAddr, sport: u16, vip: IpAddr) -> SocketAddr {
+        let syn = limpet_pktgen::PacketSpec::tcp(client, vip, sport, 80)
+            .flags(limpet_pktgen::SYN)
+            .src_mac(CLIENT_MAC)
+            .dst_mac(LIMPET_MAC)
+            .build();
+        let (action, out) = self.send(&syn);
+        assert_eq!(
+            action,
+            Action::Forward,
+            "SYN from {client}:{sport} not forwarded"
+        );
+        destination(&out.expect("forwarded SYN was not sent"))
+    }
+
+    /// Sends a packet of an existing connection and returns where it went.
+    pub fn data(&mut self, client: IpAddr, sport: u16, vip: IpAddr) -> SocketAddr {
+        let ack = limpet_pktgen::PacketSpec::tcp(client, vip, sport, 80)
+            .flags(limpet_pktgen::ACK)
+            .src_mac(CLIENT_MAC)
+            .dst_mac(LIMPET_MAC)
+            .build();
+        let (action, out) = self.send(&ack);
+        assert_eq!(action, Action::Forward);
+        destination(&out.unwrap())
+    }
+
+    pub fn tick(&mut self, secs: u32) {
+        self.clock.advance(secs);
+    }
+}
+
+/// The destination address and port of a frame, read with etherparse.
+pub fn destination(frame: &[u8]) -> SocketAddr {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let ip: IpAddr = match p.net.unwrap() {
+        NetSlice::Ipv4(v4) => v4.header().destination_addr().into(),
+        NetSlice::Ipv6(v6) => v6.header().destination_addr().into(),
+        NetSlice::Arp(_) => panic!("not IP"),
+    };
+    let port = match p.transport.unwrap() {
+        TransportSlice::Tcp(t) => t.destination_port(),
+        TransportSlice::Udp(u) => u.destination_port(),
+        _ => panic!("not TCP/UDP"),
+    };
+    SocketAddr::new(ip, port)
+}
