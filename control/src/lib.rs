@@ -1,1 +1,4 @@
-//! limpet's control plane.
+//! limpet's control plane: sources of service state, their translation into
+//! the dataplane's snapshots, and the `limpet` command.
+
+pub mod demo;
