@@ -52,8 +52,14 @@ fn spec(backends: Vec<Backend>, timeout: u32) -> ServicePortSpec {
 
 /// Sends one SYN from `client:sport` and returns the backend address it was
 /// translated to.
-fn connect(worker: &mut Worker<MemoryIo, ManualClock>, client: IpAddr, sport: u16) -> Option<Ipv4Addr> {
-    let syn = PacketSpec::tcp(client, IpAddr::V4(VIP), sport, 80).flags(SYN).build();
+fn connect(
+    worker: &mut Worker<MemoryIo, ManualClock>,
+    client: IpAddr,
+    sport: u16,
+) -> Option<Ipv4Addr> {
+    let syn = PacketSpec::tcp(client, IpAddr::V4(VIP), sport, 80)
+        .flags(SYN)
+        .build();
     worker.io_mut().inject(&syn, 0);
     worker.poll();
     if worker.last_actions(1).first() != Some(&Action::Forward) {
@@ -73,14 +79,20 @@ pub fn run(config: &DemoConfig) -> Result<String, String> {
     let clients = ClientSet::v4(config.clients).map_err(|e| e.to_string())?;
     let all = backends(config.backends);
     let clock = ManualClock::new(0);
-    let snapshot = Snapshot::build(1, vec![spec(all.clone(), config.timeout)]).map_err(|e| e.to_string())?;
+    let snapshot =
+        Snapshot::build(1, vec![spec(all.clone(), config.timeout)]).map_err(|e| e.to_string())?;
     let worker_config = WorkerConfig {
         flow_capacity: (config.clients * config.connections * 2).max(1024),
         affinity_capacity: config.clients.max(1024),
         ..WorkerConfig::default()
     };
-    let mut worker = Worker::new(MemoryIo::new(64), clock.clone(), worker_config, Arc::new(snapshot))
-        .map_err(|e| e.to_string())?;
+    let mut worker = Worker::new(
+        MemoryIo::new(64),
+        clock.clone(),
+        worker_config,
+        Arc::new(snapshot),
+    )
+    .map_err(|e| e.to_string())?;
 
     let mut out = String::new();
     let _ = writeln!(
@@ -103,7 +115,11 @@ pub fn run(config: &DemoConfig) -> Result<String, String> {
         }
         clock.advance(1);
     }
-    let _ = writeln!(out, "{:<16} {:<16} {:>11}", "client", "backend", "connections");
+    let _ = writeln!(
+        out,
+        "{:<16} {:<16} {:>11}",
+        "client", "backend", "connections"
+    );
     for (client, be) in before.iter().take(12) {
         let _ = writeln!(out, "{client:<16} {be:<16} {:>11}", config.connections);
     }
@@ -127,7 +143,8 @@ pub fn run(config: &DemoConfig) -> Result<String, String> {
     // Phase 2: remove one endpoint; only its clients may move.
     let removed = all[0].addr;
     let remaining: Vec<Backend> = all.iter().skip(1).cloned().collect();
-    let snapshot = Snapshot::build(2, vec![spec(remaining, config.timeout)]).map_err(|e| e.to_string())?;
+    let snapshot =
+        Snapshot::build(2, vec![spec(remaining, config.timeout)]).map_err(|e| e.to_string())?;
     worker.set_snapshot(Arc::new(snapshot));
     let (mut moved, mut moved_others) = (0usize, 0usize);
     for client in clients.iter() {

@@ -1,4 +1,7 @@
 //! limpet's control plane: sources of service state, their translation into
 //! the dataplane's snapshots, and the `limpet` command.
 
+pub mod admin;
+pub mod client;
 pub mod demo;
+pub mod state;

@@ -7,12 +7,14 @@
 
 pub mod affinity;
 pub mod clock;
+pub mod command;
 pub mod family;
 pub mod flow;
 pub mod hash;
 pub mod io;
 pub mod maglev;
 pub mod nat;
+pub mod neighbour;
 pub mod pipeline;
 pub mod snapshot;
 pub mod stats;

@@ -21,6 +21,7 @@
 
 use crate::affinity::{AffinityKey, AffinityTable, Sticky};
 use crate::clock::Clock;
+use crate::command::{self, Command, WorkerReport};
 use crate::family::Family;
 use crate::flow::{Direction, Flow, FlowKey, FlowState, FlowTable, FlowTimeouts};
 use crate::hash::stable_hash;
@@ -140,6 +141,7 @@ pub struct Worker<I: PacketIo, C: Clock> {
     updates: Option<Receiver<Arc<Snapshot>>>,
     /// Old snapshots go back to the control thread to be freed there.
     retired: Option<Sender<Arc<Snapshot>>>,
+    commands: Option<Receiver<Command>>,
     v4: Tables<Ipv4Addr>,
     v6: Tables<Ipv6Addr>,
     rx: Vec<I::Buf>,
@@ -179,6 +181,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             snapshot,
             updates: None,
             retired: None,
+            commands: None,
             rx: Vec::with_capacity(BURST),
             tx: Vec::with_capacity(BURST),
             dropped: Vec::with_capacity(BURST),
@@ -200,6 +203,14 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     ) -> Self {
         self.updates = Some(updates);
         self.retired = Some(retired);
+        self
+    }
+
+    /// Takes requests (affinity listing, deletion, counters) from the
+    /// control plane, answered at burst boundaries.
+    #[must_use]
+    pub fn with_commands(mut self, commands: Receiver<Command>) -> Self {
+        self.commands = Some(commands);
         self
     }
 
@@ -261,6 +272,9 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         if now != self.reaped_at {
             self.reap(now);
         }
+        if self.commands.as_ref().is_some_and(|c| !c.is_empty()) {
+            self.serve_commands(now);
+        }
         let n = self.io.rx_burst(&mut self.rx);
         if n == 0 {
             return 0;
@@ -287,6 +301,39 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             // If the control thread is gone or behind, freeing here is the
             // lesser evil than holding every old snapshot.
             let _ = retired.try_send(old);
+        }
+    }
+
+    /// Answers the control plane's requests at a burst boundary; the
+    /// answers allocate, which is why this is not in the packet loop.
+    pub fn serve_commands(&mut self, now: u32) {
+        let Some(commands) = &self.commands else {
+            return;
+        };
+        for cmd in commands.try_iter() {
+            match cmd {
+                Command::ListAffinity { filter, reply } => {
+                    let mut out = Vec::new();
+                    command::list(&self.v4.affinity, &self.snapshot, &filter, now, &mut out);
+                    command::list(&self.v6.affinity, &self.snapshot, &filter, now, &mut out);
+                    let _ = reply.send(out);
+                }
+                Command::DeleteAffinity { filter, reply } => {
+                    let n = command::delete(&mut self.v4.affinity, &filter)
+                        + command::delete(&mut self.v6.affinity, &filter);
+                    let _ = reply.send(n);
+                }
+                Command::Report { reply } => {
+                    let _ = reply.send(WorkerReport {
+                        stats: self.stats(),
+                        affinity_entries: self.v4.affinity.len() + self.v6.affinity.len(),
+                        affinity_capacity: self.v4.affinity.capacity()
+                            + self.v6.affinity.capacity(),
+                        flow_entries: self.v4.flows.len() + self.v6.flows.len(),
+                        flow_capacity: self.v4.flows.capacity() + self.v6.flows.capacity(),
+                    });
+                }
+            }
         }
     }
 

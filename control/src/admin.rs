@@ -1,0 +1,504 @@
+//! The admin API: health, readiness, Prometheus metrics, and the affinity
+//! table (list, get, delete, flush) that operators have wanted from
+//! `ipvsadm -Lnc` and `/proc/net/xt_recent`. Bound to loopback by default.
+//!
+//! Tables live on the workers; a request is a [`Command`] sent to every
+//! worker and answered at a burst boundary, so serving it takes no lock on
+//! the packet path.
+
+use crate::state::Shared;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use crossbeam_channel::{Sender, bounded};
+use limpet_dataplane::command::{AffinityFilter, AffinityRecord, Command, WorkerReport};
+use limpet_dataplane::stats::DropReason;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a worker may take to answer.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One affinity entry as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AffinityView {
+    pub client: IpAddr,
+    pub service: String,
+    pub backend: String,
+    pub backend_usable: bool,
+    pub idle_seconds: u32,
+    /// `None` when the service port no longer has `ClientIP` affinity.
+    pub expires_in_seconds: Option<u32>,
+    pub worker: usize,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct FilterQuery {
+    service: Option<String>,
+    client: Option<IpAddr>,
+}
+
+/// Sends a command built by `make` to every worker and gathers answers.
+fn ask_all<T: Send + 'static>(
+    shared: &Shared,
+    make: impl Fn(Sender<T>) -> Command,
+) -> Result<Vec<T>, String> {
+    let mut answers = Vec::with_capacity(shared.workers.len());
+    for (i, worker) in shared.workers.iter().enumerate() {
+        let (tx, rx) = bounded(1);
+        worker
+            .send(make(tx))
+            .map_err(|_| format!("worker {i} has stopped"))?;
+        answers.push(
+            rx.recv_timeout(WORKER_TIMEOUT)
+                .map_err(|_| format!("worker {i} did not answer within {WORKER_TIMEOUT:?}"))?,
+        );
+    }
+    Ok(answers)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+/// Resolves a service name filter to the ids of its service ports. A name
+/// matches exactly, or as `namespace/name` covering every port of it.
+fn service_ids(shared: &Shared, name: &str) -> Vec<u32> {
+    let state = shared.lock();
+    state
+        .snapshot
+        .ports()
+        .iter()
+        .filter(|p| {
+            let n = &p.spec.name;
+            n == name || n.split_once(':').is_some_and(|(svc, _)| svc == name)
+        })
+        .map(|p| p.spec.id)
+        .collect()
+}
+
+/// Runs a blocking worker round trip off the async runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("admin task panicked")
+}
+
+fn filters(shared: &Shared, q: &FilterQuery) -> Result<Vec<AffinityFilter>, Response> {
+    match &q.service {
+        None => Ok(vec![AffinityFilter {
+            service: None,
+            client: q.client,
+        }]),
+        Some(name) => {
+            let ids = service_ids(shared, name);
+            if ids.is_empty() {
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no service port named {name}"),
+                ));
+            }
+            Ok(ids
+                .into_iter()
+                .map(|id| AffinityFilter {
+                    service: Some(id),
+                    client: q.client,
+                })
+                .collect())
+        }
+    }
+}
+
+/// Lists affinity entries matching `q`, across all workers.
+pub fn list_affinity(
+    shared: &Shared,
+    service: Option<String>,
+    client: Option<IpAddr>,
+) -> Result<Vec<AffinityView>, String> {
+    let q = FilterQuery { service, client };
+    let filters = filters(shared, &q).map_err(|_| "no such service".to_string())?;
+    let mut out = Vec::new();
+    for filter in filters {
+        let per_worker = ask_all(shared, |reply| Command::ListAffinity {
+            filter: filter.clone(),
+            reply,
+        })?;
+        let state = shared.lock();
+        for (worker, records) in per_worker.into_iter().enumerate() {
+            out.extend(records.into_iter().map(|r: AffinityRecord| {
+                AffinityView {
+                    client: r.client,
+                    service: state
+                        .snapshot
+                        .by_id(r.service)
+                        .map_or_else(|| format!("#{}", r.service), |s| s.spec.name.clone()),
+                    backend: state
+                        .backends
+                        .get(&r.backend)
+                        .map_or_else(|| format!("#{}", r.backend), SocketAddr::to_string),
+                    backend_usable: r.backend_usable,
+                    idle_seconds: r.idle,
+                    expires_in_seconds: r.expires_in,
+                    worker,
+                }
+            }));
+        }
+    }
+    out.sort_by(|a, b| (a.service.as_str(), a.client).cmp(&(b.service.as_str(), b.client)));
+    Ok(out)
+}
+
+async fn get_affinity(State(shared): State<Arc<Shared>>, Query(q): Query<FilterQuery>) -> Response {
+    let result = blocking(move || list_affinity(&shared, q.service, q.client)).await;
+    match result {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) if e == "no such service" => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn delete_affinity(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<FilterQuery>,
+) -> Response {
+    if q.client.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "delete needs ?client=ADDRESS (use flush to clear a service)",
+        );
+    }
+    remove(shared, q).await
+}
+
+async fn flush_affinity(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<FilterQuery>,
+) -> Response {
+    remove(
+        shared,
+        FilterQuery {
+            service: q.service,
+            client: None,
+        },
+    )
+    .await
+}
+
+async fn remove(shared: Arc<Shared>, q: FilterQuery) -> Response {
+    let filters = match filters(&shared, &q) {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let result = blocking(move || {
+        let mut deleted = 0usize;
+        for filter in filters {
+            deleted += ask_all(&shared, |reply| Command::DeleteAffinity {
+                filter: filter.clone(),
+                reply,
+            })?
+            .into_iter()
+            .sum::<usize>();
+        }
+        Ok::<_, String>(deleted)
+    })
+    .await;
+    match result {
+        Ok(deleted) => axum::Json(serde_json::json!({ "deleted": deleted })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let state = shared.lock();
+    if state.ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no configuration published yet\n",
+        )
+            .into_response()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceView {
+    name: String,
+    id: u32,
+    protocol: u8,
+    affinity: String,
+    mode: String,
+    frontends: Vec<String>,
+    backends: Vec<String>,
+}
+
+async fn services(State(shared): State<Arc<Shared>>) -> Response {
+    let state = shared.lock();
+    let list: Vec<ServiceView> = state
+        .snapshot
+        .ports()
+        .iter()
+        .map(|p| ServiceView {
+            name: p.spec.name.clone(),
+            id: p.spec.id,
+            protocol: p.spec.protocol,
+            affinity: format!("{:?}", p.spec.affinity),
+            mode: format!("{:?}", p.spec.mode),
+            frontends: p
+                .spec
+                .frontends
+                .iter()
+                .map(|(a, port)| SocketAddr::new(*a, *port).to_string())
+                .collect(),
+            backends: p
+                .spec
+                .backends
+                .iter()
+                .map(|b| format!("{} ({})", SocketAddr::new(b.addr, b.port), b.mac))
+                .collect(),
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "generation": state.snapshot.generation(),
+        "services": list,
+        "unresolved_backends": state.unresolved_backends,
+        "neighbours": state.neighbours.iter().map(|(ip, mac)| {
+            serde_json::json!({"address": ip, "mac": mac.map(|m| m.to_string())})
+        }).collect::<Vec<_>>(),
+        "reload": {
+            "ok": state.reload.loads_ok,
+            "failed": state.reload.loads_failed,
+            "last_error": state.reload.last_error,
+        },
+    }))
+    .into_response()
+}
+
+/// Prometheus text exposition of every worker's counters.
+pub fn render_metrics(shared: &Shared) -> Result<String, String> {
+    let reports: Vec<WorkerReport> = ask_all(shared, |reply| Command::Report { reply })?;
+    let state = shared.lock();
+    let mut out = String::new();
+    let mut metric =
+        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(
+                out,
+                "# HELP limpet_{name} {help}\n# TYPE limpet_{name} {kind}"
+            );
+            for (labels, value) in rows {
+                let _ = writeln!(out, "limpet_{name}{labels} {value}");
+            }
+        };
+    let per_worker = |f: &dyn Fn(&WorkerReport) -> f64| -> Vec<(String, f64)> {
+        reports
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("{{worker=\"{i}\"}}"), f(r)))
+            .collect()
+    };
+    type Field = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&WorkerReport) -> f64,
+    );
+    let fields: [Field; 18] = [
+        ("rx_packets_total", "counter", "Packets received.", |r| {
+            r.stats.rx_packets as f64
+        }),
+        ("tx_packets_total", "counter", "Packets sent.", |r| {
+            r.stats.tx_packets as f64
+        }),
+        (
+            "flow_hits_total",
+            "counter",
+            "Packets of known connections forwarded.",
+            |r| r.stats.flow_hits as f64,
+        ),
+        (
+            "replies_total",
+            "counter",
+            "Replies translated back to clients (nat).",
+            |r| r.stats.replies as f64,
+        ),
+        (
+            "new_connections_total",
+            "counter",
+            "New connections balanced.",
+            |r| r.stats.new_flows as f64,
+        ),
+        (
+            "affinity_hits_total",
+            "counter",
+            "New connections sent to a live sticky backend.",
+            |r| r.stats.affinity_hits as f64,
+        ),
+        (
+            "affinity_misses_total",
+            "counter",
+            "New connections of clients without an entry.",
+            |r| r.stats.affinity_misses as f64,
+        ),
+        (
+            "affinity_expired_total",
+            "counter",
+            "Entries found past their timeout and overwritten.",
+            |r| r.stats.affinity_expired as f64,
+        ),
+        (
+            "affinity_stale_total",
+            "counter",
+            "Entries whose backend left the usable set, overwritten.",
+            |r| r.stats.affinity_stale as f64,
+        ),
+        (
+            "affinity_evictions_total",
+            "counter",
+            "Live affinity entries evicted because the table was full.",
+            |r| r.stats.affinity_evictions as f64,
+        ),
+        (
+            "flow_evictions_total",
+            "counter",
+            "Live connections evicted because the table was full.",
+            |r| r.stats.flow_evictions as f64,
+        ),
+        (
+            "slow_path_total",
+            "counter",
+            "Packets handed to the slow path.",
+            |r| r.stats.slow_path as f64,
+        ),
+        (
+            "no_service_total",
+            "counter",
+            "Packets to no service address and port.",
+            |r| r.stats.no_service as f64,
+        ),
+        ("affinity_entries", "gauge", "Live affinity entries.", |r| {
+            r.affinity_entries as f64
+        }),
+        (
+            "affinity_capacity",
+            "gauge",
+            "Affinity table capacity.",
+            |r| r.affinity_capacity as f64,
+        ),
+        ("flow_entries", "gauge", "Live connections.", |r| {
+            r.flow_entries as f64
+        }),
+        (
+            "busy_ns_per_packet",
+            "gauge",
+            "Busy nanoseconds per received packet (polls that received packets).",
+            |r| r.stats.busy_ns_per_packet(),
+        ),
+        (
+            "packets_per_burst",
+            "gauge",
+            "Mean packets per non-empty burst.",
+            |r| r.stats.packets_per_burst(),
+        ),
+    ];
+    for (name, kind, help, f) in fields {
+        metric(name, kind, help, &mut per_worker(&f).into_iter());
+    }
+    let mut drops = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        for reason in DropReason::ALL {
+            drops.push((
+                format!("{{worker=\"{i}\",reason=\"{}\"}}", reason.name()),
+                r.stats.dropped(reason) as f64,
+            ));
+        }
+    }
+    metric(
+        "drops_total",
+        "counter",
+        "Packets dropped, by reason.",
+        &mut drops.into_iter(),
+    );
+    let n = state.neighbour_counters;
+    metric(
+        "neighbour_unresolved",
+        "gauge",
+        "Backend next hops whose MAC address did not resolve.",
+        &mut std::iter::once((String::new(), n.unresolved as f64)),
+    );
+    metric(
+        "neighbour_answers_total",
+        "counter",
+        "ARP requests and neighbour solicitations answered.",
+        &mut std::iter::once((String::new(), (n.arp_answered + n.nd_answered) as f64)),
+    );
+    metric(
+        "config_loads_total",
+        "counter",
+        "Configuration loads, by result.",
+        &mut [
+            ("{result=\"ok\"}".to_string(), state.reload.loads_ok as f64),
+            (
+                "{result=\"refused\"}".to_string(),
+                state.reload.loads_failed as f64,
+            ),
+        ]
+        .into_iter(),
+    );
+    metric(
+        "snapshot_generation",
+        "gauge",
+        "Generation of the snapshot last published.",
+        &mut std::iter::once((String::new(), state.snapshot.generation() as f64)),
+    );
+    metric(
+        "ready",
+        "gauge",
+        "1 once a configuration has been published.",
+        &mut std::iter::once((String::new(), if state.ready { 1.0 } else { 0.0 })),
+    );
+    Ok(out)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match blocking(move || render_metrics(&shared)).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The admin API's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/services", get(services))
+        .route("/v1/affinity", get(get_affinity).delete(delete_affinity))
+        .route("/v1/affinity/flush", post(flush_affinity))
+        .with_state(shared)
+}
+
+/// Serves the admin API on `addr` until the process ends. Runs its own
+/// small runtime on the calling thread.
+pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        axum::serve(listener, router(shared)).await
+    })
+}

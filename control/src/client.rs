@@ -1,0 +1,195 @@
+//! The client side of `limpet affinity ...`: one HTTP/1.1 request to the
+//! admin API of a running limpet. The API is on loopback and speaks plain
+//! JSON, so a few lines over `TcpStream` serve better than an HTTP client
+//! stack.
+
+use crate::admin::AffinityView;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach limpet's admin API at {addr}: {source} (is `limpet run` running, with --admin {addr}?)"
+    )]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin API I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("admin API answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("admin API sent something that is not an HTTP response")]
+    BadResponse,
+    #[error("admin API sent invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Percent-encodes a query value (service names hold `/` and `:`).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query(service: Option<&str>, client: Option<IpAddr>) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = service {
+        parts.push(format!("service={}", encode(s)));
+    }
+    if let Some(c) = client {
+        parts.push(format!("client={}", encode(&c.to_string())));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// Sends one request and returns the response body on a 2xx status.
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> Result<String, ClientError> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|source| ClientError::Connect { addr, source })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(ClientError::BadResponse)?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(ClientError::BadResponse)?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(ClientError::Status { status, body })
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn list(
+    addr: SocketAddr,
+    service: Option<&str>,
+    client: Option<IpAddr>,
+) -> Result<Vec<AffinityView>, ClientError> {
+    let body = request(
+        addr,
+        "GET",
+        &format!("/v1/affinity{}", query(service, client)),
+    )?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+pub fn delete(addr: SocketAddr, client: IpAddr, service: Option<&str>) -> Result<u64, ClientError> {
+    let body = request(
+        addr,
+        "DELETE",
+        &format!("/v1/affinity{}", query(service, Some(client))),
+    )?;
+    deleted(&body)
+}
+
+pub fn flush(addr: SocketAddr, service: Option<&str>) -> Result<u64, ClientError> {
+    let body = request(
+        addr,
+        "POST",
+        &format!("/v1/affinity/flush{}", query(service, None)),
+    )?;
+    deleted(&body)
+}
+
+fn deleted(body: &str) -> Result<u64, ClientError> {
+    let v: serde_json::Value = serde_json::from_str(body)?;
+    Ok(v.get("deleted")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0))
+}
+
+/// The table `limpet affinity list` prints.
+pub fn render_table(entries: &[AffinityView]) -> String {
+    let mut out = format!(
+        "{:<40} {:<34} {:<28} {:>8} {:>11}\n",
+        "CLIENT", "SERVICE PORT", "BACKEND", "AGE", "EXPIRES IN"
+    );
+    for e in entries {
+        let backend = if e.backend_usable {
+            e.backend.clone()
+        } else {
+            format!("{} (gone)", e.backend)
+        };
+        let expires = e
+            .expires_in_seconds
+            .map_or_else(|| "-".to_string(), |s| format!("{s}s"));
+        out.push_str(&format!(
+            "{:<40} {:<34} {:<28} {:>7}s {:>11}\n",
+            e.client, e.service, backend, e.idle_seconds, expires
+        ));
+    }
+    out.push_str(&format!("{} entries\n", entries.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_service_names() {
+        assert_eq!(
+            query(
+                Some("default/hostnames:80/TCP"),
+                Some("198.18.0.1".parse().unwrap())
+            ),
+            "?service=default%2Fhostnames%3A80%2FTCP&client=198.18.0.1"
+        );
+        assert_eq!(query(None, None), "");
+    }
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
+}

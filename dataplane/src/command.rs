@@ -1,0 +1,109 @@
+//! Requests the control plane makes of a running worker: list, delete and
+//! flush affinity entries, and read counters. A worker owns its tables
+//! outright, so instead of locking them it answers these at a burst
+//! boundary, off the per-packet path.
+
+use crate::affinity::{AffinityTable, BackendId, ServicePortId};
+use crate::family::Family;
+use crate::snapshot::Snapshot;
+use crate::stats::WorkerStats;
+use crossbeam_channel::Sender;
+use std::net::IpAddr;
+
+/// One sticky client as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityRecord {
+    pub service: ServicePortId,
+    /// The client address, masked as the service's affinity masks it.
+    pub client: IpAddr,
+    pub backend: BackendId,
+    /// Seconds since the client's last new connection.
+    pub idle: u32,
+    /// Seconds until the entry expires; `None` if its service port no
+    /// longer has `ClientIP` affinity (it will be reaped).
+    pub expires_in: Option<u32>,
+    /// Whether its backend is still usable (an entry that is not is never
+    /// honoured and is overwritten on the client's next connection).
+    pub backend_usable: bool,
+}
+
+/// Which entries a request is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AffinityFilter {
+    pub service: Option<ServicePortId>,
+    pub client: Option<IpAddr>,
+}
+
+impl AffinityFilter {
+    fn matches(&self, service: ServicePortId, client: IpAddr) -> bool {
+        self.service.is_none_or(|s| s == service) && self.client.is_none_or(|c| c == client)
+    }
+}
+
+/// A worker's counters and table sizes at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerReport {
+    pub stats: WorkerStats,
+    pub affinity_entries: usize,
+    pub affinity_capacity: usize,
+    pub flow_entries: usize,
+    pub flow_capacity: usize,
+}
+
+/// A request to a worker; each carries where to send the answer.
+#[derive(Debug)]
+pub enum Command {
+    ListAffinity {
+        filter: AffinityFilter,
+        reply: Sender<Vec<AffinityRecord>>,
+    },
+    /// Removes matching entries; answers how many.
+    DeleteAffinity {
+        filter: AffinityFilter,
+        reply: Sender<usize>,
+    },
+    Report {
+        reply: Sender<WorkerReport>,
+    },
+}
+
+/// Lists the entries of one family's table that `filter` selects.
+pub(crate) fn list<A: Family>(
+    table: &AffinityTable<A>,
+    snapshot: &Snapshot,
+    filter: &AffinityFilter,
+    now: u32,
+    out: &mut Vec<AffinityRecord>,
+) {
+    for (entry, last_seen) in table.iter() {
+        let client = entry.key.client.ip();
+        if !filter.matches(entry.key.service, client) {
+            continue;
+        }
+        let timeout = snapshot.affinity_timeout(entry.key.service);
+        let idle = now.saturating_sub(last_seen);
+        let expires_in =
+            timeout.map(|t| crate::affinity::deadline(last_seen, t).saturating_sub(now));
+        if expires_in == Some(0) {
+            // Past its timeout but not reaped yet: it is not honoured, so
+            // it is not shown.
+            continue;
+        }
+        let backend_usable = snapshot
+            .by_id(entry.key.service)
+            .is_some_and(|s| s.usable(entry.backend).is_some());
+        out.push(AffinityRecord {
+            service: entry.key.service,
+            client,
+            backend: entry.backend,
+            idle,
+            expires_in,
+            backend_usable,
+        });
+    }
+}
+
+/// Removes the entries of one family's table that `filter` selects.
+pub(crate) fn delete<A: Family>(table: &mut AffinityTable<A>, filter: &AffinityFilter) -> usize {
+    table.remove_where(|e| filter.matches(e.key.service, e.key.client.ip()))
+}
