@@ -2,3 +2,6 @@
 //! the dataplane's snapshots, and the `limpet` command.
 
 pub mod demo;
+pub mod ids;
+pub mod manifest;
+pub mod translate;
