@@ -4,4 +4,7 @@
 pub mod admin;
 pub mod client;
 pub mod demo;
+pub mod ids;
+pub mod manifest;
 pub mod state;
+pub mod translate;

@@ -1,0 +1,1020 @@
+//! Kubernetes `Service` and `EndpointSlice` objects -> the dataplane's
+//! [`ServicePortSpec`]s, with kube-proxy's semantics (DESIGN.md, "Semantics:
+//! kube-proxy is the ground truth"). The manifest source and the API watcher
+//! both go through [`translate`]; it is a pure function of the objects, the
+//! node it runs for ([`TranslateContext`]) and the id allocator.
+//!
+//! # Naming, ids and families
+//!
+//! - A spec is named `namespace/name:port/PROTOCOL`, where `port` is the
+//!   service port's `name` when it has one (kube-proxy's `ServicePortName`,
+//!   so renumbering a named port keeps its affinity) and its number
+//!   otherwise: `default/hostnames:80/TCP`, `default/web:http/TCP`.
+//! - A spec holds one address family ([`Snapshot`] requires it). A
+//!   dual-stack service gives one spec per (service port, family); the IPv4
+//!   one has the plain name and the IPv6 one the suffix `/v6`
+//!   (`default/hostnames:80/TCP/v6`), whichever family is primary, so a
+//!   service that gains or loses a family keeps the ids of the other. The
+//!   families served are those of `spec.clusterIPs` (as kube-proxy's
+//!   per-family proxiers do): external, load-balancer and node addresses of
+//!   another family are not served.
+//! - `internalTrafficPolicy` applies to cluster IPs and
+//!   `externalTrafficPolicy` to external IPs, load-balancer ingress IPs and
+//!   node ports. A spec has one backend set, so when the two policies differ
+//!   and the service has external frontends, it is split: the cluster spec
+//!   (plain name) and an external spec with the suffix `/external`
+//!   (`default/web:http/TCP/external`), with its own id. Affinity is then
+//!   per scope: a client that reaches the service both through its cluster
+//!   IP and through a load-balancer IP may be sticky to two backends. When
+//!   the policies agree there is one spec and affinity is shared by every
+//!   frontend, as in kube-proxy.
+//! - Ids come from [`IdAllocator`]: by spec name for service ports, by
+//!   endpoint address and port for backends, stable across reloads.
+//!
+//! # Endpoints
+//!
+//! `EndpointSlice`s labelled `kubernetes.io/service-name=<service>` in the
+//! service's namespace, with `addressType` of the spec's family (FQDN slices
+//! are ignored). The backend port is the slice's `ports[]` entry whose `name`
+//! and `protocol` equal the service port's: the endpoints controller has
+//! already resolved `targetPort` (by number or by container port name), so a
+//! slice with no such entry contributes nothing to that port. Only
+//! `addresses[0]` of an endpoint is used. Conditions: `ready` nil = true,
+//! `serving` nil = true, `terminating` nil = false. An address:port listed
+//! by several slices is used once (ready if any listing says so).
+//!
+//! Usable endpoints are the ready ones or, if none is ready, those serving
+//! and terminating. With a `Local` policy, the usable endpoints are those
+//! whose `nodeName` is [`TranslateContext::node_name`], ready or, if none
+//! of them is ready, serving and terminating (kube-proxy's
+//! `CategorizeEndpoints`); with no node name, none is local. A spec with no
+//! usable endpoint is still emitted, with no backends: its frontends are
+//! known and traffic to them is dropped rather than forwarded elsewhere.
+//!
+//! # Validation
+//!
+//! Objects are checked the way the API server checks them, and reported in
+//! its words (`spec.ports[0].port: Invalid value: 70000: must be between 1
+//! and 65535, inclusive`). An invalid object is left out and the others are
+//! translated; callers decide whether errors are fatal. A frontend already
+//! claimed by an earlier spec (services in namespace/name order) is dropped
+//! from the later one and reported, so one bad object cannot fail a whole
+//! snapshot.
+//!
+//! [`Snapshot`]: limpet_dataplane::snapshot::Snapshot
+
+use crate::ids::IdAllocator;
+use crate::manifest::{Manifests, Sourced};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec};
+use limpet_dataplane::wire::MacAddr;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// `timeoutSeconds` when `ClientIP` has no `sessionAffinityConfig`.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// The largest valid `timeoutSeconds` (one day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+/// Services with this label belong to another proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label tying an `EndpointSlice` to its service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The node limpet runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateContext {
+    /// This node's name, matched against endpoints' `nodeName` for `Local`
+    /// traffic policies.
+    pub node_name: Option<String>,
+    /// The addresses node ports are served on.
+    pub node_addresses: Vec<IpAddr>,
+    pub mode: ForwardMode,
+}
+
+impl Default for TranslateContext {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            node_addresses: Vec::new(),
+            mode: ForwardMode::Nat,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(addr: IpAddr) -> Self {
+        if addr.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+
+    /// The `EndpointSlice` `addressType`.
+    pub fn address_type(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+}
+
+/// `internalTrafficPolicy` / `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+/// Which frontends a spec serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every frontend of the service port (both policies agree, or there is
+    /// no external frontend).
+    All,
+    /// Cluster IPs only (the policies differ).
+    Cluster,
+    /// External IPs, load-balancer IPs and node ports only.
+    External,
+}
+
+/// What a spec was made from, beyond what the dataplane needs: for the
+/// admin API and for later policy work (source ranges, topology).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecInfo {
+    pub namespace: String,
+    pub service: String,
+    /// The service port's `name`, if it has one.
+    pub port_name: Option<String>,
+    pub port: u16,
+    pub file: Option<PathBuf>,
+    pub family: IpFamily,
+    pub scope: Scope,
+    pub internal_traffic_policy: TrafficPolicy,
+    pub external_traffic_policy: TrafficPolicy,
+    /// Load-balancer ingress addresses among the spec's frontends (what
+    /// `loadBalancerSourceRanges` restricts).
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_source_ranges: Vec<String>,
+    pub traffic_distribution: Option<String>,
+}
+
+/// An object left out, in the API server's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectError {
+    pub file: Option<PathBuf>,
+    /// The resource: `services` or `endpointslices`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The field path, as `spec.ports[0].port`.
+    pub field: String,
+    /// `Invalid value: 70000: must be between 1 and 65535, inclusive`.
+    pub message: String,
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)?;
+        if let Some(file) = &self.file {
+            write!(f, " (file {})", file.display())?;
+        }
+        write!(f, ": {}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ObjectError {}
+
+/// The outcome of a translation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Translation {
+    pub specs: Vec<ServicePortSpec>,
+    /// `info[i]` describes `specs[i]`.
+    pub info: Vec<SpecInfo>,
+    pub errors: Vec<ObjectError>,
+    /// Objects deliberately not served: (`services/namespace/name`, reason).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Manifests {
+    /// Translates every object loaded.
+    pub fn translate(&self, ctx: &TranslateContext, ids: &mut IdAllocator) -> Translation {
+        translate(&self.services, &self.slices, ctx, ids)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    const SUPPORTED: &[&str] = &["SCTP", "TCP", "UDP"];
+
+    /// The API's default is TCP.
+    fn parse(s: Option<&str>) -> Option<Self> {
+        match s {
+            None | Some("TCP") => Some(Protocol::Tcp),
+            Some("UDP") => Some(Protocol::Udp),
+            Some("SCTP") => Some(Protocol::Sctp),
+            Some(_) => None,
+        }
+    }
+
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+// The API server's `field.Error` kinds.
+fn invalid(value: impl fmt::Display, detail: &str) -> String {
+    format!("Invalid value: {value}: {detail}")
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn not_supported(value: &str, supported: &[&str]) -> String {
+    let list: Vec<String> = supported.iter().map(|s| quoted(s)).collect();
+    format!(
+        "Unsupported value: {}: supported values: {}",
+        quoted(value),
+        list.join(", ")
+    )
+}
+
+fn forbidden(detail: &str) -> String {
+    format!("Forbidden: {detail}")
+}
+
+fn duplicate(value: impl fmt::Display) -> String {
+    format!("Duplicate value: {value}")
+}
+
+const PORT_RANGE: &str = "must be between 1 and 65535, inclusive";
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>().ok().map(|a| a.to_canonical())
+}
+
+fn port_number(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|&p| p != 0)
+}
+
+/// Field errors of one object.
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn push(&mut self, field: impl Into<String>, message: String) {
+        self.0.push((field.into(), message));
+    }
+}
+
+struct ParsedPort {
+    name: Option<String>,
+    port: u16,
+    protocol: Protocol,
+    node_port: Option<u16>,
+}
+
+/// A frontend and the field it came from (for conflict reports).
+#[derive(Clone)]
+struct Frontend {
+    addr: IpAddr,
+    port: u16,
+    field: String,
+}
+
+struct ParsedService<'a> {
+    src: &'a Sourced<Service>,
+    namespace: String,
+    name: String,
+    affinity: Affinity,
+    cluster_ips: Vec<(IpAddr, String)>,
+    external_ips: Vec<(IpAddr, String)>,
+    lb_ips: Vec<(IpAddr, String)>,
+    node_ports: bool,
+    ports: Vec<ParsedPort>,
+    itp: TrafficPolicy,
+    etp: TrafficPolicy,
+    source_ranges: Vec<String>,
+    traffic_distribution: Option<String>,
+}
+
+enum ServiceOutcome<'a> {
+    Serve(Box<ParsedService<'a>>),
+    Skip(String),
+    Invalid(Problems),
+}
+
+fn namespace_of(ns: Option<&String>) -> String {
+    ns.filter(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+fn parse_policy(value: Option<&str>, field: &str, problems: &mut Problems) -> TrafficPolicy {
+    match value {
+        None | Some("" | "Cluster") => TrafficPolicy::Cluster,
+        Some("Local") => TrafficPolicy::Local,
+        Some(other) => {
+            problems.push(field, not_supported(other, &["Cluster", "Local"]));
+            TrafficPolicy::Cluster
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)] // one pass over the spec, as the API server's validation
+fn parse_service(src: &Sourced<Service>) -> ServiceOutcome<'_> {
+    let svc = &src.object;
+    let labels = svc.metadata.labels.as_ref();
+    if let Some(proxy) = labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
+        return ServiceOutcome::Skip(format!(
+            "labelled {SERVICE_PROXY_NAME_LABEL}={proxy}: served by another proxy"
+        ));
+    }
+    let mut problems = Problems::default();
+    let Some(spec) = svc.spec.as_ref() else {
+        problems.push("spec", "Required value".to_owned());
+        return ServiceOutcome::Invalid(problems);
+    };
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    match type_ {
+        "ExternalName" => {
+            return ServiceOutcome::Skip("type ExternalName: no proxying".to_owned());
+        }
+        "ClusterIP" | "NodePort" | "LoadBalancer" => {}
+        other => problems.push(
+            "spec.type",
+            not_supported(
+                other,
+                &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+            ),
+        ),
+    }
+
+    let affinity = match spec.session_affinity.as_deref() {
+        None | Some("" | "None") => {
+            if spec.session_affinity_config.is_some() {
+                problems.push(
+                    "spec.sessionAffinityConfig",
+                    forbidden("must not be set when session affinity is None"),
+                );
+            }
+            Affinity::None
+        }
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match timeout {
+                None => Affinity::client_ip(DEFAULT_AFFINITY_TIMEOUT),
+                Some(t) => match u32::try_from(t) {
+                    Ok(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => Affinity::client_ip(t),
+                    _ => {
+                        // The API server's wording, although it accepts 86400.
+                        problems.push(
+                            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                            invalid(
+                                t,
+                                &format!(
+                                    "must be greater than 0 and less than {MAX_AFFINITY_TIMEOUT}"
+                                ),
+                            ),
+                        );
+                        Affinity::None
+                    }
+                },
+            }
+        }
+        Some(other) => {
+            problems.push(
+                "spec.sessionAffinity",
+                not_supported(other, &["ClientIP", "None"]),
+            );
+            Affinity::None
+        }
+    };
+
+    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or_default();
+    let headless = cluster_ip == "None";
+    if !cluster_ip.is_empty() && !headless && parse_ip(cluster_ip).is_none() {
+        problems.push(
+            "spec.clusterIP",
+            invalid(
+                quoted(cluster_ip),
+                "must be empty, 'None', or a valid IP address",
+            ),
+        );
+    }
+    let mut cluster_ips = Vec::new();
+    match spec.cluster_ips.as_deref() {
+        Some(list) if !list.is_empty() => {
+            if !cluster_ip.is_empty() && list[0] != cluster_ip {
+                problems.push(
+                    "spec.clusterIPs[0]",
+                    invalid(
+                        quoted(&list[0]),
+                        "must be same as clusterIP when clusterIP is set",
+                    ),
+                );
+            }
+            for (i, s) in list.iter().enumerate() {
+                if s == "None" {
+                    continue;
+                }
+                let field = format!("spec.clusterIPs[{i}]");
+                match parse_ip(s) {
+                    Some(a) => cluster_ips.push((a, field)),
+                    None => problems.push(field, invalid(quoted(s), "must be a valid IP address")),
+                }
+            }
+        }
+        _ => {
+            if let Some(a) = parse_ip(cluster_ip) {
+                cluster_ips.push((a, "spec.clusterIP".to_owned()));
+            }
+        }
+    }
+    if cluster_ips.len() == 2 && IpFamily::of(cluster_ips[0].0) == IpFamily::of(cluster_ips[1].0) {
+        problems.push(
+            "spec.clusterIPs[1]",
+            invalid(
+                quoted(&cluster_ips[1].0.to_string()),
+                "may specify no more than one IP for each IP family",
+            ),
+        );
+    }
+    if cluster_ips.len() > 2 {
+        problems.push(
+            "spec.clusterIPs",
+            "Invalid value: must be at most 2 entries".to_owned(),
+        );
+    }
+
+    let mut external_ips = Vec::new();
+    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
+        let field = format!("spec.externalIPs[{i}]");
+        match parse_ip(s) {
+            Some(a) => external_ips.push((a, field)),
+            None => problems.push(
+                field,
+                invalid(
+                    quoted(s),
+                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                ),
+            ),
+        }
+    }
+
+    let mut lb_ips = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let field = format!("status.loadBalancer.ingress[{i}].ip");
+        match parse_ip(s) {
+            // ipMode Proxy: the load balancer proxies to the node; kube-proxy
+            // does not capture the address.
+            Some(_) if ing.ip_mode.as_deref() == Some("Proxy") => {}
+            Some(a) => lb_ips.push((a, field)),
+            None => problems.push(field, invalid(quoted(s), "must be a valid IP address")),
+        }
+    }
+
+    let mut ports = Vec::new();
+    let mut seen_ports: HashSet<(Protocol, u16)> = HashSet::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let port = port_number(p.port);
+        if port.is_none() {
+            problems.push(format!("{field}.port"), invalid(p.port, PORT_RANGE));
+        }
+        let protocol = Protocol::parse(p.protocol.as_deref());
+        if protocol.is_none() {
+            problems.push(
+                format!("{field}.protocol"),
+                not_supported(
+                    p.protocol.as_deref().unwrap_or_default(),
+                    Protocol::SUPPORTED,
+                ),
+            );
+        }
+        let node_port = match p.node_port {
+            None | Some(0) => None,
+            Some(n) => {
+                let np = port_number(n);
+                if np.is_none() {
+                    problems.push(format!("{field}.nodePort"), invalid(n, PORT_RANGE));
+                }
+                np
+            }
+        };
+        if let (Some(port), Some(protocol)) = (port, protocol) {
+            if !seen_ports.insert((protocol, port)) {
+                problems.push(
+                    field,
+                    duplicate(format!("{{{port} {}}}", protocol.as_str())),
+                );
+                continue;
+            }
+            ports.push(ParsedPort {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port,
+                protocol,
+                node_port,
+            });
+        }
+    }
+
+    let itp = parse_policy(
+        spec.internal_traffic_policy.as_deref(),
+        "spec.internalTrafficPolicy",
+        &mut problems,
+    );
+    let etp = parse_policy(
+        spec.external_traffic_policy.as_deref(),
+        "spec.externalTrafficPolicy",
+        &mut problems,
+    );
+
+    if !problems.0.is_empty() {
+        return ServiceOutcome::Invalid(problems);
+    }
+    if headless {
+        return ServiceOutcome::Skip("headless (clusterIP: None): no proxying".to_owned());
+    }
+    if cluster_ips.is_empty() {
+        return ServiceOutcome::Skip("no cluster IP assigned".to_owned());
+    }
+    ServiceOutcome::Serve(Box::new(ParsedService {
+        src,
+        namespace: namespace_of(svc.metadata.namespace.as_ref()),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        affinity,
+        cluster_ips,
+        external_ips,
+        lb_ips,
+        node_ports: matches!(type_, "NodePort" | "LoadBalancer"),
+        ports,
+        itp,
+        etp,
+        source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
+        traffic_distribution: spec.traffic_distribution.clone(),
+    }))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Endpoint<'a> {
+    addr: IpAddr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node: Option<&'a str>,
+}
+
+struct SlicePort<'a> {
+    name: &'a str,
+    protocol: Protocol,
+    port: Option<u16>,
+}
+
+struct ParsedSlice<'a> {
+    family: IpFamily,
+    ports: Vec<SlicePort<'a>>,
+    endpoints: Vec<Endpoint<'a>>,
+}
+
+fn parse_slice(src: &Sourced<EndpointSlice>) -> Result<Option<ParsedSlice<'_>>, Problems> {
+    let slice = &src.object;
+    let mut problems = Problems::default();
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        "FQDN" => return Ok(None),
+        other => {
+            problems.push("addressType", not_supported(other, &["IPv4", "IPv6"]));
+            return Err(problems);
+        }
+    };
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let protocol = Protocol::parse(p.protocol.as_deref());
+        if protocol.is_none() {
+            problems.push(
+                format!("ports[{i}].protocol"),
+                not_supported(
+                    p.protocol.as_deref().unwrap_or_default(),
+                    Protocol::SUPPORTED,
+                ),
+            );
+        }
+        let port = match p.port {
+            None => None,
+            Some(n) => {
+                let np = port_number(n);
+                if np.is_none() {
+                    problems.push(format!("ports[{i}].port"), invalid(n, PORT_RANGE));
+                }
+                np
+            }
+        };
+        if let Some(protocol) = protocol {
+            ports.push(SlicePort {
+                name: p.name.as_deref().unwrap_or_default(),
+                protocol,
+                port,
+            });
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
+        let Some(s) = ep.addresses.first() else {
+            continue;
+        };
+        match parse_ip(s).filter(|&a| IpFamily::of(a) == family) {
+            Some(addr) => {
+                let c = ep.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                endpoints.push(Endpoint {
+                    addr,
+                    ready,
+                    serving: c.and_then(|c| c.serving).unwrap_or(true),
+                    terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                    node: ep.node_name.as_deref(),
+                });
+            }
+            None => problems.push(
+                format!("endpoints[{i}].addresses[0]"),
+                invalid(
+                    quoted(s),
+                    &format!("must be a valid {} address", family.address_type()),
+                ),
+            ),
+        }
+    }
+    if !problems.0.is_empty() {
+        return Err(problems);
+    }
+    Ok(Some(ParsedSlice {
+        family,
+        ports,
+        endpoints,
+    }))
+}
+
+/// The endpoints of `slices` for a service port in `family`, deduplicated.
+fn collect_endpoints<'a>(
+    slices: &[&ParsedSlice<'a>],
+    family: IpFamily,
+    port: &ParsedPort,
+) -> Vec<(Endpoint<'a>, u16)> {
+    let want_name = port.name.as_deref().unwrap_or_default();
+    let mut seen: BTreeMap<(IpAddr, u16), Endpoint<'a>> = BTreeMap::new();
+    for slice in slices.iter().filter(|s| s.family == family) {
+        let Some(target) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == want_name && p.protocol == port.protocol)
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            seen.entry((ep.addr, target))
+                .and_modify(|old| {
+                    if ep.ready && !old.ready {
+                        *old = *ep;
+                    }
+                })
+                .or_insert(*ep);
+        }
+    }
+    seen.into_iter().map(|((_, port), ep)| (ep, port)).collect()
+}
+
+/// kube-proxy's usable set: ready, else serving and terminating.
+fn usable<'a>(
+    eps: &[(Endpoint<'a>, u16)],
+    keep: impl Fn(&Endpoint<'a>) -> bool,
+) -> Vec<(IpAddr, u16)> {
+    let pick = |f: &dyn Fn(&Endpoint<'a>) -> bool| -> Vec<(IpAddr, u16)> {
+        eps.iter()
+            .filter(|(e, _)| keep(e) && f(e))
+            .map(|(e, p)| (e.addr, *p))
+            .collect()
+    };
+    let ready = pick(&|e| e.ready);
+    if ready.is_empty() {
+        pick(&|e| e.serving && e.terminating)
+    } else {
+        ready
+    }
+}
+
+fn backends(set: &[(IpAddr, u16)], ids: &mut IdAllocator) -> Vec<Backend> {
+    let mut set = set.to_vec();
+    set.sort_unstable();
+    set.dedup();
+    set.into_iter()
+        .map(|(addr, port)| Backend {
+            id: ids.backend(addr, port),
+            addr,
+            port,
+            weight: 1,
+            mac: MacAddr::UNSPECIFIED,
+        })
+        .collect()
+}
+
+/// A spec before frontend conflicts are resolved.
+struct Pending {
+    spec: ServicePortSpec,
+    info: SpecInfo,
+    frontends: Vec<Frontend>,
+}
+
+fn key_of(ns: &str, name: &str) -> (String, String) {
+    (ns.to_owned(), name.to_owned())
+}
+
+/// Translates services and their endpoint slices into service port specs.
+#[allow(clippy::too_many_lines)]
+pub fn translate(
+    services: &[Sourced<Service>],
+    slices: &[Sourced<EndpointSlice>],
+    ctx: &TranslateContext,
+    ids: &mut IdAllocator,
+) -> Translation {
+    let mut out = Translation::default();
+
+    // Endpoint slices by (namespace, service), in slice-name order.
+    let mut by_service: BTreeMap<(String, String), Vec<ParsedSlice<'_>>> = BTreeMap::new();
+    let mut seen_slices: HashSet<(String, String)> = HashSet::new();
+    let mut sorted_slices: Vec<&Sourced<EndpointSlice>> = slices.iter().collect();
+    sorted_slices.sort_by_key(|s| {
+        (
+            namespace_of(s.object.metadata.namespace.as_ref()),
+            s.object.metadata.name.clone().unwrap_or_default(),
+        )
+    });
+    for src in sorted_slices {
+        let meta = &src.object.metadata;
+        let ns = namespace_of(meta.namespace.as_ref());
+        let name = meta.name.clone().unwrap_or_default();
+        let error = |field: &str, message: String| ObjectError {
+            file: src.file.clone(),
+            kind: "endpointslices".to_owned(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            field: field.to_owned(),
+            message,
+        };
+        if !seen_slices.insert(key_of(&ns, &name)) {
+            out.errors
+                .push(error("metadata.name", duplicate(quoted(&name))));
+            continue;
+        }
+        let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            out.skipped.push((
+                format!("endpointslices/{ns}/{name}"),
+                format!("no {SERVICE_NAME_LABEL} label"),
+            ));
+            continue;
+        };
+        match parse_slice(src) {
+            Ok(Some(parsed)) => by_service
+                .entry(key_of(&ns, service))
+                .or_default()
+                .push(parsed),
+            Ok(None) => out.skipped.push((
+                format!("endpointslices/{ns}/{name}"),
+                "addressType FQDN: not proxied".to_owned(),
+            )),
+            Err(problems) => {
+                for (field, message) in problems.0 {
+                    out.errors.push(error(&field, message));
+                }
+            }
+        }
+    }
+
+    let mut sorted: Vec<&Sourced<Service>> = services.iter().collect();
+    sorted.sort_by_key(|s| {
+        (
+            namespace_of(s.object.metadata.namespace.as_ref()),
+            s.object.metadata.name.clone().unwrap_or_default(),
+        )
+    });
+    let mut seen_services: HashSet<(String, String)> = HashSet::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    for src in sorted {
+        let ns = namespace_of(src.object.metadata.namespace.as_ref());
+        let name = src.object.metadata.name.clone().unwrap_or_default();
+        let error = |field: String, message: String| ObjectError {
+            file: src.file.clone(),
+            kind: "services".to_owned(),
+            namespace: ns.clone(),
+            name: name.clone(),
+            field,
+            message,
+        };
+        if !seen_services.insert(key_of(&ns, &name)) {
+            out.errors
+                .push(error("metadata.name".to_owned(), duplicate(quoted(&name))));
+            continue;
+        }
+        let svc = match parse_service(src) {
+            ServiceOutcome::Serve(svc) => svc,
+            ServiceOutcome::Skip(reason) => {
+                out.skipped.push((format!("services/{ns}/{name}"), reason));
+                continue;
+            }
+            ServiceOutcome::Invalid(problems) => {
+                out.errors
+                    .extend(problems.0.into_iter().map(|(f, m)| error(f, m)));
+                continue;
+            }
+        };
+        let empty = Vec::new();
+        let svc_slices: Vec<&ParsedSlice<'_>> = by_service
+            .get(&key_of(&ns, &name))
+            .unwrap_or(&empty)
+            .iter()
+            .collect();
+        let mut families: Vec<IpFamily> = svc
+            .cluster_ips
+            .iter()
+            .map(|(a, _)| IpFamily::of(*a))
+            .collect();
+        families.sort_unstable();
+        families.dedup();
+        let is_local = |e: &Endpoint<'_>| {
+            ctx.node_name.is_some() && e.node.is_some() && e.node == ctx.node_name.as_deref()
+        };
+        for (pi, port) in svc.ports.iter().enumerate() {
+            let label = port.name.clone().unwrap_or_else(|| port.port.to_string());
+            let base = format!("{ns}/{name}:{label}/{}", port.protocol.as_str());
+            for &family in &families {
+                let of_family = |list: &[(IpAddr, String)]| -> Vec<Frontend> {
+                    list.iter()
+                        .filter(|(a, _)| IpFamily::of(*a) == family)
+                        .map(|(a, f)| Frontend {
+                            addr: *a,
+                            port: port.port,
+                            field: f.clone(),
+                        })
+                        .collect()
+                };
+                let cluster_fe = of_family(&svc.cluster_ips);
+                let mut external_fe = of_family(&svc.external_ips);
+                let lb_fe = of_family(&svc.lb_ips);
+                let lb_ips: Vec<IpAddr> = lb_fe.iter().map(|f| f.addr).collect();
+                external_fe.extend(lb_fe);
+                if let (true, Some(np)) = (svc.node_ports, port.node_port) {
+                    for &a in ctx
+                        .node_addresses
+                        .iter()
+                        .filter(|a| IpFamily::of(**a) == family)
+                    {
+                        external_fe.push(Frontend {
+                            addr: a,
+                            port: np,
+                            field: format!("spec.ports[{pi}].nodePort"),
+                        });
+                    }
+                }
+                let eps = collect_endpoints(&svc_slices, family, port);
+                let cluster_set = usable(&eps, |_| true);
+                let local_set = usable(&eps, is_local);
+                let pick = |p: TrafficPolicy| match p {
+                    TrafficPolicy::Cluster => &cluster_set,
+                    TrafficPolicy::Local => &local_set,
+                };
+                let family_name = match family {
+                    IpFamily::V4 => base.clone(),
+                    IpFamily::V6 => format!("{base}/v6"),
+                };
+                let mut make = |scope: Scope, frontends: Vec<Frontend>, set: &[(IpAddr, u16)]| {
+                    let name = match scope {
+                        Scope::External => format!("{family_name}/external"),
+                        Scope::All | Scope::Cluster => family_name.clone(),
+                    };
+                    let lb_ips = lb_ips
+                        .iter()
+                        .copied()
+                        .filter(|a| frontends.iter().any(|f| f.addr == *a))
+                        .collect();
+                    pending.push(Pending {
+                        spec: ServicePortSpec {
+                            id: ids.service_port(&name),
+                            name,
+                            protocol: port.protocol.number(),
+                            affinity: svc.affinity,
+                            mode: ctx.mode,
+                            frontends: Vec::new(),
+                            backends: backends(set, ids),
+                            maglev_size: None,
+                        },
+                        info: SpecInfo {
+                            namespace: svc.namespace.clone(),
+                            service: svc.name.clone(),
+                            port_name: port.name.clone(),
+                            port: port.port,
+                            file: svc.src.file.clone(),
+                            family,
+                            scope,
+                            internal_traffic_policy: svc.itp,
+                            external_traffic_policy: svc.etp,
+                            load_balancer_ips: lb_ips,
+                            load_balancer_source_ranges: svc.source_ranges.clone(),
+                            traffic_distribution: svc.traffic_distribution.clone(),
+                        },
+                        frontends,
+                    });
+                };
+                if external_fe.is_empty() || svc.itp == svc.etp {
+                    let mut all = cluster_fe;
+                    all.extend(external_fe);
+                    make(Scope::All, all, pick(svc.itp));
+                } else {
+                    make(Scope::Cluster, cluster_fe, pick(svc.itp));
+                    make(Scope::External, external_fe, pick(svc.etp));
+                }
+            }
+        }
+    }
+
+    // Frontends: first claim wins; a later claim is dropped and reported.
+    let mut claimed: HashMap<(IpAddr, u16, u8), String> = HashMap::new();
+    for p in pending {
+        let Pending {
+            mut spec,
+            info,
+            frontends,
+        } = p;
+        for fe in frontends {
+            let key = (fe.addr, fe.port, spec.protocol);
+            match claimed.get(&key) {
+                Some(owner) if *owner == spec.name => {} // listed twice in one spec
+                Some(owner) => out.errors.push(ObjectError {
+                    file: info.file.clone(),
+                    kind: "services".to_owned(),
+                    namespace: info.namespace.clone(),
+                    name: info.service.clone(),
+                    field: fe.field,
+                    message: duplicate(format!(
+                        "{}: already served by {owner}",
+                        quoted(&socket(fe.addr, fe.port))
+                    )),
+                }),
+                None => {
+                    claimed.insert(key, spec.name.clone());
+                    spec.frontends.push((fe.addr, fe.port));
+                }
+            }
+        }
+        out.specs.push(spec);
+        out.info.push(info);
+    }
+    out
+}
+
+fn socket(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
