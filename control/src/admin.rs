@@ -93,7 +93,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("admin task panicked")
 }
 
-fn filters(shared: &Shared, q: &FilterQuery) -> Result<Vec<AffinityFilter>, Response> {
+/// The filters `q` asks for; `Err` names a service that does not exist.
+fn filters(shared: &Shared, q: &FilterQuery) -> Result<Vec<AffinityFilter>, String> {
     match &q.service {
         None => Ok(vec![AffinityFilter {
             service: None,
@@ -102,10 +103,7 @@ fn filters(shared: &Shared, q: &FilterQuery) -> Result<Vec<AffinityFilter>, Resp
         Some(name) => {
             let ids = service_ids(shared, name);
             if ids.is_empty() {
-                return Err(error(
-                    StatusCode::NOT_FOUND,
-                    format!("no service port named {name}"),
-                ));
+                return Err(format!("no service port named {name}"));
             }
             Ok(ids
                 .into_iter()
@@ -118,20 +116,28 @@ fn filters(shared: &Shared, q: &FilterQuery) -> Result<Vec<AffinityFilter>, Resp
     }
 }
 
+/// Why a listing failed.
+#[derive(Debug)]
+pub enum ListError {
+    NoService(String),
+    Workers(String),
+}
+
 /// Lists affinity entries matching `q`, across all workers.
 pub fn list_affinity(
     shared: &Shared,
     service: Option<String>,
     client: Option<IpAddr>,
-) -> Result<Vec<AffinityView>, String> {
+) -> Result<Vec<AffinityView>, ListError> {
     let q = FilterQuery { service, client };
-    let filters = filters(shared, &q).map_err(|_| "no such service".to_string())?;
+    let filters = filters(shared, &q).map_err(ListError::NoService)?;
     let mut out = Vec::new();
     for filter in filters {
         let per_worker = ask_all(shared, |reply| Command::ListAffinity {
             filter: filter.clone(),
             reply,
-        })?;
+        })
+        .map_err(ListError::Workers)?;
         let state = shared.lock();
         for (worker, records) in per_worker.into_iter().enumerate() {
             out.extend(records.into_iter().map(|r: AffinityRecord| {
@@ -161,8 +167,8 @@ async fn get_affinity(State(shared): State<Arc<Shared>>, Query(q): Query<FilterQ
     let result = blocking(move || list_affinity(&shared, q.service, q.client)).await;
     match result {
         Ok(list) => axum::Json(list).into_response(),
-        Err(e) if e == "no such service" => error(StatusCode::NOT_FOUND, e),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(ListError::NoService(e)) => error(StatusCode::NOT_FOUND, e),
+        Err(ListError::Workers(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
@@ -196,7 +202,7 @@ async fn flush_affinity(
 async fn remove(shared: Arc<Shared>, q: FilterQuery) -> Response {
     let filters = match filters(&shared, &q) {
         Ok(f) => f,
-        Err(resp) => return resp,
+        Err(e) => return error(StatusCode::NOT_FOUND, e),
     };
     let result = blocking(move || {
         let mut deleted = 0usize;
@@ -287,6 +293,112 @@ async fn services(State(shared): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
+type Field = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&WorkerReport) -> f64,
+);
+/// Per-worker metrics: name, type, help, and how to read it off a report.
+const WORKER_METRICS: [Field; 18] = [
+    ("rx_packets_total", "counter", "Packets received.", |r| {
+        r.stats.rx_packets as f64
+    }),
+    ("tx_packets_total", "counter", "Packets sent.", |r| {
+        r.stats.tx_packets as f64
+    }),
+    (
+        "flow_hits_total",
+        "counter",
+        "Packets of known connections forwarded.",
+        |r| r.stats.flow_hits as f64,
+    ),
+    (
+        "replies_total",
+        "counter",
+        "Replies translated back to clients (nat).",
+        |r| r.stats.replies as f64,
+    ),
+    (
+        "new_connections_total",
+        "counter",
+        "New connections balanced.",
+        |r| r.stats.new_flows as f64,
+    ),
+    (
+        "affinity_hits_total",
+        "counter",
+        "New connections sent to a live sticky backend.",
+        |r| r.stats.affinity_hits as f64,
+    ),
+    (
+        "affinity_misses_total",
+        "counter",
+        "New connections of clients without an entry.",
+        |r| r.stats.affinity_misses as f64,
+    ),
+    (
+        "affinity_expired_total",
+        "counter",
+        "Entries found past their timeout and overwritten.",
+        |r| r.stats.affinity_expired as f64,
+    ),
+    (
+        "affinity_stale_total",
+        "counter",
+        "Entries whose backend left the usable set, overwritten.",
+        |r| r.stats.affinity_stale as f64,
+    ),
+    (
+        "affinity_evictions_total",
+        "counter",
+        "Live affinity entries evicted because the table was full.",
+        |r| r.stats.affinity_evictions as f64,
+    ),
+    (
+        "flow_evictions_total",
+        "counter",
+        "Live connections evicted because the table was full.",
+        |r| r.stats.flow_evictions as f64,
+    ),
+    (
+        "slow_path_total",
+        "counter",
+        "Packets handed to the slow path.",
+        |r| r.stats.slow_path as f64,
+    ),
+    (
+        "no_service_total",
+        "counter",
+        "Packets to no service address and port.",
+        |r| r.stats.no_service as f64,
+    ),
+    ("affinity_entries", "gauge", "Live affinity entries.", |r| {
+        r.affinity_entries as f64
+    }),
+    (
+        "affinity_capacity",
+        "gauge",
+        "Affinity table capacity.",
+        |r| r.affinity_capacity as f64,
+    ),
+    ("flow_entries", "gauge", "Live connections.", |r| {
+        r.flow_entries as f64
+    }),
+    (
+        "busy_ns_per_packet",
+        "gauge",
+        "Busy nanoseconds per received packet (polls that received packets).",
+        |r| r.stats.busy_ns_per_packet(),
+    ),
+    (
+        "packets_per_burst",
+        "gauge",
+        "Mean packets per non-empty burst.",
+        |r| r.stats.packets_per_burst(),
+    ),
+];
+
 /// Prometheus text exposition of every worker's counters.
 pub fn render_metrics(shared: &Shared) -> Result<String, String> {
     let reports: Vec<WorkerReport> = ask_all(shared, |reply| Command::Report { reply })?;
@@ -309,111 +421,7 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
             .map(|(i, r)| (format!("{{worker=\"{i}\"}}"), f(r)))
             .collect()
     };
-    type Field = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&WorkerReport) -> f64,
-    );
-    let fields: [Field; 18] = [
-        ("rx_packets_total", "counter", "Packets received.", |r| {
-            r.stats.rx_packets as f64
-        }),
-        ("tx_packets_total", "counter", "Packets sent.", |r| {
-            r.stats.tx_packets as f64
-        }),
-        (
-            "flow_hits_total",
-            "counter",
-            "Packets of known connections forwarded.",
-            |r| r.stats.flow_hits as f64,
-        ),
-        (
-            "replies_total",
-            "counter",
-            "Replies translated back to clients (nat).",
-            |r| r.stats.replies as f64,
-        ),
-        (
-            "new_connections_total",
-            "counter",
-            "New connections balanced.",
-            |r| r.stats.new_flows as f64,
-        ),
-        (
-            "affinity_hits_total",
-            "counter",
-            "New connections sent to a live sticky backend.",
-            |r| r.stats.affinity_hits as f64,
-        ),
-        (
-            "affinity_misses_total",
-            "counter",
-            "New connections of clients without an entry.",
-            |r| r.stats.affinity_misses as f64,
-        ),
-        (
-            "affinity_expired_total",
-            "counter",
-            "Entries found past their timeout and overwritten.",
-            |r| r.stats.affinity_expired as f64,
-        ),
-        (
-            "affinity_stale_total",
-            "counter",
-            "Entries whose backend left the usable set, overwritten.",
-            |r| r.stats.affinity_stale as f64,
-        ),
-        (
-            "affinity_evictions_total",
-            "counter",
-            "Live affinity entries evicted because the table was full.",
-            |r| r.stats.affinity_evictions as f64,
-        ),
-        (
-            "flow_evictions_total",
-            "counter",
-            "Live connections evicted because the table was full.",
-            |r| r.stats.flow_evictions as f64,
-        ),
-        (
-            "slow_path_total",
-            "counter",
-            "Packets handed to the slow path.",
-            |r| r.stats.slow_path as f64,
-        ),
-        (
-            "no_service_total",
-            "counter",
-            "Packets to no service address and port.",
-            |r| r.stats.no_service as f64,
-        ),
-        ("affinity_entries", "gauge", "Live affinity entries.", |r| {
-            r.affinity_entries as f64
-        }),
-        (
-            "affinity_capacity",
-            "gauge",
-            "Affinity table capacity.",
-            |r| r.affinity_capacity as f64,
-        ),
-        ("flow_entries", "gauge", "Live connections.", |r| {
-            r.flow_entries as f64
-        }),
-        (
-            "busy_ns_per_packet",
-            "gauge",
-            "Busy nanoseconds per received packet (polls that received packets).",
-            |r| r.stats.busy_ns_per_packet(),
-        ),
-        (
-            "packets_per_burst",
-            "gauge",
-            "Mean packets per non-empty burst.",
-            |r| r.stats.packets_per_burst(),
-        ),
-    ];
-    for (name, kind, help, f) in fields {
+    for (name, kind, help, f) in WORKER_METRICS {
         metric(name, kind, help, &mut per_worker(&f).into_iter());
     }
     let mut drops = Vec::new();

@@ -4,6 +4,7 @@
 //! stack.
 
 use crate::admin::AffinityView;
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -160,12 +161,13 @@ pub fn render_table(entries: &[AffinityView]) -> String {
         let expires = e
             .expires_in_seconds
             .map_or_else(|| "-".to_string(), |s| format!("{s}s"));
-        out.push_str(&format!(
-            "{:<40} {:<34} {:<28} {:>7}s {:>11}\n",
+        let _ = writeln!(
+            out,
+            "{:<40} {:<34} {:<28} {:>7}s {:>11}",
             e.client, e.service, backend, e.idle_seconds, expires
-        ));
+        );
     }
-    out.push_str(&format!("{} entries\n", entries.len()));
+    let _ = writeln!(out, "{} entries", entries.len());
     out
 }
 

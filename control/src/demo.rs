@@ -71,6 +71,35 @@ fn connect(
     Some(ip.dst_addr())
 }
 
+/// Prints which backend each client reached (the first few) and how many
+/// clients each backend got; returns the latter.
+fn write_placement(
+    out: &mut String,
+    before: &BTreeMap<IpAddr, Ipv4Addr>,
+    connections: usize,
+) -> BTreeMap<Ipv4Addr, usize> {
+    let _ = writeln!(
+        out,
+        "{:<16} {:<16} {:>11}",
+        "client", "backend", "connections"
+    );
+    for (client, be) in before.iter().take(12) {
+        let _ = writeln!(out, "{client:<16} {be:<16} {connections:>11}");
+    }
+    if before.len() > 12 {
+        let _ = writeln!(out, "... and {} more clients", before.len() - 12);
+    }
+    let mut per_backend: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for be in before.values() {
+        *per_backend.entry(*be).or_default() += 1;
+    }
+    let _ = writeln!(out, "\nclients per backend:");
+    for (be, n) in &per_backend {
+        let _ = writeln!(out, "  {be:<16} {n}");
+    }
+    per_backend
+}
+
 /// Runs the demo and returns its report.
 pub fn run(config: &DemoConfig) -> Result<String, String> {
     if config.backends == 0 || config.backends > 200 {
@@ -115,25 +144,7 @@ pub fn run(config: &DemoConfig) -> Result<String, String> {
         }
         clock.advance(1);
     }
-    let _ = writeln!(
-        out,
-        "{:<16} {:<16} {:>11}",
-        "client", "backend", "connections"
-    );
-    for (client, be) in before.iter().take(12) {
-        let _ = writeln!(out, "{client:<16} {be:<16} {:>11}", config.connections);
-    }
-    if before.len() > 12 {
-        let _ = writeln!(out, "... and {} more clients", before.len() - 12);
-    }
-    let mut per_backend: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
-    for be in before.values() {
-        *per_backend.entry(*be).or_default() += 1;
-    }
-    let _ = writeln!(out, "\nclients per backend:");
-    for (be, n) in &per_backend {
-        let _ = writeln!(out, "  {be:<16} {n}");
-    }
+    let per_backend = write_placement(&mut out, &before, config.connections);
     let _ = writeln!(
         out,
         "clients whose connections went to more than one backend: {split} (sticky: {})",

@@ -173,6 +173,21 @@ impl<A: Family> AffinityTable<A> {
         })
     }
 
+    /// Re-files a chunk of entries under their current timeouts after a
+    /// snapshot shortened some (see [`Table::refile`]). Returns where the
+    /// next chunk starts, or `None` when done.
+    pub fn refile(
+        &mut self,
+        start: usize,
+        count: usize,
+        now: u32,
+        timeout_of: impl Fn(ServicePortId) -> Option<u32>,
+    ) -> Option<usize> {
+        self.table.refile(start, count, now, |e, last| {
+            timeout_of(e.key.service).map_or(0, |t| deadline(last, t))
+        })
+    }
+
     /// Removes every entry `pred` selects; returns how many.
     pub fn remove_where(&mut self, mut pred: impl FnMut(&AffinityEntry<A>) -> bool) -> usize {
         let doomed: Vec<u32> = self

@@ -5,7 +5,7 @@
 //!
 //! This module is pure logic over frames: the caller feeds it the ARP and
 //! ND frames it receives ([`Neighbours::handle`]) and sends what it asks
-//! for. In the AF_PACKET deployment a control-side thread does that over a
+//! for. In the `AF_PACKET` deployment a control-side thread does that over a
 //! filtered raw socket, and republishes the snapshot when a backend's
 //! address resolves or changes.
 
@@ -371,6 +371,7 @@ fn write_arp_request(
     Some(len)
 }
 
+#[derive(Clone, Copy)]
 enum Nd {
     Solicit,
     Advert(u8),

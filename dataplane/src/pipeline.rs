@@ -152,7 +152,13 @@ pub struct Worker<I: PacketIo, C: Clock> {
     actions: [Action; BURST],
     stats: WorkerStats,
     reaped_at: u32,
+    /// Where re-filing the affinity tables under shortened timeouts has got
+    /// to: IPv4 table, then IPv6.
+    refile: Option<(bool, usize)>,
 }
+
+/// Affinity entries re-filed per poll after a timeout cut.
+const REFILE_CHUNK: usize = 4096;
 
 impl<I: PacketIo, C: Clock> std::fmt::Debug for Worker<I, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,6 +196,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             actions: [Action::SlowPath; BURST],
             stats: WorkerStats::default(),
             reaped_at: now,
+            refile: None,
         })
     }
 
@@ -261,8 +268,18 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
 
     /// Replaces the snapshot directly (tests, and single-threaded use).
     pub fn set_snapshot(&mut self, snapshot: Arc<Snapshot>) {
-        self.snapshot = snapshot;
+        drop(self.swap_snapshot(snapshot));
+    }
+
+    /// Installs `newest`, returning the old snapshot. Entries filed on the
+    /// wheel under a timeout this snapshot cuts are re-filed over the next
+    /// polls, or the wheel would reap them at their old, later deadline.
+    fn swap_snapshot(&mut self, newest: Arc<Snapshot>) -> Arc<Snapshot> {
+        if newest.shortens_affinity_of(&self.snapshot) {
+            self.refile = Some((false, 0));
+        }
         self.stats.snapshot_swaps += 1;
+        std::mem::replace(&mut self.snapshot, newest)
     }
 
     /// One iteration of the poll loop. Returns how many packets it received.
@@ -271,6 +288,9 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         let now = self.clock.now();
         if now != self.reaped_at {
             self.reap(now);
+        }
+        if let Some((v6, start)) = self.refile {
+            self.refile_chunk(v6, start, now);
         }
         if self.commands.as_ref().is_some_and(|c| !c.is_empty()) {
             self.serve_commands(now);
@@ -295,8 +315,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         let Some(newest) = updates.try_iter().last() else {
             return;
         };
-        let old = std::mem::replace(&mut self.snapshot, newest);
-        self.stats.snapshot_swaps += 1;
+        let old = self.swap_snapshot(newest);
         if let Some(retired) = &self.retired {
             // If the control thread is gone or behind, freeing here is the
             // lesser evil than holding every old snapshot.
@@ -335,6 +354,25 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                 }
             }
         }
+    }
+
+    fn refile_chunk(&mut self, v6: bool, start: usize, now: u32) {
+        let snap = &self.snapshot;
+        let timeout_of = |id| snap.affinity_timeout(id);
+        let next = if v6 {
+            self.v6
+                .affinity
+                .refile(start, REFILE_CHUNK, now, timeout_of)
+        } else {
+            self.v4
+                .affinity
+                .refile(start, REFILE_CHUNK, now, timeout_of)
+        };
+        self.refile = match (next, v6) {
+            (Some(at), _) => Some((v6, at)),
+            (None, false) => Some((true, 0)),
+            (None, true) => None,
+        };
     }
 
     /// Reaps expired connections and affinity entries.

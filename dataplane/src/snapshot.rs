@@ -314,6 +314,18 @@ impl Snapshot {
         }
     }
 
+    /// Whether some service port's affinity entries expire sooner under
+    /// this snapshot than under `older`: a cut `timeoutSeconds`, or
+    /// `ClientIP` turned off. Costs one lookup per service port.
+    pub fn shortens_affinity_of(&self, older: &Snapshot) -> bool {
+        older.ports.iter().any(|p| {
+            let Affinity::ClientIp { timeout: was, .. } = p.spec.affinity else {
+                return false;
+            };
+            self.affinity_timeout(p.spec.id).is_none_or(|now| now < was)
+        })
+    }
+
     /// Whether `addr` is one of the addresses this snapshot serves.
     pub fn serves_addr(&self, addr: IpAddr) -> bool {
         self.frontends.keys().any(|f| f.addr == addr)

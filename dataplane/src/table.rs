@@ -394,6 +394,40 @@ impl<E: TableEntry> Table<E> {
         expired
     }
 
+    /// Files every live entry in `start..start + count` under the deadline
+    /// `expiry` gives it now, releasing those already due. An owner calls
+    /// this, a chunk at a time, after something shortened deadlines without
+    /// touching the entries (a Service's `timeoutSeconds` cut): the wheel
+    /// only ever moves entries later by itself. Returns where the next
+    /// chunk starts, or `None` past the end.
+    pub fn refile(
+        &mut self,
+        start: usize,
+        count: usize,
+        now: u32,
+        expiry: impl Fn(&E, u32) -> u32,
+    ) -> Option<usize> {
+        let end = start.saturating_add(count).min(self.slots.len());
+        for idx in start..end {
+            let s = self.slots[idx];
+            if s.last_seen == DEAD {
+                continue;
+            }
+            let idx = idx as u32;
+            let due = expiry(&s.entry, s.last_seen);
+            self.wheel.unschedule(idx);
+            if due <= now {
+                self.unindex(idx);
+                self.slots[idx as usize].last_seen = DEAD;
+                self.wheel.release(idx);
+                self.counters.expirations += 1;
+            } else {
+                self.wheel.schedule(idx, u64::from(due));
+            }
+        }
+        (end < self.slots.len()).then_some(end)
+    }
+
     /// Live entries with their index and last refresh.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &E, u32)> + '_ {
         self.slots
@@ -559,6 +593,30 @@ mod tests {
         t.insert(pair(13, 50), 41, 91, expiry).unwrap();
         assert!(find(&t, 10).is_some());
         assert!(find(&t, 11).is_none());
+    }
+
+    #[test]
+    fn refile_brings_shortened_deadlines_forward() {
+        let mut t = Table::<Pair>::new(8, 0).unwrap();
+        for k in 0..4 {
+            t.insert(pair(k, 1000), 0, 1000, expiry).unwrap();
+        }
+        // Deadlines cut to 10 s for even keys: the wheel still has them at
+        // 1000 until refiled.
+        let short = |e: &Pair, last: u32| last + if e.a.is_multiple_of(2) { 10 } else { e.ttl };
+        assert_eq!(t.advance(20, short), 0);
+        let mut cursor = Some(0);
+        while let Some(start) = cursor {
+            cursor = t.refile(start, 3, 20, short);
+        }
+        assert_eq!(t.len(), 2, "expired entries released by the refile");
+        assert_eq!(t.counters().expirations, 2);
+        assert!(find(&t, 1).is_some() && find(&t, 3).is_some());
+        let mut t = Table::<Pair>::new(8, 0).unwrap();
+        t.insert(pair(4, 1000), 0, 1000, expiry).unwrap();
+        assert_eq!(t.refile(0, 8, 5, short), None);
+        assert_eq!(t.advance(9, short), 0);
+        assert_eq!(t.advance(10, short), 1, "fires at its new deadline");
     }
 
     #[test]
