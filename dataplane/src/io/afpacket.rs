@@ -215,7 +215,9 @@ pub struct AfPacketStats {
     pub rx_dropped_by_kernel: u64,
     /// Times the kernel found the ring full (`tp_freeze_q_cnt`).
     pub rx_ring_freezes: u64,
-    /// Blocks flagged `TP_STATUS_LOSING` (drops happened around them).
+    /// Blocks flagged `TP_STATUS_LOSING`: retired while kernel drops were
+    /// pending (the kernel flags every block until the drop count is read),
+    /// so a sign of loss; `rx_dropped_by_kernel` says how much.
     pub rx_losing_blocks: u64,
     /// Frames queued on the TX ring and not failed.
     pub tx_packets: u64,
@@ -344,6 +346,7 @@ impl Port {
         self.rx_base.wrapping_add(block * self.block_size)
     }
 
+    #[allow(clippy::cast_ptr_alignment)] // ring layout: page-aligned blocks, 16-byte-aligned headers
     #[inline(always)]
     fn block_status(&self, block: usize) -> &AtomicU32 {
         let p = self
@@ -364,6 +367,7 @@ impl Port {
         self.stats.rx_blocks_released += 1;
     }
 
+    #[allow(clippy::cast_ptr_alignment)] // ring layout: page-aligned blocks, 16-byte-aligned headers
     /// Takes the next retired block, if the kernel has one for us.
     #[inline]
     fn open_block(&mut self) -> bool {
@@ -398,6 +402,7 @@ impl Port {
         true
     }
 
+    #[allow(clippy::cast_ptr_alignment)] // ring layout: page-aligned blocks, 16-byte-aligned headers
     /// Hands out the cursor's next frame.
     #[inline]
     fn take_frame(&mut self, port: u16, owner: u32) -> Option<AfPacketBuf> {
@@ -481,6 +486,7 @@ impl Port {
             .wrapping_add(block * self.tx_block_size + within * self.tx_frame_size)
     }
 
+    #[allow(clippy::cast_ptr_alignment)] // ring layout: page-aligned blocks, 16-byte-aligned headers
     #[inline(always)]
     fn tx_status(&self, slot: usize) -> &AtomicU32 {
         let p = self.tx_slot(slot).cast::<u32>();
@@ -489,6 +495,7 @@ impl Port {
         unsafe { AtomicU32::from_ptr(p) }
     }
 
+    #[allow(clippy::cast_ptr_alignment)] // ring layout: page-aligned blocks, 16-byte-aligned headers
     /// Copies `frame` into the next TX slot. Returns false (counted) if it
     /// could not.
     #[inline]
@@ -887,13 +894,16 @@ fn validate(ifaces: &[&str], opts: &AfPacketOptions) -> Result<(), AfPacketError
     if ifaces.is_empty() || ifaces.len() > usize::from(u16::MAX) {
         return bad(format!("{} interfaces given", ifaces.len()));
     }
-    if opts.block_size == 0 || opts.block_size as usize % page != 0 {
+    if opts.block_size == 0 || !(opts.block_size as usize).is_multiple_of(page) {
         return bad(format!(
             "block_size {} is not a multiple of the page size {page}",
             opts.block_size
         ));
     }
-    if opts.frame_size < 128 || opts.frame_size % 16 != 0 || opts.frame_size > opts.block_size {
+    if opts.frame_size < 128
+        || !opts.frame_size.is_multiple_of(16)
+        || opts.frame_size > opts.block_size
+    {
         return bad(format!(
             "frame_size {} must be a multiple of 16, at least 128 and at most block_size",
             opts.frame_size
@@ -948,7 +958,7 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
     sys::bind(&rx_fd, ifindex, libc::ETH_P_ALL as u16).map_err(err("bind(RX socket)"))?;
     if opts.promisc {
         let mreq = libc::packet_mreq {
-            mr_ifindex: ifindex as libc::c_int,
+            mr_ifindex: ifindex.cast_signed(),
             mr_type: libc::PACKET_MR_PROMISC as u16,
             mr_alen: 0,
             mr_address: [0; 8],
@@ -968,15 +978,55 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         // flag, and then our own TX is still invisible (QDISC_BYPASS skips
         // the taps).
         let with_flag =
-            (group | ((mode | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16)) as libc::c_int;
+            (group | ((mode | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16)).cast_signed();
         if sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &with_flag).is_err() {
-            let plain = (group | (mode << 16)) as libc::c_int;
+            let plain = (group | (mode << 16)).cast_signed();
             sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &plain)
                 .map_err(err("setsockopt(PACKET_FANOUT)"))?;
         }
     }
 
-    // TX: TPACKET_V2 ring on a send-only socket.
+    let tx = open_tx(iface, ifindex, opts)?;
+
+    Ok(Port {
+        iface: iface.to_owned(),
+        ifindex,
+        rx_base: rx_map.as_ptr(),
+        tx_base: tx.base,
+        rx_fd,
+        tx_fd: tx.fd,
+        rx_map: Some(rx_map),
+        _tx_map: tx.map,
+        block_size: opts.block_size as usize,
+        block_count: opts.block_count as usize,
+        next_block: 0,
+        cursor: None,
+        out: vec![0; opts.block_count as usize].into_boxed_slice(),
+        out_total: 0,
+        held_blocks: 0,
+        tx_block_size: opts.block_size as usize,
+        tx_frame_size: opts.frame_size as usize,
+        tx_frames_per_block: tx.frames_per_block,
+        tx_slots: tx.slots,
+        tx_head: 0,
+        tx_unkicked: false,
+        tx_error: None,
+        stats: AfPacketStats::default(),
+    })
+}
+
+struct TxRing {
+    fd: OwnedFd,
+    map: sys::Mmap,
+    base: *mut u8,
+    frames_per_block: usize,
+    slots: usize,
+}
+
+/// The TX side: a `TPACKET_V2` ring on a send-only socket (protocol 0).
+fn open_tx(iface: &str, ifindex: u32, opts: &AfPacketOptions) -> Result<TxRing, AfPacketError> {
+    let err = |call: &'static str| move |e: io::Error| AfPacketError::sys(iface, call, e);
+    let one: libc::c_int = 1;
     let tx_fd = sys::packet_socket().map_err(err("socket(AF_PACKET) for TX"))?;
     let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
     sys::setsockopt(&tx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v2)
@@ -1000,29 +1050,11 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         .map_err(err("mmap(TX ring)"))?;
     sys::bind(&tx_fd, ifindex, 0).map_err(err("bind(TX socket)"))?;
 
-    Ok(Port {
-        iface: iface.to_owned(),
-        ifindex,
-        rx_base: rx_map.as_ptr(),
-        tx_base: tx_map.as_ptr(),
-        rx_fd,
-        tx_fd,
-        rx_map: Some(rx_map),
-        _tx_map: tx_map,
-        block_size: opts.block_size as usize,
-        block_count: opts.block_count as usize,
-        next_block: 0,
-        cursor: None,
-        out: vec![0; opts.block_count as usize].into_boxed_slice(),
-        out_total: 0,
-        held_blocks: 0,
-        tx_block_size: opts.block_size as usize,
-        tx_frame_size: opts.frame_size as usize,
-        tx_frames_per_block,
-        tx_slots,
-        tx_head: 0,
-        tx_unkicked: false,
-        tx_error: None,
-        stats: AfPacketStats::default(),
+    Ok(TxRing {
+        fd: tx_fd,
+        base: tx_map.as_ptr(),
+        map: tx_map,
+        frames_per_block: tx_frames_per_block,
+        slots: tx_slots,
     })
 }

@@ -25,7 +25,7 @@ const RET_A: u16 = (libc::BPF_RET | libc::BPF_A) as u16;
 
 /// `k` of a load `off` bytes into the Ethernet header.
 const fn ll(off: u32) -> u32 {
-    (libc::SKF_LL_OFF as u32).wrapping_add(off)
+    libc::SKF_LL_OFF.cast_unsigned().wrapping_add(off)
 }
 
 const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
@@ -190,7 +190,7 @@ fn ipv6(asm: &mut Asm, base: u32, frontends: &[[u32; 4]]) {
     asm.op(RET_A, 0, 0, 0);
 }
 
-/// The neighbour-resolution socket filter: accepts ARP and ICMPv6 neighbour
+/// The neighbour-resolution socket filter: accepts ARP and `ICMPv6` neighbour
 /// solicitations and advertisements (types 135 and 136, no extension
 /// headers), drops everything else. Socket filters see the frame from its
 /// Ethernet header at offset 0 (the kernel has already moved any VLAN tag
@@ -223,8 +223,8 @@ pub(crate) mod interp {
         let mut a: u32 = 0;
         let mut pc = 0usize;
         let load = |k: u32, n: usize| -> Option<u32> {
-            let off = if k >= libc::SKF_LL_OFF as u32 {
-                k.wrapping_sub(libc::SKF_LL_OFF as u32) as usize
+            let off = if k >= libc::SKF_LL_OFF.cast_unsigned() {
+                k.wrapping_sub(libc::SKF_LL_OFF.cast_unsigned()) as usize
             } else {
                 k as usize
             };

@@ -23,7 +23,7 @@ impl RawSocket {
         RawSocket::with_filter(iface, None)
     }
 
-    /// A socket that receives only ARP and ICMPv6 neighbour solicitations
+    /// A socket that receives only ARP and `ICMPv6` neighbour solicitations
     /// and advertisements arriving on `iface` (a classic BPF filter attached
     /// with `SO_ATTACH_FILTER` before the socket starts receiving, so
     /// nothing else is ever queued).

@@ -23,7 +23,7 @@ pub(super) fn ifname(name: &str) -> Option<[libc::c_char; libc::IFNAMSIZ]> {
     }
     let mut out = [0 as libc::c_char; libc::IFNAMSIZ];
     for (o, &b) in out.iter_mut().zip(bytes) {
-        *o = b as libc::c_char;
+        *o = b.cast_signed();
     }
     Some(out)
 }
@@ -104,7 +104,7 @@ fn sockaddr_ll(ifindex: u32, protocol: u16) -> libc::sockaddr_ll {
     libc::sockaddr_ll {
         sll_family: libc::AF_PACKET as u16,
         sll_protocol: protocol.to_be(),
-        sll_ifindex: ifindex as libc::c_int,
+        sll_ifindex: ifindex.cast_signed(),
         sll_hatype: 0,
         sll_pkttype: 0,
         sll_halen: 0,
@@ -147,7 +147,7 @@ pub(super) fn if_indextoname(index: u32) -> Option<String> {
     let bytes: Vec<u8> = buf
         .iter()
         .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
+        .map(|&c| c.cast_unsigned())
         .collect();
     String::from_utf8(bytes).ok()
 }
@@ -188,7 +188,7 @@ pub(super) fn if_hwaddr(
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
     let mut mac = [0; 6];
     for (m, &b) in mac.iter_mut().zip(&sa.sa_data[..6]) {
-        *m = b as u8;
+        *m = b.cast_unsigned();
     }
     Ok(mac)
 }
@@ -247,7 +247,7 @@ pub(super) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<us
     // SAFETY: `fds` is a live, writable slice and its length is passed.
     let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     match cvt(ret) {
-        Ok(n) => Ok(n as usize),
+        Ok(n) => Ok(usize::try_from(n).unwrap_or(0)),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
         Err(e) => Err(e),
     }
@@ -303,19 +303,17 @@ pub(super) fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usiz
             libc::MSG_DONTWAIT,
         )
     };
-    match usize::try_from(ret) {
-        Ok(n) => Ok(Some(n)),
-        Err(_) => {
-            let e = io::Error::last_os_error();
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
+    if let Ok(n) = usize::try_from(ret) {
+        return Ok(Some(n));
+    }
+    let e = io::Error::last_os_error();
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    ) {
+        Ok(None)
+    } else {
+        Err(e)
     }
 }
 
