@@ -4,6 +4,7 @@
 //! This module is the crate's only `unsafe` boundary.
 #![allow(unsafe_code)]
 
+pub mod afpacket;
 pub mod memory;
 
 pub use memory::{MemoryIo, MemoryPacket};
