@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod client;
+pub mod config;
 pub mod demo;
 pub mod ids;
 pub mod manifest;
+pub mod run;
 pub mod state;
 pub mod translate;

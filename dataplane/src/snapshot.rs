@@ -225,6 +225,8 @@ pub struct Snapshot {
     ports: Vec<Arc<ServicePort>>,
     frontends: FrontendMap,
     by_id: HashMap<ServicePortId, u32>,
+    /// Every frontend address, sorted and deduplicated.
+    frontend_addrs: Vec<IpAddr>,
 }
 
 impl Snapshot {
@@ -266,11 +268,15 @@ impl Snapshot {
                 frontends.insert(key, i as u32);
             }
         }
+        let mut frontend_addrs: Vec<IpAddr> = frontends.keys().map(|f| f.addr).collect();
+        frontend_addrs.sort_unstable();
+        frontend_addrs.dedup();
         Ok(Self {
             generation,
             ports,
             frontends,
             by_id,
+            frontend_addrs,
         })
     }
 
@@ -326,9 +332,9 @@ impl Snapshot {
         })
     }
 
-    /// Whether `addr` is one of the addresses this snapshot serves.
-    pub fn serves_addr(&self, addr: IpAddr) -> bool {
-        self.frontends.keys().any(|f| f.addr == addr)
+    /// Every address a service is reached at, sorted.
+    pub fn frontend_addrs(&self) -> &[IpAddr] {
+        &self.frontend_addrs
     }
 
     pub fn ports(&self) -> &[Arc<ServicePort>] {

@@ -1,6 +1,13 @@
 //! The `limpet` command.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use limpet_control::run::{Idle, RunOptions, parse_interface_addr, parse_io};
+use limpet_dataplane::flow::FlowTimeouts;
+use limpet_dataplane::pipeline::WorkerConfig;
+use limpet_dataplane::snapshot::ForwardMode;
+use limpet_dataplane::wire::MacAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// limpet: a user-space L4 load balancer for Kubernetes Services, with
@@ -12,8 +19,20 @@ struct Cli {
     command: Command,
 }
 
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the load balancer on one or more interfaces.
+    Run(Box<RunArgs>),
+    /// Inspect and edit the affinity table of a running limpet.
+    Affinity {
+        /// Address of the running limpet's admin API.
+        #[arg(long, default_value = DEFAULT_ADMIN, global = true)]
+        admin: SocketAddr,
+        #[command(subcommand)]
+        action: AffinityAction,
+    },
     /// Run the packet pipeline in memory on a built-in example Service:
     /// many clients open connections, each sticks to one backend; then one
     /// endpoint is removed and only its clients move. Needs no privileges.
@@ -33,9 +52,205 @@ enum Command {
     },
 }
 
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// A YAML file, or a directory of them, holding Kubernetes v1/Service
+    /// and discovery.k8s.io/v1/EndpointSlice objects as `kubectl get -o
+    /// yaml` prints them (multi-document files and `kind: List` accepted).
+    /// Changes are picked up while running (file notification, or SIGHUP);
+    /// an invalid change is refused and the previous configuration stays.
+    #[arg(long, value_name = "PATH")]
+    config: PathBuf,
+    /// Packet I/O: `afpacket:IFACE` drives interface IFACE with AF_PACKET
+    /// rings. limpet owns the interface: it answers ARP/ND itself and does
+    /// not use the kernel's IP stack on it.
+    #[arg(long = "io", value_name = "BACKEND")]
+    io: String,
+    /// Number of poll-mode workers; each gets its own sockets (one fanout
+    /// group, steered by client address) and tables.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// How packets reach backends: `nat` rewrites the destination to the
+    /// endpoint and translates replies back (kube-proxy's model); `dsr`
+    /// only rewrites the destination MAC (the endpoint holds the service
+    /// address and replies to the client directly, as IPVS DR).
+    #[arg(long, value_enum, default_value_t = Forward::Nat)]
+    forward: Forward,
+    /// This node's name, for `internalTrafficPolicy` / `externalTrafficPolicy: Local`
+    /// (endpoints whose `nodeName` matches are local). Defaults to the host name.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// This node's addresses, on which NodePorts are served. Repeatable.
+    #[arg(long = "node-address", value_name = "IP")]
+    node_addresses: Vec<IpAddr>,
+    /// An address limpet owns on the interface, with its prefix
+    /// (e.g. 203.0.113.1/24). limpet answers ARP/ND for it, sends its own
+    /// ARP/ND requests from it, and treats its subnet as on-link. Repeatable.
+    #[arg(long = "address", value_name = "ADDR/PREFIX", value_parser = parse_interface_addr)]
+    addresses: Vec<limpet_dataplane::neighbour::InterfaceAddr>,
+    /// Next hop for backends outside every `--address` subnet.
+    #[arg(long = "gateway", value_name = "IP")]
+    gateways: Vec<IpAddr>,
+    /// MAC address to send from; defaults to the interface's.
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<MacAddr>,
+    /// Where the admin API listens (metrics, readiness, affinity table).
+    /// Keep it on loopback unless something in front authenticates.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    admin: SocketAddr,
+    /// Connections each worker can track per address family.
+    #[arg(long, default_value_t = 1 << 20)]
+    flow_capacity: usize,
+    /// Sticky clients each worker can hold per address family. When full,
+    /// the entry closest to expiry is evicted and counted.
+    #[arg(long, default_value_t = 1 << 20)]
+    affinity_capacity: usize,
+    /// What workers do when there is no traffic.
+    #[arg(long, value_enum, default_value_t = Idle::Spin)]
+    idle: Idle,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Forward {
+    Nat,
+    Dsr,
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?}: expected six colon-separated hex bytes"));
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|e| format!("{s:?}: {e}"))?;
+    }
+    Ok(MacAddr(mac))
+}
+
+#[derive(Debug, Subcommand)]
+enum AffinityAction {
+    /// List sticky clients: client, service port, backend, age, expires in.
+    List {
+        /// Only this service (`namespace/name`) or service port
+        /// (`namespace/name:port/PROTOCOL`).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this client address.
+        #[arg(long)]
+        client: Option<IpAddr>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one client's entries across all service ports.
+    Get {
+        client: IpAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget one client's entries (its next connection is balanced afresh).
+    Delete {
+        client: IpAddr,
+        /// Only for this service or service port.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Forget every entry, or every entry of one service.
+    Flush {
+        /// `namespace/name` or `namespace/name:port/PROTOCOL`.
+        service: Option<String>,
+    },
+}
+
+fn affinity(admin: SocketAddr, action: AffinityAction) -> Result<String, limpet_control::client::ClientError> {
+    use limpet_control::client;
+    match action {
+        AffinityAction::List { service, client: who, json } => {
+            let list = client::list(admin, service.as_deref(), who)?;
+            Ok(if json {
+                serde_json::to_string_pretty(&list)? + "\n"
+            } else {
+                client::render_table(&list)
+            })
+        }
+        AffinityAction::Get { client: who, json } => {
+            let list = client::list(admin, None, Some(who))?;
+            Ok(if json {
+                serde_json::to_string_pretty(&list)? + "\n"
+            } else {
+                client::render_table(&list)
+            })
+        }
+        AffinityAction::Delete { client: who, service } => {
+            let n = client::delete(admin, who, service.as_deref())?;
+            Ok(format!("deleted {n} entries\n"))
+        }
+        AffinityAction::Flush { service } => {
+            let n = client::flush(admin, service.as_deref())?;
+            Ok(format!("flushed {n} entries\n"))
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let interfaces = parse_io(&args.io)?;
+    let node_name = args.node_name.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
+    });
+    let mode = match args.forward {
+        Forward::Nat => ForwardMode::Nat,
+        Forward::Dsr => ForwardMode::Dsr,
+    };
+    let source = limpet_control::config::ConfigSource::new(args.config, mode, node_name, args.node_addresses);
+    let opts = RunOptions {
+        source,
+        interfaces,
+        workers: usize::from(args.workers),
+        addresses: args.addresses,
+        gateways: args.gateways,
+        mac: args.mac,
+        admin: args.admin,
+        worker: WorkerConfig {
+            mac: MacAddr::UNSPECIFIED,
+            flow_capacity: args.flow_capacity,
+            affinity_capacity: args.affinity_capacity,
+            timeouts: FlowTimeouts::default(),
+        },
+        idle: args.idle,
+    };
+    limpet_control::run::run(opts).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            match run(*args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("limpet run: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Affinity { admin, action } => match affinity(admin, action) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("limpet affinity: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo {
             clients,
             backends,

@@ -635,6 +635,8 @@ pub struct AfPacketIo {
     fanout: Option<Fanout>,
     poll_timeout: Duration,
     pollfds: Vec<libc::pollfd>,
+    /// A fanout program that could not be installed, for `health` to report.
+    fanout_error: Option<AfPacketError>,
 }
 
 // SAFETY: the raw pointers are into mappings this value owns (and unmaps
@@ -684,6 +686,7 @@ impl AfPacketIo {
             fanout: opts.fanout,
             poll_timeout: opts.poll_timeout,
             pollfds,
+            fanout_error: None,
         })
     }
 
@@ -738,6 +741,9 @@ impl AfPacketIo {
     /// drop counters and retries TX frames a transient failure left queued.
     /// Meant to be called about once a second.
     pub fn health(&mut self) -> Result<(), AfPacketError> {
+        if let Some(e) = self.fanout_error.take() {
+            return Err(e);
+        }
         let mut first = None;
         for p in &mut self.ports {
             if let Err(e) = p.health() {
@@ -867,6 +873,15 @@ impl PacketIo for AfPacketIo {
         for buf in burst.drain(..) {
             self.ports[usize::from(buf.ring)].stats.freed += 1;
             self.give_back(&buf);
+        }
+    }
+
+    /// Steers the fanout group by client address when it was joined in
+    /// [`FanoutMode::Client`]; other modes have nothing to update.
+    fn serve_frontends(&mut self, frontends: &[IpAddr]) {
+        match self.set_fanout_program(frontends) {
+            Ok(()) | Err(AfPacketError::NotClientFanout) => {}
+            Err(e) => self.fanout_error = Some(e),
         }
     }
 }

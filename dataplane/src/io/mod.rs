@@ -44,6 +44,12 @@ pub trait PacketIo {
 
     /// Returns packets to the backend unsent and empties `burst`.
     fn free_burst(&mut self, burst: &mut Vec<Self::Buf>);
+
+    /// Told, at a snapshot swap, every address services are reached at.
+    /// Backends that spread traffic over several workers use it to keep
+    /// both directions of a `nat` connection on one worker (see
+    /// `afpacket`'s client fanout). Rare, so it may make a system call.
+    fn serve_frontends(&mut self, _frontends: &[std::net::IpAddr]) {}
 }
 
 /// Asks the CPU to start loading the cache line holding `value`.

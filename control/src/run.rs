@@ -1,0 +1,483 @@
+//! `limpet run`: the long-running process. Threads:
+//!
+//! - one poll-mode worker per `--workers`, each with its own AF_PACKET
+//!   sockets (joined in a fanout group) and tables;
+//! - the neighbour thread: answers ARP / neighbour solicitations for the
+//!   addresses limpet serves and resolves backends' MAC addresses over a
+//!   raw socket that only sees ARP and ICMPv6;
+//! - the admin API (loopback HTTP);
+//! - the control loop (this thread): loads the configuration, watches it
+//!   (file notification and SIGHUP), compiles snapshots and publishes them
+//!   to every worker over lock-free channels. A configuration that fails to
+//!   load or validate is refused: at start-up limpet exits non-zero, on a
+//!   reload it keeps serving the previous one and says why.
+
+use crate::config::{ConfigError, ConfigSource};
+use crate::state::Shared;
+use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
+use limpet_dataplane::affinity::BackendId;
+use limpet_dataplane::clock::MonotonicClock;
+use limpet_dataplane::command::Command;
+use limpet_dataplane::io::afpacket::{AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket};
+use limpet_dataplane::neighbour::{Handled, InterfaceAddr, NeighbourCounters, Neighbours};
+use limpet_dataplane::pipeline::{Worker, WorkerConfig};
+use limpet_dataplane::snapshot::{ServicePortSpec, Snapshot};
+use limpet_dataplane::wire::MacAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// What a worker does when a poll finds no packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Idle {
+    /// Spin: lowest latency, one core per worker at 100% (dedicated cores).
+    Spin,
+    /// Sleep in poll(2) for up to a millisecond: for shared hosts and tests.
+    Wait,
+}
+
+/// Everything `limpet run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub source: ConfigSource,
+    pub interfaces: Vec<String>,
+    pub workers: usize,
+    pub addresses: Vec<InterfaceAddr>,
+    pub gateways: Vec<IpAddr>,
+    pub mac: Option<MacAddr>,
+    pub admin: SocketAddr,
+    pub worker: WorkerConfig,
+    pub idle: Idle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("opening interface {iface}: {source}")]
+    Io {
+        iface: String,
+        #[source]
+        source: limpet_dataplane::io::afpacket::AfPacketError,
+    },
+    #[error("only one interface is supported so far (one-armed); got {0:?}")]
+    Interfaces(Vec<String>),
+    #[error("building worker tables: {0}")]
+    Tables(#[from] limpet_dataplane::table::TableError),
+    #[error("compiling the service snapshot: {0}")]
+    Snapshot(#[from] limpet_dataplane::snapshot::SnapshotError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the neighbour thread is told.
+struct L2Update {
+    served: Vec<IpAddr>,
+    wanted: Vec<IpAddr>,
+}
+
+/// What the neighbour thread reports: each wanted backend address and its
+/// MAC if resolved, and its counters.
+struct L2Report {
+    resolved: HashMap<IpAddr, Option<MacAddr>>,
+    counters: NeighbourCounters,
+}
+
+fn spawn_neighbour_thread(
+    socket: RawSocket,
+    mut neighbours: Neighbours,
+    updates: Receiver<L2Update>,
+    reports: Sender<L2Report>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("limpet-l2".into())
+        .spawn(move || {
+            let start = Instant::now();
+            let mut frame = vec![0u8; 2048];
+            let mut out = vec![0u8; 256];
+            let mut wanted: Vec<IpAddr> = Vec::new();
+            let mut last_report = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let now_ms = start.elapsed().as_millis() as u64;
+                let mut changed = false;
+                for u in updates.try_iter() {
+                    neighbours.set_served(u.served);
+                    neighbours.set_wanted(u.wanted.iter().copied(), now_ms);
+                    wanted = u.wanted;
+                    changed = true;
+                }
+                neighbours.poll(now_ms, |f| {
+                    if let Err(e) = socket.send(f) {
+                        warn!("neighbour request not sent: {e}");
+                    }
+                });
+                match socket.recv(&mut frame, Duration::from_millis(50)) {
+                    Ok(Some(len)) => match neighbours.handle(&frame[..len], &mut out) {
+                        Handled::Reply(n) => {
+                            if let Err(e) = socket.send(&out[..n]) {
+                                warn!("neighbour reply not sent: {e}");
+                            }
+                        }
+                        Handled::Learned => changed = true,
+                        Handled::Ignored => {}
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        error!("neighbour socket: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+                if changed || last_report.elapsed() > Duration::from_secs(1) {
+                    last_report = Instant::now();
+                    let resolved = wanted.iter().map(|ip| (*ip, neighbours.lookup(*ip))).collect();
+                    let _ = reports.try_send(L2Report {
+                        resolved,
+                        counters: neighbours.counters(),
+                    });
+                }
+            }
+        })
+        .expect("spawning the neighbour thread")
+}
+
+fn spawn_worker(
+    index: usize,
+    mut worker: Worker<AfPacketIo, MonotonicClock>,
+    idle: Idle,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("limpet-worker-{index}"))
+        .spawn(move || {
+            let mut last_health = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if worker.poll() == 0 {
+                    match idle {
+                        Idle::Spin => std::hint::spin_loop(),
+                        Idle::Wait => {
+                            // Errors surface through `health` below.
+                            let _ = worker.io_mut().wait(Some(Duration::from_millis(1)));
+                        }
+                    }
+                }
+                if last_health.elapsed() > Duration::from_secs(1) {
+                    last_health = Instant::now();
+                    if let Err(e) = worker.io_mut().health() {
+                        error!(worker = index, "interface trouble: {e}");
+                    }
+                }
+            }
+        })
+        .expect("spawning a worker thread")
+}
+
+/// Fills in each backend's MAC from the neighbour table and leaves out
+/// backends not resolved yet (nothing can be sent to them).
+fn with_macs(specs: &[ServicePortSpec], resolved: &HashMap<IpAddr, Option<MacAddr>>) -> (Vec<ServicePortSpec>, usize) {
+    let mut unresolved = 0;
+    let specs = specs
+        .iter()
+        .map(|spec| {
+            let mut spec = spec.clone();
+            spec.backends.retain_mut(|b| match resolved.get(&b.addr).copied().flatten() {
+                Some(mac) => {
+                    b.mac = mac;
+                    true
+                }
+                None => {
+                    unresolved += 1;
+                    false
+                }
+            });
+            spec
+        })
+        .collect();
+    (specs, unresolved)
+}
+
+/// The control loop's own state.
+struct Control {
+    shared: Arc<Shared>,
+    publish: Vec<Sender<Arc<Snapshot>>>,
+    l2: Sender<L2Update>,
+    specs: Vec<ServicePortSpec>,
+    resolved: HashMap<IpAddr, Option<MacAddr>>,
+    generation: u64,
+}
+
+impl Control {
+    /// Tells the neighbour thread what to answer for and what to resolve.
+    fn update_l2(&self, addresses: &[InterfaceAddr]) {
+        let served: HashSet<IpAddr> = self
+            .specs
+            .iter()
+            .flat_map(|s| s.frontends.iter().map(|(a, _)| *a))
+            .chain(addresses.iter().map(|a| a.addr))
+            .collect();
+        let wanted: HashSet<IpAddr> = self.specs.iter().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
+        let _ = self.l2.send(L2Update {
+            served: served.into_iter().collect(),
+            wanted: wanted.into_iter().collect(),
+        });
+    }
+
+    /// Compiles and publishes a snapshot of the current specs and MACs.
+    fn publish(&mut self) -> Result<(), RunError> {
+        let (specs, unresolved) = with_macs(&self.specs, &self.resolved);
+        self.generation += 1;
+        let snapshot = Arc::new(Snapshot::build(self.generation, specs)?);
+        for (i, tx) in self.publish.iter().enumerate() {
+            if tx.send_timeout(Arc::clone(&snapshot), Duration::from_secs(1)).is_err() {
+                error!(worker = i, "worker did not take the new snapshot");
+            }
+        }
+        let mut state = self.shared.lock();
+        state.snapshot = snapshot;
+        state.ready = true;
+        state.unresolved_backends = unresolved;
+        info!(
+            generation = self.generation,
+            service_ports = self.specs.len(),
+            unresolved_backends = unresolved,
+            "published snapshot"
+        );
+        Ok(())
+    }
+}
+
+/// Remembers every backend id's address for the admin API.
+fn record_backends(shared: &Shared, specs: &[ServicePortSpec]) {
+    let mut state = shared.lock();
+    for b in specs.iter().flat_map(|s| &s.backends) {
+        state.backends.insert(b.id as BackendId, SocketAddr::new(b.addr, b.port));
+    }
+}
+
+/// Runs limpet until SIGINT or SIGTERM.
+pub fn run(opts: RunOptions) -> Result<(), RunError> {
+    if opts.interfaces.len() != 1 {
+        return Err(RunError::Interfaces(opts.interfaces.clone()));
+    }
+    let iface = opts.interfaces[0].clone();
+    let mut source = opts.source.clone();
+    // A configuration that does not load is fatal at start-up.
+    let specs = source.load()?;
+    info!(service_ports = specs.len(), "configuration loaded");
+
+    let raw = RawSocket::open_neighbour(&iface).map_err(|source| RunError::Io {
+        iface: iface.clone(),
+        source,
+    })?;
+    let mac = opts.mac.unwrap_or_else(|| raw.mac());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Workers: sockets first, so a bad interface fails before any thread.
+    let mut worker_config = opts.worker.clone();
+    worker_config.mac = mac;
+    // Several workers share the interface in a fanout group steered by
+    // client address: a connection's packets and its replies (which come
+    // back from the backend) then reach the same worker, which holds the
+    // connection's reverse translation. Each snapshot swap re-installs the
+    // steering program with the current service addresses.
+    let fanout = (opts.workers > 1).then(|| Fanout {
+        group: std::process::id() as u16,
+        mode: FanoutMode::Client,
+    });
+    let mut ios = Vec::with_capacity(opts.workers);
+    for _ in 0..opts.workers {
+        let io = AfPacketIo::open(
+            &[iface.as_str()],
+            &AfPacketOptions {
+                fanout,
+                ..AfPacketOptions::default()
+            },
+        )
+        .map_err(|source| RunError::Io {
+            iface: iface.clone(),
+            source,
+        })?;
+        ios.push(io);
+    }
+
+    let mut publish = Vec::new();
+    let mut commands = Vec::new();
+    let (retired_tx, retired_rx) = bounded::<Arc<Snapshot>>(64);
+    let empty = Arc::new(Snapshot::default());
+    let mut handles = Vec::new();
+    for (i, io) in ios.into_iter().enumerate() {
+        let (snap_tx, snap_rx) = bounded(16);
+        let (cmd_tx, cmd_rx) = bounded::<Command>(64);
+        let worker = Worker::new(io, MonotonicClock::new(), worker_config.clone(), Arc::clone(&empty))?
+            .with_updates(snap_rx, retired_tx.clone())
+            .with_commands(cmd_rx);
+        handles.push(spawn_worker(i, worker, opts.idle, Arc::clone(&stop)));
+        publish.push(snap_tx);
+        commands.push(cmd_tx);
+    }
+
+    let shared = Arc::new(Shared::new(commands));
+    let (l2_tx, l2_rx) = unbounded();
+    let (report_tx, report_rx) = bounded(16);
+    let neighbours = Neighbours::new(
+        mac,
+        opts.addresses.clone(),
+        opts.gateways.first().copied(),
+    );
+    handles.push(spawn_neighbour_thread(raw, neighbours, l2_rx, report_tx, Arc::clone(&stop)));
+
+    {
+        let shared = Arc::clone(&shared);
+        let addr = opts.admin;
+        std::thread::Builder::new()
+            .name("limpet-admin".into())
+            .spawn(move || {
+                if let Err(e) = crate::admin::serve(addr, shared) {
+                    error!("admin API on {addr} stopped: {e}");
+                }
+            })
+            .map_err(|e| RunError::Other(e.to_string()))?;
+        info!("admin API on http://{}", opts.admin);
+    }
+
+    let mut control = Control {
+        shared: Arc::clone(&shared),
+        publish,
+        l2: l2_tx,
+        specs,
+        resolved: HashMap::new(),
+        generation: 0,
+    };
+    record_backends(&shared, &control.specs);
+    control.update_l2(&opts.addresses);
+    shared.lock().reload.loads_ok += 1;
+
+    // Give backends a moment to resolve so the first snapshot has them.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match report_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => {
+                let done = r.resolved.values().all(Option::is_some);
+                control.resolved = r.resolved;
+                if done {
+                    break;
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    control.publish()?;
+
+    let (_watcher, reload) = source.watch()?;
+    let signals = signal_channel()?;
+    let mut pending_reload: Option<Instant> = None;
+    let ticker = tick(Duration::from_millis(100));
+    loop {
+        select! {
+            recv(reload) -> _ => pending_reload = Some(Instant::now()),
+            recv(signals) -> sig => match sig {
+                Ok(Signal::Reload) => {
+                    info!("SIGHUP: reloading configuration");
+                    pending_reload = Some(Instant::now() - Duration::from_secs(1));
+                }
+                Ok(Signal::Stop) | Err(_) => break,
+            },
+            recv(report_rx) -> r => if let Ok(r) = r {
+                shared.lock().neighbour_counters = r.counters;
+                shared.lock().neighbours = r.resolved.iter().map(|(a, m)| (*a, *m)).collect();
+                if r.resolved != control.resolved {
+                    control.resolved = r.resolved;
+                    if let Err(e) = control.publish() {
+                        error!("snapshot not published: {e}");
+                    }
+                }
+            },
+            recv(retired_rx) -> old => drop(old),
+            recv(ticker) -> _ => {}
+        }
+        // Editors write files in several steps: settle for 200 ms first.
+        if pending_reload.is_some_and(|t| t.elapsed() >= Duration::from_millis(200)) {
+            pending_reload = None;
+            match source.load() {
+                Ok(specs) => {
+                    control.specs = specs;
+                    record_backends(&shared, &control.specs);
+                    control.update_l2(&opts.addresses);
+                    shared.lock().reload.loads_ok += 1;
+                    shared.lock().reload.last_error = None;
+                    if let Err(e) = control.publish() {
+                        error!("snapshot not published: {e}");
+                    }
+                }
+                Err(e) => {
+                    error!("configuration refused, still serving the previous one: {e}");
+                    let mut state = shared.lock();
+                    state.reload.loads_failed += 1;
+                    state.reload.last_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    info!("stopping");
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// SIGHUP, SIGINT and SIGTERM as channel messages.
+fn signal_channel() -> Result<Receiver<Signal>, RunError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]).map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let (tx, rx) = unbounded();
+    std::thread::Builder::new()
+        .name("limpet-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let msg = if sig == SIGHUP { Signal::Reload } else { Signal::Stop };
+                if tx.send(msg).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    Ok(rx)
+}
+
+/// Parses `--io afpacket:IFACE[,IFACE2]`.
+pub fn parse_io(spec: &str) -> Result<Vec<String>, String> {
+    let Some(list) = spec.strip_prefix("afpacket:") else {
+        return Err(format!("unknown I/O backend in {spec:?}: expected afpacket:IFACE[,IFACE2]"));
+    };
+    let ifaces: Vec<String> = list.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    if ifaces.is_empty() {
+        return Err("afpacket: needs at least one interface name".into());
+    }
+    Ok(ifaces)
+}
+
+/// Parses an `ADDRESS/PREFIX` given to `--address`.
+pub fn parse_interface_addr(s: &str) -> Result<InterfaceAddr, String> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 203.0.113.1/24"))?;
+    let addr: IpAddr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: prefix: {e}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(format!("{s:?}: prefix longer than {max}"));
+    }
+    Ok(InterfaceAddr { addr, prefix })
+}
+
