@@ -43,7 +43,12 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
-    pub fn new(path: PathBuf, mode: ForwardMode, node_name: String, node_addresses: Vec<IpAddr>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        mode: ForwardMode,
+        node_name: String,
+        node_addresses: Vec<IpAddr>,
+    ) -> Self {
         Self {
             path,
             ctx: TranslateContext {
@@ -83,12 +88,13 @@ impl ConfigSource {
             path: self.path.clone(),
             message: e.to_string(),
         };
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(watch_err)?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(watch_err)?;
         // Editors replace files by renaming over them: watch the directory
         // a file lives in, not the file's inode.
         let dir = if self.path.is_dir() {
@@ -99,7 +105,9 @@ impl ConfigSource {
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
         };
-        watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(watch_err)?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(watch_err)?;
         Ok((watcher, rx))
     }
 }

@@ -1,10 +1,10 @@
 //! `limpet run`: the long-running process. Threads:
 //!
-//! - one poll-mode worker per `--workers`, each with its own AF_PACKET
+//! - one poll-mode worker per `--workers`, each with its own `AF_PACKET`
 //!   sockets (joined in a fanout group) and tables;
 //! - the neighbour thread: answers ARP / neighbour solicitations for the
 //!   addresses limpet serves and resolves backends' MAC addresses over a
-//!   raw socket that only sees ARP and ICMPv6;
+//!   raw socket that only sees ARP and `ICMPv6`;
 //! - the admin API (loopback HTTP);
 //! - the control loop (this thread): loads the configuration, watches it
 //!   (file notification and SIGHUP), compiles snapshots and publishes them
@@ -134,7 +134,10 @@ fn spawn_neighbour_thread(
                 }
                 if changed || last_report.elapsed() > Duration::from_secs(1) {
                     last_report = Instant::now();
-                    let resolved = wanted.iter().map(|ip| (*ip, neighbours.lookup(*ip))).collect();
+                    let resolved = wanted
+                        .iter()
+                        .map(|ip| (*ip, neighbours.lookup(*ip)))
+                        .collect();
                     let _ = reports.try_send(L2Report {
                         resolved,
                         counters: neighbours.counters(),
@@ -178,18 +181,20 @@ fn spawn_worker(
 
 /// Fills in each backend's MAC from the neighbour table and leaves out
 /// backends not resolved yet (nothing can be sent to them).
-fn with_macs(specs: &[ServicePortSpec], resolved: &HashMap<IpAddr, Option<MacAddr>>) -> (Vec<ServicePortSpec>, usize) {
+fn with_macs(
+    specs: &[ServicePortSpec],
+    resolved: &HashMap<IpAddr, Option<MacAddr>>,
+) -> (Vec<ServicePortSpec>, usize) {
     let mut unresolved = 0;
     let specs = specs
         .iter()
         .map(|spec| {
             let mut spec = spec.clone();
-            spec.backends.retain_mut(|b| match resolved.get(&b.addr).copied().flatten() {
-                Some(mac) => {
+            spec.backends.retain_mut(|b| {
+                if let Some(mac) = resolved.get(&b.addr).copied().flatten() {
                     b.mac = mac;
                     true
-                }
-                None => {
+                } else {
                     unresolved += 1;
                     false
                 }
@@ -219,7 +224,11 @@ impl Control {
             .flat_map(|s| s.frontends.iter().map(|(a, _)| *a))
             .chain(addresses.iter().map(|a| a.addr))
             .collect();
-        let wanted: HashSet<IpAddr> = self.specs.iter().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
+        let wanted: HashSet<IpAddr> = self
+            .specs
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.addr))
+            .collect();
         let _ = self.l2.send(L2Update {
             served: served.into_iter().collect(),
             wanted: wanted.into_iter().collect(),
@@ -232,7 +241,10 @@ impl Control {
         self.generation += 1;
         let snapshot = Arc::new(Snapshot::build(self.generation, specs)?);
         for (i, tx) in self.publish.iter().enumerate() {
-            if tx.send_timeout(Arc::clone(&snapshot), Duration::from_secs(1)).is_err() {
+            if tx
+                .send_timeout(Arc::clone(&snapshot), Duration::from_secs(1))
+                .is_err()
+            {
                 error!(worker = i, "worker did not take the new snapshot");
             }
         }
@@ -254,12 +266,99 @@ impl Control {
 fn record_backends(shared: &Shared, specs: &[ServicePortSpec]) {
     let mut state = shared.lock();
     for b in specs.iter().flat_map(|s| &s.backends) {
-        state.backends.insert(b.id as BackendId, SocketAddr::new(b.addr, b.port));
+        state
+            .backends
+            .insert(b.id as BackendId, SocketAddr::new(b.addr, b.port));
     }
 }
 
+/// The running workers: their threads and the channels to them.
+struct Workers {
+    handles: Vec<JoinHandle<()>>,
+    publish: Vec<Sender<Arc<Snapshot>>>,
+    commands: Vec<Sender<Command>>,
+    retired: Receiver<Arc<Snapshot>>,
+}
+
+/// Opens one set of sockets per worker (all of them before any thread
+/// starts, so a bad interface fails cleanly) and starts the workers on an
+/// empty snapshot.
+fn start_workers(
+    opts: &RunOptions,
+    iface: &str,
+    mac: MacAddr,
+    stop: &Arc<AtomicBool>,
+) -> Result<Workers, RunError> {
+    let mut worker_config = opts.worker.clone();
+    worker_config.mac = mac;
+    // Several workers share the interface in a fanout group steered by
+    // client address: a connection's packets and its replies (which come
+    // back from the backend) then reach the same worker, which holds the
+    // connection's reverse translation. Each snapshot swap re-installs the
+    // steering program with the current service addresses.
+    let fanout = (opts.workers > 1).then(|| Fanout {
+        group: std::process::id() as u16,
+        mode: FanoutMode::Client,
+    });
+    let mut ios = Vec::with_capacity(opts.workers);
+    for _ in 0..opts.workers {
+        let io = AfPacketIo::open(
+            &[iface],
+            &AfPacketOptions {
+                fanout,
+                ..AfPacketOptions::default()
+            },
+        )
+        .map_err(|source| RunError::Io {
+            iface: iface.to_string(),
+            source,
+        })?;
+        ios.push(io);
+    }
+    let (retired_tx, retired) = bounded::<Arc<Snapshot>>(64);
+    let empty = Arc::new(Snapshot::default());
+    let mut workers = Workers {
+        handles: Vec::new(),
+        publish: Vec::new(),
+        commands: Vec::new(),
+        retired,
+    };
+    for (i, io) in ios.into_iter().enumerate() {
+        let (snap_tx, snap_rx) = bounded(16);
+        let (cmd_tx, cmd_rx) = bounded::<Command>(64);
+        let worker = Worker::new(
+            io,
+            MonotonicClock::new(),
+            worker_config.clone(),
+            Arc::clone(&empty),
+        )?
+        .with_updates(snap_rx, retired_tx.clone())
+        .with_commands(cmd_rx);
+        workers
+            .handles
+            .push(spawn_worker(i, worker, opts.idle, Arc::clone(stop)));
+        workers.publish.push(snap_tx);
+        workers.commands.push(cmd_tx);
+    }
+    Ok(workers)
+}
+
+fn start_admin(addr: SocketAddr, shared: &Arc<Shared>) -> Result<(), RunError> {
+    let shared = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name("limpet-admin".into())
+        .spawn(move || {
+            if let Err(e) = crate::admin::serve(addr, shared) {
+                error!("admin API on {addr} stopped: {e}");
+            }
+        })
+        .map_err(|e| RunError::Other(e.to_string()))?;
+    info!("admin API on http://{addr}");
+    Ok(())
+}
+
 /// Runs limpet until SIGINT or SIGTERM.
-pub fn run(opts: RunOptions) -> Result<(), RunError> {
+pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     if opts.interfaces.len() != 1 {
         return Err(RunError::Interfaces(opts.interfaces.clone()));
     }
@@ -275,78 +374,25 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     })?;
     let mac = opts.mac.unwrap_or_else(|| raw.mac());
     let stop = Arc::new(AtomicBool::new(false));
+    let workers = start_workers(opts, &iface, mac, &stop)?;
+    let mut handles = workers.handles;
 
-    // Workers: sockets first, so a bad interface fails before any thread.
-    let mut worker_config = opts.worker.clone();
-    worker_config.mac = mac;
-    // Several workers share the interface in a fanout group steered by
-    // client address: a connection's packets and its replies (which come
-    // back from the backend) then reach the same worker, which holds the
-    // connection's reverse translation. Each snapshot swap re-installs the
-    // steering program with the current service addresses.
-    let fanout = (opts.workers > 1).then(|| Fanout {
-        group: std::process::id() as u16,
-        mode: FanoutMode::Client,
-    });
-    let mut ios = Vec::with_capacity(opts.workers);
-    for _ in 0..opts.workers {
-        let io = AfPacketIo::open(
-            &[iface.as_str()],
-            &AfPacketOptions {
-                fanout,
-                ..AfPacketOptions::default()
-            },
-        )
-        .map_err(|source| RunError::Io {
-            iface: iface.clone(),
-            source,
-        })?;
-        ios.push(io);
-    }
-
-    let mut publish = Vec::new();
-    let mut commands = Vec::new();
-    let (retired_tx, retired_rx) = bounded::<Arc<Snapshot>>(64);
-    let empty = Arc::new(Snapshot::default());
-    let mut handles = Vec::new();
-    for (i, io) in ios.into_iter().enumerate() {
-        let (snap_tx, snap_rx) = bounded(16);
-        let (cmd_tx, cmd_rx) = bounded::<Command>(64);
-        let worker = Worker::new(io, MonotonicClock::new(), worker_config.clone(), Arc::clone(&empty))?
-            .with_updates(snap_rx, retired_tx.clone())
-            .with_commands(cmd_rx);
-        handles.push(spawn_worker(i, worker, opts.idle, Arc::clone(&stop)));
-        publish.push(snap_tx);
-        commands.push(cmd_tx);
-    }
-
-    let shared = Arc::new(Shared::new(commands));
+    let shared = Arc::new(Shared::new(workers.commands));
     let (l2_tx, l2_rx) = unbounded();
     let (report_tx, report_rx) = bounded(16);
-    let neighbours = Neighbours::new(
-        mac,
-        opts.addresses.clone(),
-        opts.gateways.first().copied(),
-    );
-    handles.push(spawn_neighbour_thread(raw, neighbours, l2_rx, report_tx, Arc::clone(&stop)));
-
-    {
-        let shared = Arc::clone(&shared);
-        let addr = opts.admin;
-        std::thread::Builder::new()
-            .name("limpet-admin".into())
-            .spawn(move || {
-                if let Err(e) = crate::admin::serve(addr, shared) {
-                    error!("admin API on {addr} stopped: {e}");
-                }
-            })
-            .map_err(|e| RunError::Other(e.to_string()))?;
-        info!("admin API on http://{}", opts.admin);
-    }
+    let neighbours = Neighbours::new(mac, opts.addresses.clone(), opts.gateways.first().copied());
+    handles.push(spawn_neighbour_thread(
+        raw,
+        neighbours,
+        l2_rx,
+        report_tx,
+        Arc::clone(&stop),
+    ));
+    start_admin(opts.admin, &shared)?;
 
     let mut control = Control {
         shared: Arc::clone(&shared),
-        publish,
+        publish: workers.publish,
         l2: l2_tx,
         specs,
         resolved: HashMap::new(),
@@ -359,19 +405,40 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
     // Give backends a moment to resolve so the first snapshot has them.
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        match report_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(r) => {
-                let done = r.resolved.values().all(Option::is_some);
-                control.resolved = r.resolved;
-                if done {
-                    break;
-                }
+        if let Ok(r) = report_rx.recv_timeout(Duration::from_millis(100)) {
+            let done = r.resolved.values().all(Option::is_some);
+            control.resolved = r.resolved;
+            if done {
+                break;
             }
-            Err(_) => continue,
         }
     }
     control.publish()?;
 
+    let result = control_loop(
+        &mut control,
+        &mut source,
+        &opts.addresses,
+        &report_rx,
+        &workers.retired,
+    );
+    info!("stopping");
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    result
+}
+
+/// Reacts to configuration changes, signals and neighbour resolution
+/// until asked to stop.
+fn control_loop(
+    control: &mut Control,
+    source: &mut ConfigSource,
+    addresses: &[InterfaceAddr],
+    reports: &Receiver<L2Report>,
+    retired: &Receiver<Arc<Snapshot>>,
+) -> Result<(), RunError> {
     let (_watcher, reload) = source.watch()?;
     let signals = signal_channel()?;
     let mut pending_reload: Option<Instant> = None;
@@ -382,13 +449,17 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
             recv(signals) -> sig => match sig {
                 Ok(Signal::Reload) => {
                     info!("SIGHUP: reloading configuration");
-                    pending_reload = Some(Instant::now() - Duration::from_secs(1));
+                    // Reload at once: no editor is mid-write.
+                    reload_config(control, source, addresses);
                 }
-                Ok(Signal::Stop) | Err(_) => break,
+                Ok(Signal::Stop) | Err(_) => return Ok(()),
             },
-            recv(report_rx) -> r => if let Ok(r) = r {
-                shared.lock().neighbour_counters = r.counters;
-                shared.lock().neighbours = r.resolved.iter().map(|(a, m)| (*a, *m)).collect();
+            recv(reports) -> r => if let Ok(r) = r {
+                {
+                    let mut state = control.shared.lock();
+                    state.neighbour_counters = r.counters;
+                    state.neighbours = r.resolved.iter().map(|(a, m)| (*a, *m)).collect();
+                }
                 if r.resolved != control.resolved {
                     control.resolved = r.resolved;
                     if let Err(e) = control.publish() {
@@ -396,38 +467,40 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
                     }
                 }
             },
-            recv(retired_rx) -> old => drop(old),
+            recv(retired) -> old => drop(old),
             recv(ticker) -> _ => {}
         }
         // Editors write files in several steps: settle for 200 ms first.
         if pending_reload.is_some_and(|t| t.elapsed() >= Duration::from_millis(200)) {
             pending_reload = None;
-            match source.load() {
-                Ok(specs) => {
-                    control.specs = specs;
-                    record_backends(&shared, &control.specs);
-                    control.update_l2(&opts.addresses);
-                    shared.lock().reload.loads_ok += 1;
-                    shared.lock().reload.last_error = None;
-                    if let Err(e) = control.publish() {
-                        error!("snapshot not published: {e}");
-                    }
-                }
-                Err(e) => {
-                    error!("configuration refused, still serving the previous one: {e}");
-                    let mut state = shared.lock();
-                    state.reload.loads_failed += 1;
-                    state.reload.last_error = Some(e.to_string());
-                }
-            }
+            reload_config(control, source, addresses);
         }
     }
-    info!("stopping");
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        let _ = h.join();
+}
+
+/// Loads the configuration again; a refused one leaves the running one.
+fn reload_config(control: &mut Control, source: &mut ConfigSource, addresses: &[InterfaceAddr]) {
+    match source.load() {
+        Ok(specs) => {
+            control.specs = specs;
+            record_backends(&control.shared, &control.specs);
+            control.update_l2(addresses);
+            {
+                let mut state = control.shared.lock();
+                state.reload.loads_ok += 1;
+                state.reload.last_error = None;
+            }
+            if let Err(e) = control.publish() {
+                error!("snapshot not published: {e}");
+            }
+        }
+        Err(e) => {
+            error!("configuration refused, still serving the previous one: {e}");
+            let mut state = control.shared.lock();
+            state.reload.loads_failed += 1;
+            state.reload.last_error = Some(e.to_string());
+        }
     }
-    Ok(())
 }
 
 enum Signal {
@@ -438,14 +511,18 @@ enum Signal {
 /// SIGHUP, SIGINT and SIGTERM as channel messages.
 fn signal_channel() -> Result<Receiver<Signal>, RunError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]).map_err(|e| RunError::Other(format!("signals: {e}")))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(|e| RunError::Other(format!("signals: {e}")))?;
     let (tx, rx) = unbounded();
     std::thread::Builder::new()
         .name("limpet-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                let msg = if sig == SIGHUP { Signal::Reload } else { Signal::Stop };
+                let msg = if sig == SIGHUP {
+                    Signal::Reload
+                } else {
+                    Signal::Stop
+                };
                 if tx.send(msg).is_err() {
                     break;
                 }
@@ -458,9 +535,15 @@ fn signal_channel() -> Result<Receiver<Signal>, RunError> {
 /// Parses `--io afpacket:IFACE[,IFACE2]`.
 pub fn parse_io(spec: &str) -> Result<Vec<String>, String> {
     let Some(list) = spec.strip_prefix("afpacket:") else {
-        return Err(format!("unknown I/O backend in {spec:?}: expected afpacket:IFACE[,IFACE2]"));
+        return Err(format!(
+            "unknown I/O backend in {spec:?}: expected afpacket:IFACE[,IFACE2]"
+        ));
     };
-    let ifaces: Vec<String> = list.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let ifaces: Vec<String> = list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     if ifaces.is_empty() {
         return Err("afpacket: needs at least one interface name".into());
     }
@@ -480,4 +563,3 @@ pub fn parse_interface_addr(s: &str) -> Result<InterfaceAddr, String> {
     }
     Ok(InterfaceAddr { addr, prefix })
 }
-

@@ -1,4 +1,6 @@
 //! The `limpet` command.
+// Doc comments here are `--help` text, written for a terminal, not rustdoc.
+#![allow(clippy::doc_markdown)]
 
 use clap::{Args, Parser, Subcommand};
 use limpet_control::run::{Idle, RunOptions, parse_interface_addr, parse_io};
@@ -163,10 +165,17 @@ enum AffinityAction {
     },
 }
 
-fn affinity(admin: SocketAddr, action: AffinityAction) -> Result<String, limpet_control::client::ClientError> {
+fn affinity(
+    admin: SocketAddr,
+    action: AffinityAction,
+) -> Result<String, limpet_control::client::ClientError> {
     use limpet_control::client;
     match action {
-        AffinityAction::List { service, client: who, json } => {
+        AffinityAction::List {
+            service,
+            client: who,
+            json,
+        } => {
             let list = client::list(admin, service.as_deref(), who)?;
             Ok(if json {
                 serde_json::to_string_pretty(&list)? + "\n"
@@ -182,7 +191,10 @@ fn affinity(admin: SocketAddr, action: AffinityAction) -> Result<String, limpet_
                 client::render_table(&list)
             })
         }
-        AffinityAction::Delete { client: who, service } => {
+        AffinityAction::Delete {
+            client: who,
+            service,
+        } => {
             let n = client::delete(admin, who, service.as_deref())?;
             Ok(format!("deleted {n} entries\n"))
         }
@@ -196,13 +208,19 @@ fn affinity(admin: SocketAddr, action: AffinityAction) -> Result<String, limpet_
 fn run(args: RunArgs) -> Result<(), String> {
     let interfaces = parse_io(&args.io)?;
     let node_name = args.node_name.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
     });
     let mode = match args.forward {
         Forward::Nat => ForwardMode::Nat,
         Forward::Dsr => ForwardMode::Dsr,
     };
-    let source = limpet_control::config::ConfigSource::new(args.config, mode, node_name, args.node_addresses);
+    let source = limpet_control::config::ConfigSource::new(
+        args.config,
+        mode,
+        node_name,
+        args.node_addresses,
+    );
     let opts = RunOptions {
         source,
         interfaces,
@@ -219,7 +237,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         },
         idle: args.idle,
     };
-    limpet_control::run::run(opts).map_err(|e| e.to_string())
+    limpet_control::run::run(&opts).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
