@@ -1,0 +1,511 @@
+//! Real TCP through limpet on the network-namespace testbed
+//! (`scripts/testbed`): three backends answering their own name on port
+//! 9376, a Service on 192.0.2.10 / 2001:db8:5::10 port 80, and HTTP clients
+//! from many addresses. Modelled on the Kubernetes e2e session-affinity
+//! tests. Needs root (CI is root); without it the test fails, loudly.
+//!
+//! The testbed's namespaces are global, so every scenario runs in one test
+//! function, in order, on one testbed.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VIP4: &str = "192.0.2.10";
+const VIP6: &str = "2001:db8:5::10";
+const LIMPET: &str = env!("CARGO_BIN_EXE_limpet");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn must_be_root() {
+    let out = Command::new("id").arg("-u").output().expect("running id -u");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        uid, "0",
+        "the end-to-end tests build network namespaces and need root (CI runs as root); run `sudo scripts/test.sh`"
+    );
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The testbed, torn down when dropped (even when a scenario fails).
+struct Testbed;
+
+impl Testbed {
+    fn up(backends: usize) -> Self {
+        sh(Command::new(repo().join("scripts/testbed")).args(["up", "--backends", &backends.to_string()]));
+        Testbed
+    }
+
+    fn mode(&self, mode: &str) {
+        sh(Command::new(repo().join("scripts/testbed")).args(["mode", mode]));
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/testbed")).arg("down").output();
+    }
+}
+
+/// One endpoint of the example Service: backend `n` (203.0.113.1n).
+#[derive(Clone, Copy)]
+struct Ep {
+    n: u8,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+fn ep(n: u8) -> Ep {
+    Ep {
+        n,
+        ready: true,
+        serving: true,
+        terminating: false,
+    }
+}
+
+/// The example Service and its slices, as `kubectl get -o yaml` prints them.
+fn manifest(affinity: Option<u32>, eps: &[Ep]) -> String {
+    let affinity = match affinity {
+        Some(t) => format!("  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"),
+        None => "  sessionAffinity: None\n".to_string(),
+    };
+    let endpoints = |v6: bool| -> String {
+        eps.iter()
+            .map(|e| {
+                let addr = if v6 { format!("2001:db8:be::1{}", e.n) } else { format!("203.0.113.1{}", e.n) };
+                format!(
+                    "- addresses:\n  - \"{addr}\"\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: {}\n  nodeName: node-{}\n",
+                    e.ready, e.serving, e.terminating, e.n
+                )
+            })
+            .collect()
+    };
+    let slice = |v6: bool| {
+        let (name, ty) = if v6 { ("hostnames-v6", "IPv6") } else { ("hostnames-v4", "IPv4") };
+        let eps = endpoints(v6);
+        let eps = if eps.is_empty() { "[]\n".to_string() } else { format!("\n{eps}") };
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: hostnames\naddressType: {ty}\nendpoints: {eps}ports:\n- name: \"\"\n  port: 9376\n  protocol: TCP\n"
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: hostnames\n  namespace: default\nspec:\n  type: ClusterIP\n  clusterIP: {VIP4}\n  clusterIPs:\n  - {VIP4}\n  - \"{VIP6}\"\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - port: 80\n    protocol: TCP\n    targetPort: 9376\n{affinity}---\n{}---\n{}",
+        slice(false),
+        slice(true)
+    )
+}
+
+/// A configuration directory limpet watches.
+struct Config {
+    dir: PathBuf,
+}
+
+impl Config {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("limpet-e2e-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+
+    /// Replaces the manifest the way `kubectl`-driven tooling would: a new
+    /// file renamed over the old one.
+    fn write(&self, text: &str) {
+        let tmp = self.dir.join(".hostnames.yaml.tmp");
+        std::fs::File::create(&tmp).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::rename(&tmp, self.dir.join("hostnames.yaml")).unwrap();
+    }
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `limpet run` in the lp-lb namespace, stopped when dropped.
+struct Limpet {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Limpet {
+    fn start(config: &Config, forward: &str, workers: u16) -> Self {
+        let log = config.dir.with_extension("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", "lp-lb", LIMPET, "run", "--config"])
+            .arg(&config.dir)
+            .args(["--io", "afpacket:lb0", "--address", "203.0.113.1/24", "--address", "2001:db8:be::1/64"])
+            .args(["--forward", forward, "--workers", &workers.to_string(), "--idle", "wait"])
+            .args(["--flow-capacity", "65536", "--affinity-capacity", "65536"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting limpet");
+        let mut limpet = Limpet { child, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = limpet.child.try_wait() {
+                panic!("limpet exited with {status} at start-up:\n{}", limpet.log_text());
+            }
+            let ready = Command::new("ip")
+                .args(["netns", "exec", "lp-lb", LIMPET, "affinity", "list", "--json"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ready && limpet.log_text().contains("published snapshot") {
+                return limpet;
+            }
+            assert!(Instant::now() < deadline, "limpet not ready in 20 s:\n{}", limpet.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until limpet has published a snapshot more than `before`.
+    fn wait_published(&self, before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log_text().matches("published snapshot").count() <= before {
+            assert!(Instant::now() < deadline, "no new snapshot published:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn published(&self) -> usize {
+        self.log_text().matches("published snapshot").count()
+    }
+
+    fn affinity(&self) -> Vec<Value> {
+        let out = sh(Command::new("ip").args(["netns", "exec", "lp-lb", LIMPET, "affinity", "list", "--json"]));
+        serde_json::from_str(&out).expect("affinity list --json")
+    }
+}
+
+impl Drop for Limpet {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which backend answered each request, per client address.
+struct Answers {
+    results: BTreeMap<String, Vec<Option<String>>>,
+}
+
+impl Answers {
+    fn backends_of(&self, client: &str) -> BTreeSet<String> {
+        self.results[client].iter().flatten().cloned().collect()
+    }
+
+    /// Each client's single backend; fails if a client saw two or a request failed.
+    fn sticky(&self) -> BTreeMap<String, String> {
+        self.results
+            .iter()
+            .map(|(c, r)| {
+                assert!(r.iter().all(Option::is_some), "client {c}: failed requests {r:?}");
+                let set = self.backends_of(c);
+                assert_eq!(set.len(), 1, "client {c} reached several backends: {r:?}");
+                (c.clone(), set.into_iter().next().unwrap())
+            })
+            .collect()
+    }
+}
+
+/// `requests` new connections from each of `clients` addresses starting at `first`.
+fn http(vip: &str, first: &str, clients: usize, requests: usize) -> Answers {
+    let out = sh(Command::new("ip").args(["netns", "exec", "lp-client", "python3"]).arg(repo().join("scripts/testbed-client.py")).args([
+        "--vip",
+        vip,
+        "--first",
+        first,
+        "--clients",
+        &clients.to_string(),
+        "--requests",
+        &requests.to_string(),
+        "--timeout",
+        "3",
+    ]));
+    let v: Value = serde_json::from_str(&out).expect("client JSON");
+    let results = v["results"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(c, r)| {
+            let r = r.as_array().unwrap().iter().map(|x| x.as_str().map(str::to_string)).collect();
+            (c.clone(), r)
+        })
+        .collect();
+    Answers { results }
+}
+
+fn clientip_sticks(vip: &str, first: &str, clients: usize) -> BTreeMap<String, String> {
+    // One client, 16 requests: one backend.
+    let one = http(vip, first, 1, 16);
+    one.sticky();
+    // Many clients, each sticking to its own.
+    let many = http(vip, first, clients, 16);
+    let placement = many.sticky();
+    let used: BTreeSet<&String> = placement.values().collect();
+    assert!(used.len() >= 2, "{clients} clients all landed on {used:?}");
+    placement
+}
+
+fn none_spreads(vip: &str, first: &str) {
+    let a = http(vip, first, 1, 16);
+    let set = a.backends_of(first);
+    assert!(set.len() >= 2, "None affinity: 16 requests from {first} reached only {set:?}");
+}
+
+#[test]
+fn session_affinity_end_to_end() {
+    must_be_root();
+    let testbed = Testbed::up(4);
+    let config = Config::new("main");
+    let three = [ep(1), ep(2), ep(3)];
+    config.write(&manifest(Some(10800), &three));
+
+    // --- nat, IPv4 and IPv6 ---
+    let limpet = Limpet::start(&config, "nat", 1);
+    let before = clientip_sticks(VIP4, "198.18.0.10", 200);
+    clientip_sticks(VIP6, "2001:db8:c1::10", 50);
+    let listed = limpet.affinity();
+    assert!(listed.len() >= 250, "affinity list shows {} entries", listed.len());
+    assert!(
+        listed.iter().any(|e| e["client"] == "198.18.0.10" && e["service"] == "default/hostnames:80/TCP"),
+        "198.18.0.10 not listed: {listed:?}"
+    );
+
+    // --- switching: ClientIP -> None -> ClientIP by rewriting the manifest ---
+    let n = limpet.published();
+    config.write(&manifest(None, &three));
+    limpet.wait_published(n);
+    none_spreads(VIP4, "198.18.1.10");
+    let n = limpet.published();
+    config.write(&manifest(Some(10800), &three));
+    limpet.wait_published(n);
+    http(VIP4, "198.18.1.20", 20, 16).sticky();
+
+    // --- endpoint removed: only its clients move ---
+    let removed = "lp-be2";
+    let n = limpet.published();
+    config.write(&manifest(Some(10800), &[ep(1), ep(3)]));
+    limpet.wait_published(n);
+    let after = http(VIP4, "198.18.0.10", 200, 4).sticky();
+    for (client, was) in &before {
+        let now = &after[client];
+        if was == removed {
+            assert_ne!(now, removed, "{client} still on the removed endpoint");
+        } else {
+            assert_eq!(now, was, "{client} moved from {was} to {now} though its endpoint stayed");
+        }
+    }
+
+    // --- endpoint not ready: its clients move, nobody else ---
+    let n = limpet.published();
+    let not_ready = Ep {
+        ready: false,
+        ..ep(3)
+    };
+    config.write(&manifest(Some(10800), &[ep(1), not_ready]));
+    limpet.wait_published(n);
+    let later = http(VIP4, "198.18.0.10", 200, 2).sticky();
+    for (client, was) in &after {
+        if was == "lp-be3" {
+            assert_eq!(later[client], "lp-be1", "{client} not moved off the not-ready endpoint");
+        } else {
+            assert_eq!(&later[client], was, "{client} moved though its endpoint stayed ready");
+        }
+    }
+
+    // --- an established connection to a terminating-but-serving endpoint keeps working ---
+    let n = limpet.published();
+    config.write(&manifest(Some(10800), &three));
+    limpet.wait_published(n);
+    established_connection_survives(&config, &limpet);
+
+    // --- an invalid reload keeps traffic flowing and affinity intact ---
+    let snapshot = http(VIP4, "198.18.0.10", 50, 2).sticky();
+    config.write(&manifest(Some(0), &three));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        limpet.log_text().contains("configuration refused"),
+        "invalid reload not refused:\n{}",
+        limpet.log_text()
+    );
+    assert!(limpet.log_text().contains("timeoutSeconds"), "refusal does not name the field");
+    assert_eq!(http(VIP4, "198.18.0.10", 50, 2).sticky(), snapshot);
+    drop(limpet);
+
+    // --- timeout ---
+    timeout_scenario(&config);
+
+    // --- dsr, IPv4 and IPv6 ---
+    testbed.mode("dsr");
+    config.write(&manifest(Some(10800), &three));
+    let limpet = Limpet::start(&config, "dsr", 1);
+    clientip_sticks(VIP4, "198.18.2.10", 100);
+    clientip_sticks(VIP6, "2001:db8:c1::200", 30);
+    let n = limpet.published();
+    config.write(&manifest(None, &three));
+    limpet.wait_published(n);
+    none_spreads(VIP4, "198.18.2.200");
+    drop(limpet);
+    testbed.mode("nat");
+
+    // --- two workers: replies find their translation whichever worker holds it ---
+    config.write(&manifest(Some(10800), &three));
+    let _limpet = Limpet::start(&config, "nat", 2);
+    clientip_sticks(VIP4, "198.18.3.10", 100);
+    clientip_sticks(VIP6, "2001:db8:c1::300", 30);
+}
+
+/// timeoutSeconds 3: the entry shows, then is gone after 3 s idle; a client
+/// pinned to A that Maglev now maps elsewhere (a backend was added while it
+/// stayed active) stays on A while active and moves only after the timeout.
+fn timeout_scenario(config: &Config) {
+    let three = [ep(1), ep(2), ep(3)];
+    config.write(&manifest(Some(3), &three));
+    let limpet = Limpet::start(config, "nat", 1);
+    let first = "198.18.0.100";
+    let pinned = http(VIP4, first, 60, 2).sticky();
+    assert!(limpet.affinity().iter().any(|e| e["client"] == first), "entry for {first} not listed");
+    std::thread::sleep(Duration::from_millis(4500));
+    assert!(
+        !limpet.affinity().iter().any(|e| e["client"] == first),
+        "entry for {first} still listed after 4.5 s idle with timeoutSeconds 3"
+    );
+    // Re-pin, then add a fourth backend while the clients stay active.
+    let pinned_again = http(VIP4, first, 60, 1).sticky();
+    assert_eq!(pinned_again, pinned, "Maglev's choice changed with nothing changed");
+    let n = limpet.published();
+    config.write(&manifest(Some(3), &[ep(1), ep(2), ep(3), ep(4)]));
+    limpet.wait_published(n);
+    for _ in 0..4 {
+        assert_eq!(http(VIP4, first, 60, 1).sticky(), pinned, "an active client moved when a backend was added");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_millis(4500));
+    let moved = http(VIP4, first, 60, 1).sticky();
+    let changed: Vec<_> = moved.iter().filter(|(c, b)| pinned[*c] != **b).collect();
+    assert!(!changed.is_empty(), "no client followed Maglev to the new backend after its timeout");
+    for (client, now) in changed {
+        assert_eq!(now, "lp-be4", "{client} moved to {now}, not to the added backend");
+    }
+}
+
+/// Opens a connection, marks its endpoint terminating (still serving) and
+/// checks the open connection is still answered by that endpoint.
+fn established_connection_survives(config: &Config, limpet: &Limpet) {
+    // A client script that connects, waits for a signal file, then sends a
+    // request on the same connection.
+    let flag = config.dir.join("go");
+    let script = format!(
+        r#"
+import socket, os, time, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_IP, 15, 1)
+s.bind(("198.18.0.250", 0))
+s.settimeout(10)
+s.connect(("{VIP4}", 80))
+print("connected", flush=True)
+while not os.path.exists("{flag}"):
+    time.sleep(0.05)
+s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.split(b"\r\n\r\n", 1)[-1].decode().strip(), flush=True)
+"#,
+        flag = flag.display()
+    );
+    let pinned = http(VIP4, "198.18.0.250", 1, 1).sticky()["198.18.0.250"].clone();
+    let n: u8 = pinned.trim_start_matches("lp-be").parse().unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", "lp-client", "python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    let eps: Vec<Ep> = [1, 2, 3]
+        .into_iter()
+        .map(|i| {
+            if i == n {
+                Ep {
+                    n: i,
+                    ready: false,
+                    serving: true,
+                    terminating: true,
+                }
+            } else {
+                ep(i)
+            }
+        })
+        .collect();
+    let published = limpet.published();
+    config.write(&manifest(Some(10800), &eps));
+    limpet.wait_published(published);
+    // New connections of the same client go elsewhere now...
+    let elsewhere = http(VIP4, "198.18.0.250", 1, 1).sticky()["198.18.0.250"].clone();
+    assert_ne!(elsewhere, pinned, "a new connection still went to the terminating endpoint");
+    // ...while the open one still reaches its endpoint.
+    std::fs::write(&flag, b"").unwrap();
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut answer).unwrap();
+    let _ = child.wait();
+    assert_eq!(answer.trim(), pinned, "the established connection lost its terminating endpoint");
+}
+
+#[test]
+fn invalid_manifest_at_start_up_exits_non_zero_naming_the_field() {
+    let config = Config::new("invalid");
+    config.write(&manifest(Some(86401), &[ep(1)]));
+    // The configuration is checked before any interface is touched.
+    let out = Command::new(LIMPET)
+        .args(["run", "--config"])
+        .arg(&config.dir)
+        .args(["--io", "afpacket:lp-does-not-exist"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "limpet accepted timeoutSeconds 86401");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hostnames.yaml"), "no file named: {err}");
+    assert!(err.contains("hostnames"), "no object named: {err}");
+    assert!(
+        err.contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+        "no field named: {err}"
+    );
+}
