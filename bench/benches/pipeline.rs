@@ -275,6 +275,31 @@ fn flows(c: &mut Criterion) {
             }
         });
     });
+    // The same burst, software-pipelined: the bucket of key j + 2D and the
+    // entry of key j + D are requested while key j is looked up, so each
+    // load has D keys' work to arrive in (the pipeline's stages instead
+    // read bucket 0 and entry 0 right after requesting the whole burst).
+    g.bench_function("lookup-hit-rolling-d8", |b| {
+        const D: usize = 8;
+        let mut hashes = [0u64; BATCH];
+        b.iter(|| {
+            let keys = batch(&hits, &mut pos);
+            for (h, k) in hashes.iter_mut().zip(keys) {
+                *h = k.hash();
+            }
+            for j in 0..BATCH + 2 * D {
+                if j < BATCH {
+                    t.prefetch_bucket(hashes[j]);
+                }
+                if (D..BATCH + D).contains(&j) {
+                    t.prefetch_entry(hashes[j - D]);
+                }
+                if j >= 2 * D {
+                    black_box(t.lookup(hashes[j - 2 * D], &keys[j - 2 * D], now));
+                }
+            }
+        });
+    });
     let mut mpos = 0;
     g.bench_function("lookup-miss", |b| {
         b.iter(|| {
