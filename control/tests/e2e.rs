@@ -1,6 +1,6 @@
 //! Real TCP through limpet on the network-namespace testbed
 //! (`scripts/testbed`): three backends answering their own name on port
-//! 9376, a Service on 192.0.2.10 / 2001:db8:5::10 port 80, and HTTP clients
+//! 9376, a Service on 192.0.2.10 / `2001:db8:5::10` port 80, and HTTP clients
 //! from many addresses. Modelled on the Kubernetes e2e session-affinity
 //! tests. Needs root (CI is root); without it the test fails, loudly.
 //!
@@ -9,6 +9,7 @@
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -60,6 +61,7 @@ impl Testbed {
         Testbed
     }
 
+    #[allow(clippy::unused_self)] // switching mode needs the testbed up
     fn mode(&self, mode: &str) {
         sh(Command::new(repo().join("scripts/testbed")).args(["mode", mode]));
     }
@@ -100,15 +102,20 @@ fn manifest(affinity: Option<u32>, eps: &[Ep]) -> String {
         None => "  sessionAffinity: None\n".to_string(),
     };
     let endpoints = |v6: bool| -> String {
-        eps.iter()
-            .map(|e| {
-                let addr = if v6 { format!("2001:db8:be::1{}", e.n) } else { format!("203.0.113.1{}", e.n) };
-                format!(
-                    "- addresses:\n  - \"{addr}\"\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: {}\n  nodeName: node-{}\n",
-                    e.ready, e.serving, e.terminating, e.n
-                )
-            })
-            .collect()
+        let mut out = String::new();
+        for e in eps {
+            let addr = if v6 {
+                format!("2001:db8:be::1{}", e.n)
+            } else {
+                format!("203.0.113.1{}", e.n)
+            };
+            let _ = write!(
+                out,
+                "- addresses:\n  - \"{addr}\"\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: {}\n  nodeName: node-{}\n",
+                e.ready, e.serving, e.terminating, e.n
+            );
+        }
+        out
     };
     let slice = |v6: bool| {
         let (name, ty) = if v6 {
@@ -245,6 +252,7 @@ impl Limpet {
         self.log_text().matches("published snapshot").count()
     }
 
+    #[allow(clippy::unused_self)] // asks this running instance
     fn affinity(&self) -> Vec<Value> {
         let out = sh(Command::new("ip").args([
             "netns", "exec", "lp-lb", LIMPET, "affinity", "list", "--json",
