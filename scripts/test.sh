@@ -14,6 +14,25 @@ if command -v rustup >/dev/null; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 fi
 
+# The end-to-end and AF_PACKET tests build network namespaces (root, as CI
+# runs) with iproute2 and drive HTTP clients and servers with python3.
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v python3 >/dev/null || need+=(python3)
+command -v sysctl >/dev/null || need+=(procps)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq "${need[@]}"
+    else
+        echo "error: missing ${need[*]}; install them or run as root" >&2
+        exit 1
+    fi
+fi
+# A testbed left behind by an interrupted run would make the tests fail.
+if [ "$(id -u)" = 0 ] && ip netns list 2>/dev/null | grep -q '^lp-'; then
+    scripts/testbed down || true
+fi
+
 echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
