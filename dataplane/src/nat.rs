@@ -3,62 +3,72 @@
 //! incremental checksum updates (RFC 1624) so no byte of payload is read.
 
 use crate::family::Family;
-use crate::wire::{IpProtocol, ipv4, ipv6, tcp, udp};
+use crate::wire::IpProtocol;
+use crate::wire::checksum::{fold, sum};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The IP header operations a forwarding family needs.
 pub trait IpRewrite: Family {
-    /// Decrements the TTL or hop limit of the header at the start of `ip`.
-    fn decrement_hops(ip: &mut [u8]);
-    fn set_src(ip: &mut [u8], addr: Self);
-    fn set_dst(ip: &mut [u8], addr: Self);
-    /// The address as network-order bytes for pseudo-header updates.
-    fn bytes(self) -> [u8; 16];
+    /// Decrements the TTL or hop limit of the header at the start of `ip`
+    /// and replaces the address at `end` with `new`, updating the header
+    /// checksum (IPv4) in one step. Returns what the address change adds
+    /// to a transport checksum's pseudo-header as a partial sum (`!old +
+    /// new`), or `None` (nothing written) if `ip` is shorter than a header.
+    fn rewrite_ip(ip: &mut [u8], end: End, new: Self) -> Option<u32>;
+}
+
+/// The ones-complement sum of a 32-bit word's two 16-bit halves.
+#[inline(always)]
+fn sum32(x: u32) -> u32 {
+    (x >> 16) + (x & 0xffff)
+}
+
+/// `!fold(!csum + delta)`: RFC 1624 eqn. 3 with every change summed into
+/// `delta` first.
+#[inline(always)]
+fn apply(csum: u16, delta: u32) -> u16 {
+    !fold(u32::from(!csum) + u32::from(fold(delta)))
 }
 
 impl IpRewrite for Ipv4Addr {
     #[inline(always)]
-    fn decrement_hops(ip: &mut [u8]) {
-        ipv4::Packet::new_unchecked(ip).decrement_ttl_update_checksum();
-    }
-
-    #[inline(always)]
-    fn set_src(ip: &mut [u8], addr: Self) {
-        ipv4::Packet::new_unchecked(ip).set_src_addr_update_checksum(addr);
-    }
-
-    #[inline(always)]
-    fn set_dst(ip: &mut [u8], addr: Self) {
-        ipv4::Packet::new_unchecked(ip).set_dst_addr_update_checksum(addr);
-    }
-
-    #[inline(always)]
-    fn bytes(self) -> [u8; 16] {
-        self.octets16()
+    fn rewrite_ip(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
+        let h = ip.first_chunk_mut::<20>()?;
+        let field: &mut [u8; 4] = match end {
+            End::Source => h[12..16].as_mut_array()?,
+            End::Destination => h[16..20].as_mut_array()?,
+        };
+        let old = u32::from_be_bytes(*field);
+        let new = new.to_bits();
+        *field = new.to_be_bytes();
+        let addr = u32::from(!fold(sum32(old))) + sum32(new);
+        // TTL is the high byte of the 16-bit word it shares with protocol.
+        // A TTL of 0 is left alone: the parser drops anything at or below 1.
+        let ttl = h[8];
+        let new_ttl = ttl.saturating_sub(1);
+        h[8] = new_ttl;
+        let proto = u32::from(h[9]);
+        let hops = u32::from(!((u16::from(ttl) << 8) | proto as u16))
+            + ((u32::from(new_ttl) << 8) | proto);
+        let csum = u16::from_be_bytes([h[10], h[11]]);
+        [h[10], h[11]] = apply(csum, addr + hops).to_be_bytes();
+        Some(addr)
     }
 }
 
 impl IpRewrite for Ipv6Addr {
     #[inline(always)]
-    fn decrement_hops(ip: &mut [u8]) {
-        let mut p = ipv6::Packet::new_unchecked(ip);
-        let hops = p.hop_limit();
-        p.set_hop_limit(hops.saturating_sub(1));
-    }
-
-    #[inline(always)]
-    fn set_src(ip: &mut [u8], addr: Self) {
-        ipv6::Packet::new_unchecked(ip).set_src_addr(addr);
-    }
-
-    #[inline(always)]
-    fn set_dst(ip: &mut [u8], addr: Self) {
-        ipv6::Packet::new_unchecked(ip).set_dst_addr(addr);
-    }
-
-    #[inline(always)]
-    fn bytes(self) -> [u8; 16] {
-        self.octets16()
+    fn rewrite_ip(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
+        let h = ip.first_chunk_mut::<40>()?;
+        h[7] = h[7].saturating_sub(1);
+        let field: &mut [u8; 16] = match end {
+            End::Source => h[8..24].as_mut_array()?,
+            End::Destination => h[24..40].as_mut_array()?,
+        };
+        let new = new.octets();
+        let addr = u32::from(!fold(sum(&field[..]))) + sum(&new);
+        *field = new;
+        Some(addr)
     }
 }
 
@@ -69,43 +79,46 @@ pub enum End {
     Destination,
 }
 
-/// Rewrites one end's address and port of a TCP or UDP packet in place.
-/// `ip` starts at the IP header, `l4` is the transport header's offset
-/// within it; both were validated by the parser.
-#[inline]
-pub fn rewrite<A: IpRewrite>(
-    ip: &mut [u8],
-    l4: usize,
-    protocol: u8,
-    end: End,
-    old: A,
-    new: A,
-    port: u16,
-) {
-    match end {
-        End::Source => A::set_src(ip, new),
-        End::Destination => A::set_dst(ip, new),
-    }
-    let (old, new) = (old.bytes(), new.bytes());
-    let (old, new) = (&old[..A::LEN], &new[..A::LEN]);
-    let Some(l4) = ip.get_mut(l4..) else {
+/// Forwards a TCP or UDP packet one hop: decrements its TTL or hop limit
+/// and rewrites one end's address and port in place, with incremental
+/// checksum updates. `ip` starts at the IP header, `l4` is the transport
+/// header's offset within it; both were validated by the parser.
+#[inline(always)]
+pub fn rewrite<A: IpRewrite>(ip: &mut [u8], l4: usize, protocol: u8, end: End, new: A, port: u16) {
+    let Some(addr) = A::rewrite_ip(ip, end, new) else {
         return;
+    };
+    let at = match end {
+        End::Source => 0,
+        End::Destination => 2,
     };
     match protocol {
         IpProtocol::TCP => {
-            let mut t = tcp::Packet::new_unchecked(l4);
-            t.update_checksum_for_addr_change(old, new);
-            match end {
-                End::Source => t.set_src_port_update_checksum(port),
-                End::Destination => t.set_dst_port_update_checksum(port),
-            }
+            let Some(t) = ip.get_mut(l4..).and_then(|t| t.first_chunk_mut::<18>()) else {
+                return;
+            };
+            let old = u16::from_be_bytes([t[at], t[at + 1]]);
+            [t[at], t[at + 1]] = port.to_be_bytes();
+            let delta = addr + u32::from(!old) + u32::from(port);
+            let csum = u16::from_be_bytes([t[16], t[17]]);
+            [t[16], t[17]] = apply(csum, delta).to_be_bytes();
         }
         IpProtocol::UDP => {
-            let mut u = udp::Packet::new_unchecked(l4);
-            u.update_checksum_for_addr_change(old, new);
-            match end {
-                End::Source => u.set_src_port_update_checksum(port),
-                End::Destination => u.set_dst_port_update_checksum(port),
+            let Some(u) = ip.get_mut(l4..).and_then(|u| u.first_chunk_mut::<8>()) else {
+                return;
+            };
+            let old = u16::from_be_bytes([u[at], u[at + 1]]);
+            [u[at], u[at + 1]] = port.to_be_bytes();
+            let csum = u16::from_be_bytes([u[6], u[7]]);
+            // A zero UDP checksum means "none" and stays zero; a computed
+            // zero is sent as 0xffff.
+            if csum != 0 {
+                let delta = addr + u32::from(!old) + u32::from(port);
+                let csum = match apply(csum, delta) {
+                    0 => 0xffff,
+                    c => c,
+                };
+                [u[6], u[7]] = csum.to_be_bytes();
             }
         }
         _ => {}

@@ -809,7 +809,6 @@ fn send<A: IpRewrite>(frame: &mut [u8], meta: &Meta, flow: &Flow<A>, dir: Direct
     let Some(ip) = frame.get_mut(usize::from(meta.l3)..) else {
         return;
     };
-    A::decrement_hops(ip);
     let l4 = usize::from(meta.l4);
     match dir {
         Direction::Forward => rewrite(
@@ -817,7 +816,6 @@ fn send<A: IpRewrite>(frame: &mut [u8], meta: &Meta, flow: &Flow<A>, dir: Direct
             l4,
             flow.protocol,
             End::Destination,
-            flow.service_addr,
             flow.backend_addr,
             flow.backend_port,
         ),
@@ -826,7 +824,6 @@ fn send<A: IpRewrite>(frame: &mut [u8], meta: &Meta, flow: &Flow<A>, dir: Direct
             l4,
             flow.protocol,
             End::Source,
-            flow.backend_addr,
             flow.service_addr,
             flow.service_port,
         ),
