@@ -19,6 +19,8 @@
 
 mod checksum;
 mod rng;
+pub mod send;
+pub mod sink;
 mod spec;
 mod stamp;
 mod traffic;
@@ -33,7 +35,7 @@ pub use spec::{
     PacketSpec, Payload, Proto, RST, SERVER_ISN, SYN, TCP_HEADER_LEN, TcpFlags, TcpSpec,
     UDP_HEADER_LEN, UdpSpec, VLAN_TAG_LEN,
 };
-pub use stamp::{STAMP_LEN, Stamp, StampError, read_stamp, stamp_payload};
+pub use stamp::{FrameInfo, STAMP_LEN, Stamp, StampError, parse_frame, read_stamp, stamp_payload};
 pub use traffic::{
     CLIENT_ISN, CLIENT_NET_V4, CLIENT_NET_V6, CLIENT_PORT_COUNT, CLIENT_PREFIX_V4,
     CLIENT_PREFIX_V6, ClientSet, FIRST_CLIENT_PORT, Family, Flow, FlowSet, NewConnections,

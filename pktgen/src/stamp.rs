@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::checksum;
 use crate::spec::{
     ETH_HEADER_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_TCP, IPPROTO_UDP,
-    IPV6_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN, get16, put16,
+    IPV6_HEADER_LEN, Proto, TCP_HEADER_LEN, UDP_HEADER_LEN, get16, put16,
 };
 
 /// Bytes a stamp occupies in the payload.
@@ -188,6 +188,40 @@ pub fn stamp_payload(
     let c = checksum::l4(loc.src, loc.dst, loc.proto, seg, udp);
     put16(seg, at, c);
     Ok(())
+}
+
+/// Where a TCP or UDP frame comes from and goes to, as the stamp parser
+/// finds it (same accepted forms: at most one 802.1Q tag, IPv4 with options
+/// but not fragmented, IPv6 without extension headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrameInfo {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: Proto,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Offset of the L4 payload from the start of the frame.
+    pub payload_offset: usize,
+    /// L4 payload length, as the IP length says (Ethernet trailer excluded).
+    pub payload_len: usize,
+}
+
+/// Parses the addressing of a TCP or UDP frame.
+pub fn parse_frame(frame: &[u8]) -> Result<FrameInfo, StampError> {
+    let loc = locate(frame)?;
+    Ok(FrameInfo {
+        src: loc.src,
+        dst: loc.dst,
+        proto: if loc.proto == IPPROTO_TCP {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        },
+        src_port: get16(frame, loc.l4_offset),
+        dst_port: get16(frame, loc.l4_offset + 2),
+        payload_offset: loc.payload_offset,
+        payload_len: loc.ip_end - loc.payload_offset,
+    })
 }
 
 /// Reads the stamp `offset` bytes into the L4 payload.

@@ -3,5 +3,7 @@
 mod frames;
 mod oracle;
 mod props;
+mod send;
+mod sink;
 mod stamps;
 mod traffic;
