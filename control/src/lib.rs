@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod client;
+pub mod compile;
 pub mod config;
 pub mod demo;
 pub mod ids;
+pub mod kube_source;
 pub mod manifest;
 pub mod run;
 pub mod state;

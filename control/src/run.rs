@@ -12,6 +12,7 @@
 //!   load or validate is refused: at start-up limpet exits non-zero, on a
 //!   reload it keeps serving the previous one and says why.
 
+use crate::compile::SnapshotCompiler;
 use crate::config::{ConfigError, ConfigSource};
 use crate::state::Shared;
 use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
@@ -212,7 +213,7 @@ struct Control {
     l2: Sender<L2Update>,
     specs: Vec<ServicePortSpec>,
     resolved: HashMap<IpAddr, Option<MacAddr>>,
-    generation: u64,
+    compiler: SnapshotCompiler,
 }
 
 impl Control {
@@ -238,8 +239,9 @@ impl Control {
     /// Compiles and publishes a snapshot of the current specs and MACs.
     fn publish(&mut self) -> Result<(), RunError> {
         let (specs, unresolved) = with_macs(&self.specs, &self.resolved);
-        self.generation += 1;
-        let snapshot = Arc::new(Snapshot::build(self.generation, specs)?);
+        let started = Instant::now();
+        let (snapshot, stats) = self.compiler.compile(specs)?;
+        let snapshot = Arc::new(snapshot);
         for (i, tx) in self.publish.iter().enumerate() {
             if tx
                 .send_timeout(Arc::clone(&snapshot), Duration::from_secs(1))
@@ -248,13 +250,17 @@ impl Control {
                 error!(worker = i, "worker did not take the new snapshot");
             }
         }
+        let generation = snapshot.generation();
         let mut state = self.shared.lock();
         state.snapshot = snapshot;
         state.ready = true;
         state.unresolved_backends = unresolved;
         info!(
-            generation = self.generation,
+            generation,
             service_ports = self.specs.len(),
+            compiled = stats.compiled,
+            reused = stats.reused,
+            compile_us = started.elapsed().as_micros() as u64,
             unresolved_backends = unresolved,
             "published snapshot"
         );
@@ -396,7 +402,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         l2: l2_tx,
         specs,
         resolved: HashMap::new(),
-        generation: 0,
+        compiler: SnapshotCompiler::new(),
     };
     record_backends(&shared, &control.specs);
     control.update_l2(&opts.addresses);
