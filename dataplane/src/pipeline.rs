@@ -3,7 +3,11 @@
 //! ```text
 //! poll:  swap snapshot (burst boundary) -> reap expired entries (once a second)
 //!        -> rx burst -> parse all, prefetch flow buckets
-//!        -> prefetch flow entries (and affinity buckets of likely-new connections)
+//!        -> prefetch flow entries; for likely-new connections look the
+//!           service up once and prefetch the affinity bucket
+//!        -> prefetch those affinity entries
+//!        -> prefetch the reply-tuple bucket where a live affinity entry
+//!           already names the backend
 //!        -> decide and rewrite each packet in place -> tx burst / free
 //! ```
 //!
@@ -106,6 +110,12 @@ struct Meta {
     l3: u16,
     l4: u16,
     tcp_flags: u8,
+    /// The packet looks like it opens a connection (TCP SYN, or UDP).
+    opens: bool,
+    /// For packets that open: whether the destination has been looked up
+    /// in the snapshot, and the service port's index if one claims it.
+    service_known: bool,
+    service: Option<u32>,
 }
 
 impl Meta {
@@ -122,6 +132,9 @@ impl Meta {
         l3: 0,
         l4: 0,
         tcp_flags: 0,
+        opens: false,
+        service_known: false,
+        service: None,
     };
 
     fn decided(action: Action) -> Meta {
@@ -401,27 +414,57 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             }
             self.meta[i] = meta;
         }
-        // Stage 2: start loading the entries those buckets point at, and
-        // the affinity bucket of packets that look like new connections.
+        // Stage 2: start loading the entries those buckets point at; for
+        // packets that look like new connections, look the destination up
+        // once (kept for stage 3) and start loading the affinity bucket.
+        let mut opening = false;
         for i in 0..n {
-            let meta = &self.meta[i];
+            let meta = &mut self.meta[i];
             if meta.early.is_some() {
                 continue;
             }
-            let opens = meta.tcp_flags & (SYN | ACK) == SYN
-                || tuple_protocol(&meta.tuple) == IpProtocol::UDP;
             match meta.tuple {
-                Tuple::V4(key) => {
-                    self.v4.flows.prefetch_entry(meta.flow_hash);
-                    if opens {
-                        prefetch_affinity(&self.snapshot, &self.v4.affinity, &key);
-                    }
+                Tuple::V4(_) => self.v4.flows.prefetch_entry(meta.flow_hash),
+                Tuple::V6(_) => self.v6.flows.prefetch_entry(meta.flow_hash),
+            }
+            if meta.opens {
+                opening = true;
+                meta.service_known = true;
+                meta.service = match meta.tuple {
+                    Tuple::V4(key) => prefetch_affinity(&self.snapshot, &self.v4.affinity, &key),
+                    Tuple::V6(key) => prefetch_affinity(&self.snapshot, &self.v6.affinity, &key),
+                };
+            }
+        }
+        if opening {
+            // Stage 2b: the affinity entries those buckets point at.
+            for i in 0..n {
+                let meta = &self.meta[i];
+                if meta.early.is_some() || !meta.opens {
+                    continue;
                 }
-                Tuple::V6(key) => {
-                    self.v6.flows.prefetch_entry(meta.flow_hash);
-                    if opens {
-                        prefetch_affinity(&self.snapshot, &self.v6.affinity, &key);
-                    }
+                let Some(svc) = meta.service.and_then(|s| self.snapshot.port_at(s)) else {
+                    continue;
+                };
+                match meta.tuple {
+                    Tuple::V4(key) => prefetch_affinity_entry(svc, &self.v4.affinity, &key),
+                    Tuple::V6(key) => prefetch_affinity_entry(svc, &self.v6.affinity, &key),
+                }
+            }
+            // Stage 2c: where a live affinity entry already names the
+            // backend, the reply tuple a new connection will be filed
+            // under is known: start loading its bucket too.
+            for i in 0..n {
+                let meta = &self.meta[i];
+                if meta.early.is_some() || !meta.opens {
+                    continue;
+                }
+                let Some(svc) = meta.service.and_then(|s| self.snapshot.port_at(s)) else {
+                    continue;
+                };
+                match meta.tuple {
+                    Tuple::V4(key) => prefetch_reply(svc, &self.v4, &key, now),
+                    Tuple::V6(key) => prefetch_reply(svc, &self.v6, &key, now),
                 }
             }
         }
@@ -480,16 +523,26 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     }
 }
 
-fn tuple_protocol(t: &Tuple) -> u8 {
-    match t {
-        Tuple::V4(k) => k.protocol,
-        Tuple::V6(k) => k.protocol,
+/// Whether a packet with these flags may open a connection.
+#[inline(always)]
+fn opens(protocol: u8, tcp_flags: u8) -> bool {
+    match protocol {
+        IpProtocol::TCP => tcp_flags & (SYN | ACK) == SYN,
+        IpProtocol::UDP => true,
+        _ => false,
     }
 }
 
+/// Looks the packet's destination up and, under `ClientIP`, starts loading
+/// the client's affinity bucket. Returns the service port's index.
 #[inline]
-fn prefetch_affinity<A: Family>(snapshot: &Snapshot, table: &AffinityTable<A>, key: &FlowKey<A>) {
-    if let Some(svc) = snapshot.service(key.dst.ip(), key.dst_port, key.protocol)
+fn prefetch_affinity<A: Family>(
+    snapshot: &Snapshot,
+    table: &AffinityTable<A>,
+    key: &FlowKey<A>,
+) -> Option<u32> {
+    let index = snapshot.service_index(key.dst.ip(), key.dst_port, key.protocol)?;
+    if let Some(svc) = snapshot.port_at(index)
         && let Affinity::ClientIp {
             v4_prefix,
             v6_prefix,
@@ -499,6 +552,64 @@ fn prefetch_affinity<A: Family>(snapshot: &Snapshot, table: &AffinityTable<A>, k
         let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
         table.prefetch_bucket(AffinityTable::hash(&akey));
     }
+    Some(index)
+}
+
+/// Starts loading the affinity entry the client's bucket points at.
+#[inline]
+fn prefetch_affinity_entry<A: Family>(
+    svc: &ServicePort,
+    table: &AffinityTable<A>,
+    key: &FlowKey<A>,
+) {
+    if let Affinity::ClientIp {
+        v4_prefix,
+        v6_prefix,
+        ..
+    } = svc.spec.affinity
+    {
+        let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
+        table.prefetch_entry(AffinityTable::hash(&akey));
+    }
+}
+
+/// For a NAT connection whose client has a live affinity entry with a
+/// usable backend, starts loading the bucket its reply tuple will go in.
+#[inline]
+fn prefetch_reply<A: Family>(svc: &ServicePort, tables: &Tables<A>, key: &FlowKey<A>, now: u32) {
+    let Affinity::ClientIp {
+        timeout,
+        v4_prefix,
+        v6_prefix,
+    } = svc.spec.affinity
+    else {
+        return;
+    };
+    if svc.spec.mode != ForwardMode::Nat {
+        return;
+    }
+    let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
+    let Sticky::Live { backend, .. } =
+        tables
+            .affinity
+            .lookup(AffinityTable::hash(&akey), &akey, timeout, now)
+    else {
+        return;
+    };
+    let Some(b) = svc.usable(backend) else {
+        return;
+    };
+    let Some(addr) = family_addr::<A>(b.addr) else {
+        return;
+    };
+    let reply = FlowKey {
+        src: addr,
+        dst: key.src,
+        src_port: b.port,
+        dst_port: key.src_port,
+        protocol: key.protocol,
+    };
+    tables.flows.prefetch_bucket(reply.hash());
 }
 
 #[inline(always)]
@@ -578,6 +689,9 @@ fn parse_v4(ip: &[u8], l3: usize) -> Meta {
         l3: l3 as u16,
         l4: l4 as u16,
         tcp_flags,
+        opens: opens(protocol, tcp_flags),
+        service_known: false,
+        service: None,
     }
 }
 
@@ -626,6 +740,9 @@ fn parse_v6(ip: &[u8], l3: usize) -> Meta {
         l3: l3 as u16,
         l4: (ipv6::HEADER_LEN + offset) as u16,
         tcp_flags,
+        opens: opens(protocol, tcp_flags),
+        service_known: false,
+        service: None,
     }
 }
 
@@ -688,7 +805,7 @@ fn handle<A: IpRewrite>(
         tables.flows.remove(idx);
     }
 
-    let Some(svc) = snapshot.service(key.dst.ip(), key.dst_port, key.protocol) else {
+    let Some(svc) = service_of(snapshot, meta, &key) else {
         stats.no_service += 1;
         return Action::SlowPath;
     };
@@ -768,6 +885,20 @@ fn handle<A: IpRewrite>(
     stats.new_flows += 1;
     send(frame, meta, &flow, Direction::Forward, mac);
     Action::Forward
+}
+
+/// The service port a packet is for: as stage 2 found it, or looked up now.
+#[inline(always)]
+fn service_of<'s, A: Family>(
+    snapshot: &'s Snapshot,
+    meta: &Meta,
+    key: &FlowKey<A>,
+) -> Option<&'s ServicePort> {
+    if meta.service_known {
+        meta.service.and_then(|i| snapshot.port_at(i))
+    } else {
+        snapshot.service(key.dst.ip(), key.dst_port, key.protocol)
+    }
 }
 
 /// The 5-tuple hash `None` affinity balances on; stable across instances.

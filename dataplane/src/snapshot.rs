@@ -190,11 +190,29 @@ impl ServicePort {
 }
 
 /// The key a packet's destination is looked up by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Frontend {
     addr: IpAddr,
     port: u16,
     protocol: u8,
+}
+
+impl std::hash::Hash for Frontend {
+    /// Hashed as three machine words with [`crate::hash::table_hash`] and
+    /// handed to [`FrontendHasher`] as one `u64`: no byte-wise hashing on
+    /// the packet path.
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (a, b, family) = match self.addr {
+            IpAddr::V4(a) => (u64::from(a.to_bits()), 0, 4u64),
+            IpAddr::V6(a) => {
+                let bits = a.to_bits();
+                ((bits >> 64) as u64, bits as u64, 6u64)
+            }
+        };
+        let rest = family << 32 | u64::from(self.port) << 8 | u64::from(self.protocol);
+        state.write_u64(crate::hash::table_hash(&[a, b, rest]));
+    }
 }
 
 /// A `Hasher` for frontends: the packet path looks one up per new
@@ -203,8 +221,15 @@ struct Frontend {
 struct FrontendHasher(u64);
 
 impl Hasher for FrontendHasher {
+    #[inline]
     fn finish(&self) -> u64 {
-        crate::hash::table_hash(&[self.0])
+        self.0
+    }
+
+    /// [`Frontend`] hashes itself into exactly one of these.
+    #[inline]
+    fn write_u64(&mut self, word: u64) {
+        self.0 ^= word;
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -213,6 +238,7 @@ impl Hasher for FrontendHasher {
             word[..chunk.len()].copy_from_slice(chunk);
             self.0 = crate::hash::table_hash(&[self.0, u64::from_le_bytes(word)]);
         }
+        self.0 = crate::hash::table_hash(&[self.0]);
     }
 }
 
@@ -297,12 +323,27 @@ impl Snapshot {
     /// The service port reached at `addr:port` over `protocol`.
     #[inline]
     pub fn service(&self, addr: IpAddr, port: u16, protocol: u8) -> Option<&ServicePort> {
-        let i = *self.frontends.get(&Frontend {
-            addr,
-            port,
-            protocol,
-        })?;
-        self.ports.get(i as usize).map(AsRef::as_ref)
+        self.port_at(self.service_index(addr, port, protocol)?)
+    }
+
+    /// Where in [`ports`](Self::ports) the service port reached at
+    /// `addr:port` over `protocol` is: lets the packet path look a
+    /// destination up once per burst and keep the answer.
+    #[inline]
+    pub fn service_index(&self, addr: IpAddr, port: u16, protocol: u8) -> Option<u32> {
+        self.frontends
+            .get(&Frontend {
+                addr,
+                port,
+                protocol,
+            })
+            .copied()
+    }
+
+    /// The service port at `index` of [`ports`](Self::ports).
+    #[inline(always)]
+    pub fn port_at(&self, index: u32) -> Option<&ServicePort> {
+        self.ports.get(index as usize).map(AsRef::as_ref)
     }
 
     /// The service port with this id.

@@ -23,7 +23,7 @@
 //! is one, else the live entry closest to expiry, and that is counted as an
 //! eviction. Nothing is ever dropped silently.
 
-use crate::io::prefetch;
+use crate::io::{prefetch, prefetch_all};
 use crate::timer_wheel::{Fired, TimerWheel};
 
 /// An entry of a [`Table`]. It can answer to two keys: a flow is found by its
@@ -216,7 +216,7 @@ impl<E: TableEntry> Table<E> {
         for i in 0..BUCKET_SLOTS {
             if b.sig[i] == sig && b.slot[i] != EMPTY {
                 if let Some(s) = self.slots.get((b.slot[i] & !WAY_BIT) as usize) {
-                    prefetch(s);
+                    prefetch_all(s);
                 }
                 return;
             }

@@ -67,3 +67,23 @@ pub fn prefetch<T>(value: &T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
 }
+
+/// Asks the CPU to start loading every cache line `value` spans: an entry
+/// that straddles a line boundary needs both.
+#[inline(always)]
+pub fn prefetch_all<T>(value: &T) {
+    prefetch(value);
+    if std::mem::size_of::<T>() > 1 {
+        let first = std::ptr::from_ref(value).cast::<u8>();
+        let last = first.wrapping_add(std::mem::size_of::<T>() - 1);
+        if first.addr() / 64 != last.addr() / 64 {
+            // SAFETY: as for `prefetch`; `last` is the value's last byte.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    last.cast::<i8>(),
+                );
+            }
+        }
+    }
+}
