@@ -118,10 +118,17 @@ pub fn worker(
     affinity_capacity: usize,
 ) -> (Worker<MemoryIo, ManualClock>, ManualClock) {
     let clock = ManualClock::new(START);
+    // The other family's tables are never used: keep them small.
+    let (v4, v6) = match fam {
+        Fam::V4 => ((flow_capacity, affinity_capacity), (1024, 1024)),
+        Fam::V6 => ((1024, 1024), (flow_capacity, affinity_capacity)),
+    };
     let config = WorkerConfig {
         mac: MacAddr(LIMPET_MAC),
-        flow_capacity,
-        affinity_capacity,
+        flow_capacity: v4.0,
+        affinity_capacity: v4.1,
+        flow_capacity_v6: Some(v6.0),
+        affinity_capacity_v6: Some(v6.1),
         ..WorkerConfig::default()
     };
     let snapshot = Arc::new(Snapshot::build(1, vec![service(fam, backends_n)]).expect("snapshot"));

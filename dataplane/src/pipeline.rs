@@ -46,11 +46,32 @@ use std::time::Instant;
 pub struct WorkerConfig {
     /// The MAC address limpet sends from.
     pub mac: MacAddr,
-    /// Connections per address family.
+    /// Connections in the IPv4 table (and the IPv6 one unless
+    /// `flow_capacity_v6` says otherwise).
     pub flow_capacity: usize,
-    /// Sticky clients per address family.
+    /// Sticky clients in the IPv4 table (and the IPv6 one unless
+    /// `affinity_capacity_v6` says otherwise).
     pub affinity_capacity: usize,
+    /// Connections in the IPv6 table; `None`: `flow_capacity`.
+    pub flow_capacity_v6: Option<usize>,
+    /// Sticky clients in the IPv6 table; `None`: `affinity_capacity`.
+    pub affinity_capacity_v6: Option<usize>,
     pub timeouts: FlowTimeouts,
+}
+
+impl WorkerConfig {
+    /// Flow and affinity table capacities of the family whose addresses
+    /// are `len` bytes long.
+    fn capacities(&self, len: usize) -> (usize, usize) {
+        if len == 16 {
+            (
+                self.flow_capacity_v6.unwrap_or(self.flow_capacity),
+                self.affinity_capacity_v6.unwrap_or(self.affinity_capacity),
+            )
+        } else {
+            (self.flow_capacity, self.affinity_capacity)
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -59,6 +80,8 @@ impl Default for WorkerConfig {
             mac: MacAddr([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]),
             flow_capacity: 1 << 20,
             affinity_capacity: 1 << 20,
+            flow_capacity_v6: None,
+            affinity_capacity_v6: None,
             timeouts: FlowTimeouts::default(),
         }
     }
@@ -85,9 +108,10 @@ struct Tables<A: Family> {
 
 impl<A: Family> Tables<A> {
     fn new(config: &WorkerConfig, now: u32) -> Result<Self, TableError> {
+        let (flows, affinity) = config.capacities(A::LEN);
         Ok(Self {
-            flows: FlowTable::new(config.flow_capacity, config.timeouts, now)?,
-            affinity: AffinityTable::new(config.affinity_capacity, now)?,
+            flows: FlowTable::new(flows, config.timeouts, now)?,
+            affinity: AffinityTable::new(affinity, now)?,
         })
     }
 }

@@ -233,6 +233,8 @@ fn run(args: RunArgs) -> Result<(), String> {
             mac: MacAddr::UNSPECIFIED,
             flow_capacity: args.flow_capacity,
             affinity_capacity: args.affinity_capacity,
+            flow_capacity_v6: None,
+            affinity_capacity_v6: None,
             timeouts: FlowTimeouts::default(),
         },
         idle: args.idle,
