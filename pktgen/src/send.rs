@@ -338,6 +338,14 @@ impl Generator {
                 opener_pool.push(&s)?;
             }
         }
+        // Each client's new-connection ports start at a point fixed by the
+        // seed, so runs with different seeds open different 5-tuples (a
+        // dataplane's flow table remembers the last run's).
+        let mut port_rng = SplitMix64::new(plan.seed ^ 0x706f_7274);
+        let span = 65_536 - u64::from(first_new_port);
+        let next_port = (0..plan.clients)
+            .map(|_| first_new_port + port_rng.below(span) as u16)
+            .collect();
         // In 0..=1 (validated), so the product is non-negative.
         #[allow(clippy::cast_sign_loss)]
         let new_threshold = if plan.new_share >= 1.0 {
@@ -353,7 +361,7 @@ impl Generator {
             next_established: 0,
             openers: opener_pool,
             vips: plan.vips.len(),
-            next_port: vec![first_new_port; plan.clients],
+            next_port,
             first_new_port,
             new_threshold,
             rng: SplitMix64::new(plan.seed ^ 0x6e65_775f_636f_6e6e),

@@ -1,4 +1,5 @@
 //! The sink's accounting on synthetic traces with known answers.
+#![allow(clippy::many_single_char_names)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
