@@ -1,0 +1,501 @@
+//! The Kubernetes API source: watches `Service`s and `EndpointSlice`s in
+//! every namespace (kube-rs `watcher` + `reflector`) and hands full
+//! [`Translation`]s to the control loop.
+//!
+//! # What it does, as kube-proxy does
+//!
+//! - Both resources are listed and watched with kube-proxy's label selector
+//!   ([`LABEL_SELECTOR`]): objects of another proxy and headless services'
+//!   slices never reach limpet.
+//! - Nothing is published until **both** initial lists are complete
+//!   ([`KubeUpdate::Synced`]); a half-listed cluster would otherwise look
+//!   like services with no endpoints, and their traffic would be dropped.
+//! - Afterwards every add, update or delete leads to a new full state
+//!   ([`KubeUpdate::Changed`]). Events are coalesced: the first event of a
+//!   burst opens a window of [`KubeOptions::debounce`] and one translation
+//!   covers everything that arrived in it; a state equal to the last one
+//!   published is not published again.
+//! - Errors (API server unreachable, a watch dropped, `410 Gone`) are
+//!   retried with exponential backoff ([`BackoffOptions`], client-go's
+//!   parameters by default). The stores keep the last known objects
+//!   meanwhile, so an outage never produces an empty state; a relist (after
+//!   `410 Gone`) replaces a store atomically once it completes. Watch
+//!   bookmarks are requested.
+//! - Invalid objects are reported in [`Translation::errors`] and the rest
+//!   is translated: unlike a manifest directory, the cluster state cannot be
+//!   refused wholesale.
+//!
+//! The source runs on its own thread with a single-threaded tokio runtime;
+//! one [`IdAllocator`] lives there for the life of the source, so ids are
+//! stable across updates. Dropping the [`KubeSource`] stops the thread.
+
+use crate::ids::IdAllocator;
+use crate::manifest::Sourced;
+use crate::translate::{TranslateContext, Translation, translate};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// kube-proxy's selector for both resources: not another proxy's, not a
+/// headless service's.
+pub const LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// Retry timing after an error (list or watch failed, watch dropped,
+/// `410 Gone`). The delay starts at `initial`, is multiplied by `factor`
+/// after every consecutive error up to `max`, and, with `jitter`, a random
+/// part of up to the same amount is added (never beyond `max`). It starts
+/// again from `initial` once a stream has delivered an event after
+/// `reset_after` has passed since the last delay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffOptions {
+    pub initial: Duration,
+    pub max: Duration,
+    pub factor: f64,
+    pub jitter: bool,
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffOptions {
+    /// client-go's reflector: 800 ms doubling to 30 s, jittered, reset after
+    /// two quiet minutes.
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(800),
+            max: Duration::from_secs(30),
+            factor: 2.0,
+            jitter: true,
+            reset_after: Duration::from_mins(2),
+        }
+    }
+}
+
+/// How to reach the API server and what to translate for.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// A kubeconfig file (its current context); `None` for the in-cluster
+    /// configuration (service account token, `KUBERNETES_SERVICE_HOST`).
+    pub kubeconfig: Option<PathBuf>,
+    pub ctx: TranslateContext,
+    pub backoff: BackoffOptions,
+    /// The coalescing window (see the module documentation).
+    pub debounce: Duration,
+}
+
+impl KubeOptions {
+    /// Defaults for everything but where the API server is.
+    pub fn new(kubeconfig: Option<PathBuf>, ctx: TranslateContext) -> Self {
+        Self {
+            kubeconfig,
+            ctx,
+            backoff: BackoffOptions::default(),
+            debounce: Duration::from_millis(30),
+        }
+    }
+}
+
+/// A full state of the cluster, translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeUpdate {
+    /// The first state, once both initial lists have completed.
+    Synced(Translation),
+    /// A later state, after changes; never equal to the previous one.
+    Changed(Translation),
+}
+
+impl KubeUpdate {
+    pub fn translation(&self) -> &Translation {
+        match self {
+            KubeUpdate::Synced(t) | KubeUpdate::Changed(t) => t,
+        }
+    }
+
+    pub fn into_translation(self) -> Translation {
+        match self {
+            KubeUpdate::Synced(t) | KubeUpdate::Changed(t) => t,
+        }
+    }
+}
+
+/// Why the source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("starting the Kubernetes source: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the source thread reports besides updates.
+#[derive(Debug, Default)]
+struct Status {
+    connected: AtomicBool,
+    synced: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Status {
+    fn set_error(&self, e: String) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+    }
+}
+
+/// A running Kubernetes source; see the module documentation.
+pub struct KubeSource {
+    /// Full states, in order. The source stops when this is dropped.
+    pub updates: crossbeam_channel::Receiver<KubeUpdate>,
+    status: Arc<Status>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Loads the client configuration and starts watching. Fails only on a
+    /// configuration that cannot be used (no file, no such context, not in
+    /// a cluster); an unreachable API server is retried for ever.
+    pub fn spawn(opts: KubeOptions) -> Result<Self, KubeError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let status = Arc::new(Status::default());
+        let client = rt.block_on(client(opts.kubeconfig.as_ref(), &status))?;
+        let (tx, updates) = crossbeam_channel::unbounded();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread_status = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("limpet-kube".to_owned())
+            .spawn(move || {
+                rt.block_on(run(client, opts, thread_status, tx, stopped));
+            })?;
+        Ok(Self {
+            updates,
+            status,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the API server answered the latest request (any HTTP status
+    /// but 502, 503 and 504).
+    pub fn connected(&self) -> bool {
+        self.status.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether both initial lists have completed and
+    /// [`KubeUpdate::Synced`] was sent.
+    pub fn synced(&self) -> bool {
+        self.status.synced.load(Ordering::Relaxed)
+    }
+
+    /// The most recent list or watch error, if any (kept after recovery;
+    /// see [`connected`](Self::connected) for the current state).
+    pub fn last_error(&self) -> Option<String> {
+        self.status
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn client(
+    kubeconfig: Option<&PathBuf>,
+    status: &Arc<Status>,
+) -> Result<kube::Client, KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::incluster()?,
+    };
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    Ok(builder.with_layer(&ObserveLayer(status.clone())).build())
+}
+
+/// Records, for every request the client makes, whether the API server
+/// answered ([`KubeSource::connected`]).
+struct ObserveLayer(Arc<Status>);
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            status: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Observe<S> {
+    inner: S,
+    status: Arc<Status>,
+}
+
+impl<S, Req, B> tower::Service<Req> for Observe<S>
+where
+    S: tower::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let fut = self.inner.call(req);
+        let status = self.status.clone();
+        Box::pin(async move {
+            let res = fut.await;
+            let up = match &res {
+                Ok(resp) => !matches!(resp.status().as_u16(), 502..=504),
+                Err(e) => {
+                    status.set_error(format!("API server unreachable: {e}"));
+                    false
+                }
+            };
+            if status.connected.swap(up, Ordering::Relaxed) != up {
+                if up {
+                    info!("Kubernetes API server reachable");
+                } else {
+                    warn!("Kubernetes API server unreachable");
+                }
+            }
+            res
+        })
+    }
+}
+
+/// Exponential backoff with optional jitter (see [`BackoffOptions`]).
+struct Exponential {
+    opts: BackoffOptions,
+    current: Duration,
+    random: RandomState,
+    draws: u64,
+}
+
+impl Exponential {
+    fn new(opts: BackoffOptions) -> Self {
+        Self {
+            current: opts.initial,
+            opts,
+            random: RandomState::new(),
+            draws: 0,
+        }
+    }
+}
+
+impl Iterator for Exponential {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.current.min(self.opts.max);
+        self.current = base.mul_f64(self.opts.factor.max(1.0)).min(self.opts.max);
+        let delay = if self.opts.jitter {
+            self.draws += 1;
+            let r = self.random.hash_one(self.draws) as f64 / u64::MAX as f64;
+            base + base.mul_f64(r)
+        } else {
+            base
+        };
+        Some(delay.min(self.opts.max))
+    }
+}
+
+impl Backoff for Exponential {
+    fn reset(&mut self) {
+        self.current = self.opts.initial;
+    }
+}
+
+fn backoff(opts: &BackoffOptions) -> ResetTimerBackoff<Exponential> {
+    ResetTimerBackoff::new(Exponential::new(opts.clone()), opts.reset_after)
+}
+
+/// What a watcher event means here (the stores hold the objects).
+enum Signal {
+    /// A relist started or listed an object: the store is unchanged until
+    /// it completes.
+    Listing,
+    /// A list completed (the store was replaced).
+    Listed,
+    /// An object was added, changed or deleted.
+    Changed,
+    Error {
+        message: String,
+        gone: bool,
+    },
+}
+
+impl Signal {
+    fn of<K>(ev: Result<watcher::Event<K>, watcher::Error>) -> Self {
+        match ev {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Signal::Listing,
+            Ok(watcher::Event::InitDone) => Signal::Listed,
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed,
+            Err(e) => Signal::Error {
+                gone: matches!(&e, watcher::Error::WatchError(s) if s.code == 410),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Per resource: whether its initial list has completed.
+struct Progress {
+    what: &'static str,
+    synced: bool,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            synced: false,
+        }
+    }
+
+    /// Whether the store changed; logs errors.
+    fn signal(&mut self, signal: Signal, status: &Status) -> bool {
+        let what = self.what;
+        match signal {
+            Signal::Listing => false,
+            Signal::Listed => {
+                if !self.synced {
+                    info!("{what}: initial list complete");
+                }
+                self.synced = true;
+                true
+            }
+            Signal::Changed => true,
+            Signal::Error { message, gone } => {
+                if gone {
+                    debug!("{what}: resource version too old, relisting");
+                } else {
+                    warn!("{what}: {message}");
+                }
+                status.set_error(format!("{what}: {message}"));
+                false
+            }
+        }
+    }
+}
+
+fn unfiled<K>(store: &Store<K>) -> Vec<Sourced<K>>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .state()
+        .into_iter()
+        .map(|o| Sourced::unfiled((*o).clone()))
+        .collect()
+}
+
+async fn run(
+    client: kube::Client,
+    opts: KubeOptions,
+    status: Arc<Status>,
+    tx: crossbeam_channel::Sender<KubeUpdate>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let config = watcher::Config::default().labels(LABEL_SELECTOR);
+    let (services, svc_writer) = reflector::store::<Service>();
+    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+    let svc_stream = watcher(Api::<Service>::all(client.clone()), config.clone())
+        .backoff(backoff(&opts.backoff))
+        .reflect(svc_writer)
+        .map(|ev| (true, Signal::of(ev)))
+        .boxed();
+    let slice_stream = watcher(Api::<EndpointSlice>::all(client), config)
+        .backoff(backoff(&opts.backoff))
+        .reflect(slice_writer)
+        .map(|ev| (false, Signal::of(ev)))
+        .boxed();
+    let mut events = futures::stream::select(svc_stream, slice_stream);
+
+    let mut ids = IdAllocator::new();
+    let mut svc_progress = Progress::new("services");
+    let mut slice_progress = Progress::new("endpointslices");
+    let mut last: Option<Translation> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let window = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            item = events.next() => {
+                let changed = match item {
+                    None => return,
+                    Some((true, signal)) => svc_progress.signal(signal, &status),
+                    Some((false, signal)) => slice_progress.signal(signal, &status),
+                };
+                if changed && deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + opts.debounce);
+                }
+            }
+            () = window => {
+                deadline = None;
+                if !(svc_progress.synced && slice_progress.synced) {
+                    continue;
+                }
+                let t = translate(&unfiled(&services), &unfiled(&slices), &opts.ctx, &mut ids);
+                let update = match &last {
+                    None => KubeUpdate::Synced(t.clone()),
+                    Some(prev) if *prev == t => continue,
+                    Some(_) => KubeUpdate::Changed(t.clone()),
+                };
+                if last.is_none() {
+                    info!(specs = t.specs.len(), errors = t.errors.len(), "Kubernetes state synced");
+                    status.synced.store(true, Ordering::Relaxed);
+                }
+                last = Some(t);
+                if tx.send(update).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
