@@ -753,6 +753,28 @@ impl AfPacketIo {
         first.map_or(Ok(()), Err)
     }
 
+    /// Sends frames the caller built (a traffic generator's), copied into
+    /// `port`'s TX ring, with one kick at the end. Returns how many the
+    /// ring took; the rest were counted as `tx_ring_full` / `tx_too_long`.
+    pub fn tx_frames<'a>(
+        &mut self,
+        port: u16,
+        frames: impl IntoIterator<Item = &'a [u8]>,
+    ) -> usize {
+        let Some(out) = self.ports.get_mut(usize::from(port)) else {
+            return 0;
+        };
+        let mut queued: usize = 0;
+        for frame in frames {
+            if out.queue(frame) {
+                queued += 1;
+            }
+        }
+        let before = out.stats.tx_errors;
+        out.kick();
+        queued.saturating_sub((out.stats.tx_errors - before) as usize)
+    }
+
     /// Counters summed over all interfaces (refreshing the kernel's drop
     /// counts).
     pub fn stats(&mut self) -> AfPacketStats {
