@@ -163,7 +163,9 @@ impl Status {
 
 /// A running Kubernetes source; see the module documentation.
 pub struct KubeSource {
-    /// Full states, in order. The source stops when this is dropped.
+    /// Full states, in order. The source thread stops when the
+    /// `KubeSource` is dropped, or at its next update once every receiver
+    /// is gone.
     pub updates: crossbeam_channel::Receiver<KubeUpdate>,
     status: Arc<Status>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -173,7 +175,8 @@ pub struct KubeSource {
 impl KubeSource {
     /// Loads the client configuration and starts watching. Fails only on a
     /// configuration that cannot be used (no file, no such context, not in
-    /// a cluster); an unreachable API server is retried for ever.
+    /// a cluster); an unreachable API server is retried for ever. Call it
+    /// from outside any tokio runtime (it runs its own).
     pub fn spawn(opts: KubeOptions) -> Result<Self, KubeError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -920,3 +920,62 @@ fn dropped_watches_resume_from_bookmarks_without_relisting() {
         server.requests()
     );
 }
+
+#[test]
+fn large_lists_are_paged() {
+    let server = FakeApiServer::start();
+    // More services than kube-rs's page size (500).
+    let addrs: Vec<String> = ["198.51.100", "203.0.113", "192.0.2"]
+        .iter()
+        .flat_map(|net| (1..=254).map(move |h| format!("{net}.{h}")))
+        .take(520)
+        .collect();
+    for (i, a) in addrs.iter().enumerate() {
+        server.apply(service(
+            "bulk",
+            &format!("svc-{i:04}"),
+            a,
+            &[("http", 80)],
+            None,
+        ));
+    }
+    server.apply(slice(
+        "bulk",
+        "svc-0519-1",
+        "svc-0519",
+        ("http", 8080),
+        &["203.0.113.1"],
+    ));
+    let run = spawn(&server);
+    let (u, _) = wait_for(&run.source, "the first state", |_| true);
+    let KubeUpdate::Synced(t) = u else {
+        panic!("not Synced: {u:?}");
+    };
+    assert_eq!(t.specs.len(), 520);
+    let last = t
+        .specs
+        .iter()
+        .find(|s| s.name == "bulk/svc-0519:http/TCP")
+        .unwrap();
+    assert_eq!(last.backends.len(), 1);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/services?") && r.contains("continue=")),
+        "no second page requested"
+    );
+}
+
+#[test]
+fn a_missing_kubeconfig_fails_to_spawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = KubeOptions::new(
+        Some(dir.path().join("no-such-kubeconfig")),
+        TranslateContext::default(),
+    );
+    let Err(e) = KubeSource::spawn(opts) else {
+        panic!("spawned without a kubeconfig");
+    };
+    assert!(e.to_string().contains("no-such-kubeconfig"), "{e}");
+}
