@@ -18,7 +18,7 @@
 //! like for like. [`METHOD`] says so in each JSON line.
 
 use limpet_dataplane::clock::ManualClock;
-use limpet_dataplane::io::{BURST, MemoryIo, PacketBuf, PacketIo, prefetch};
+use limpet_dataplane::io::{BURST, MemoryIo, PacketBuf, PacketIo, huge_vec, prefetch};
 use limpet_dataplane::pipeline::{Worker, WorkerConfig};
 use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, Snapshot};
 use limpet_dataplane::wire::MacAddr;
@@ -248,7 +248,13 @@ pub struct Line([u64; 8]);
 /// every line written so its pages are really there.
 pub fn floor_table(bytes: usize) -> Vec<Line> {
     let lines = (bytes / 64).max(1);
-    (0..lines as u64).map(|i| Line([i; 8])).collect()
+    // Backed like the worker's tables (huge pages where the kernel allows),
+    // so the comparison stays like for like.
+    let mut table = huge_vec(Line([0; 8]), lines);
+    for (i, line) in table.iter_mut().enumerate() {
+        *line = Line([i as u64; 8]);
+    }
+    table
 }
 
 #[inline(always)]

@@ -23,7 +23,7 @@
 //! is one, else the live entry closest to expiry, and that is counted as an
 //! eviction. Nothing is ever dropped silently.
 
-use crate::io::{prefetch, prefetch_all};
+use crate::io::{huge_vec, prefetch, prefetch_all};
 use crate::timer_wheel::{Fired, TimerWheel};
 
 /// An entry of a [`Table`]. It can answer to two keys: a flow is found by its
@@ -151,15 +151,15 @@ impl<E: TableEntry> Table<E> {
         // Eight keys a ten-slot bucket keeps the load at or below 0.8.
         let buckets = (capacity * E::MAX_WAYS).div_ceil(8).next_power_of_two();
         Ok(Self {
-            buckets: vec![Bucket::EMPTY; buckets].into_boxed_slice(),
+            buckets: huge_vec(Bucket::EMPTY, buckets).into_boxed_slice(),
             mask: buckets - 1,
-            slots: vec![
+            slots: huge_vec(
                 Stored {
                     entry: E::default(),
                     last_seen: DEAD,
-                };
-                capacity
-            ]
+                },
+                capacity,
+            )
             .into_boxed_slice(),
             wheel: TimerWheel::new(capacity, u64::from(now)),
             live: 0,
