@@ -229,14 +229,20 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.lock();
-    if state.ready {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !state.ready {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no configuration published yet\n",
         )
             .into_response()
+    } else if !state.source_connected {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the Kubernetes API is out of reach; serving the last snapshot\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 
@@ -474,8 +480,15 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
     metric(
         "ready",
         "gauge",
-        "1 once a configuration has been published.",
-        &mut std::iter::once((String::new(), if state.ready { 1.0 } else { 0.0 })),
+        "1 once a configuration has been published, while its source is in reach.",
+        &mut std::iter::once((
+            String::new(),
+            if state.ready && state.source_connected {
+                1.0
+            } else {
+                0.0
+            },
+        )),
     );
     Ok(out)
 }

@@ -14,7 +14,9 @@
 
 use crate::compile::SnapshotCompiler;
 use crate::config::{ConfigError, ConfigSource};
+use crate::kube_source::{KubeOptions, KubeSource, KubeUpdate};
 use crate::state::Shared;
+use crate::translate::Translation;
 use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
 use limpet_dataplane::affinity::BackendId;
 use limpet_dataplane::clock::MonotonicClock;
@@ -41,10 +43,19 @@ pub enum Idle {
     Wait,
 }
 
+/// Where service state comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A manifest file or directory, watched; a load is all or nothing.
+    Manifests(ConfigSource),
+    /// The Kubernetes API (a kubeconfig, or the in-cluster config).
+    Kubernetes(KubeOptions),
+}
+
 /// Everything `limpet run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub source: ConfigSource,
+    pub source: Source,
     pub interfaces: Vec<String>,
     pub workers: usize,
     pub addresses: Vec<InterfaceAddr>,
@@ -59,6 +70,8 @@ pub struct RunOptions {
 pub enum RunError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] crate::kube_source::KubeError),
     #[error("opening interface {iface}: {source}")]
     Io {
         iface: String,
@@ -363,16 +376,30 @@ fn start_admin(addr: SocketAddr, shared: &Arc<Shared>) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The running source of service state.
+enum Live {
+    Manifests(ConfigSource),
+    Kubernetes(KubeSource),
+}
+
 /// Runs limpet until SIGINT or SIGTERM.
 pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     if opts.interfaces.len() != 1 {
         return Err(RunError::Interfaces(opts.interfaces.clone()));
     }
     let iface = opts.interfaces[0].clone();
-    let mut source = opts.source.clone();
-    // A configuration that does not load is fatal at start-up.
-    let specs = source.load()?;
-    info!(service_ports = specs.len(), "configuration loaded");
+    // A manifest configuration that does not load is fatal at start-up.
+    // The Kubernetes source starts empty and publishes nothing until both
+    // initial lists are complete, as kube-proxy waits for sync.
+    let (mut live, specs) = match &opts.source {
+        Source::Manifests(source) => {
+            let mut source = source.clone();
+            let specs = source.load()?;
+            info!(service_ports = specs.len(), "configuration loaded");
+            (Live::Manifests(source), Some(specs))
+        }
+        Source::Kubernetes(kube) => (Live::Kubernetes(KubeSource::spawn(kube.clone())?), None),
+    };
 
     let raw = RawSocket::open_neighbour(&iface).map_err(|source| RunError::Io {
         iface: iface.clone(),
@@ -400,30 +427,18 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         shared: Arc::clone(&shared),
         publish: workers.publish,
         l2: l2_tx,
-        specs,
+        specs: Vec::new(),
         resolved: HashMap::new(),
         compiler: SnapshotCompiler::new(),
     };
-    record_backends(&shared, &control.specs);
-    control.update_l2(&opts.addresses);
-    shared.lock().reload.loads_ok += 1;
-
-    // Give backends a moment to resolve so the first snapshot has them.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        if let Ok(r) = report_rx.recv_timeout(Duration::from_millis(100)) {
-            let done = r.resolved.values().all(Option::is_some);
-            control.resolved = r.resolved;
-            if done {
-                break;
-            }
-        }
+    if let Some(specs) = specs {
+        control.adopt(specs, &opts.addresses);
+        control.first_publish(&report_rx)?;
     }
-    control.publish()?;
 
     let result = control_loop(
         &mut control,
-        &mut source,
+        &mut live,
         &opts.addresses,
         &report_rx,
         &workers.retired,
@@ -436,27 +451,103 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     result
 }
 
+impl Control {
+    /// Takes a new set of service ports as the configuration.
+    fn adopt(&mut self, specs: Vec<ServicePortSpec>, addresses: &[InterfaceAddr]) {
+        self.specs = specs;
+        record_backends(&self.shared, &self.specs);
+        self.update_l2(addresses);
+        let mut state = self.shared.lock();
+        state.reload.loads_ok += 1;
+        state.reload.last_error = None;
+    }
+
+    /// Publishes the first snapshot, after giving backends a moment to
+    /// resolve so it has them.
+    fn first_publish(&mut self, reports: &Receiver<L2Report>) -> Result<(), RunError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(r) = reports.recv_timeout(Duration::from_millis(100)) {
+                let done = r.resolved.values().all(Option::is_some);
+                self.resolved = r.resolved;
+                if done {
+                    break;
+                }
+            }
+        }
+        self.publish()
+    }
+
+    /// Serves what the Kubernetes API says: invalid objects are logged and
+    /// left out, the rest is published (a watcher cannot refuse the
+    /// cluster's state as a whole, unlike a manifest reload).
+    fn kube_update(
+        &mut self,
+        update: KubeUpdate,
+        addresses: &[InterfaceAddr],
+        reports: &Receiver<L2Report>,
+    ) {
+        let first = matches!(update, KubeUpdate::Synced(_));
+        let Translation { specs, errors, .. } = update.into_translation();
+        for e in &errors {
+            warn!("refused: {e}");
+        }
+        {
+            let mut state = self.shared.lock();
+            state.reload.last_error = errors.first().map(ToString::to_string);
+            if !errors.is_empty() {
+                state.reload.loads_failed += 1;
+            }
+        }
+        self.adopt(specs, addresses);
+        let published = if first {
+            info!("Kubernetes API: initial lists complete");
+            self.first_publish(reports)
+        } else {
+            self.publish()
+        };
+        if let Err(e) = published {
+            error!("snapshot not published: {e}");
+        }
+    }
+}
+
 /// Reacts to configuration changes, signals and neighbour resolution
 /// until asked to stop.
 fn control_loop(
     control: &mut Control,
-    source: &mut ConfigSource,
+    live: &mut Live,
     addresses: &[InterfaceAddr],
     reports: &Receiver<L2Report>,
     retired: &Receiver<Arc<Snapshot>>,
 ) -> Result<(), RunError> {
-    let (_watcher, reload) = source.watch()?;
+    let (_watcher, reload) = match live {
+        Live::Manifests(source) => {
+            let (w, r) = source.watch()?;
+            (Some(w), r)
+        }
+        Live::Kubernetes(_) => (None, crossbeam_channel::never()),
+    };
+    let kube_updates = match live {
+        Live::Kubernetes(k) => k.updates.clone(),
+        Live::Manifests(_) => crossbeam_channel::never(),
+    };
     let signals = signal_channel()?;
     let mut pending_reload: Option<Instant> = None;
     let ticker = tick(Duration::from_millis(100));
     loop {
         select! {
             recv(reload) -> _ => pending_reload = Some(Instant::now()),
+            recv(kube_updates) -> u => if let Ok(u) = u {
+                control.kube_update(u, addresses, reports);
+            },
             recv(signals) -> sig => match sig {
                 Ok(Signal::Reload) => {
-                    info!("SIGHUP: reloading configuration");
-                    // Reload at once: no editor is mid-write.
-                    reload_config(control, source, addresses);
+                    if let Live::Manifests(source) = live {
+                        info!("SIGHUP: reloading configuration");
+                        // Reload at once: no editor is mid-write.
+                        reload_config(control, source, addresses);
+                    }
                 }
                 Ok(Signal::Stop) | Err(_) => return Ok(()),
             },
@@ -466,7 +557,7 @@ fn control_loop(
                     state.neighbour_counters = r.counters;
                     state.neighbours = r.resolved.iter().map(|(a, m)| (*a, *m)).collect();
                 }
-                if r.resolved != control.resolved {
+                if r.resolved != control.resolved && control.compiler.generation() > 0 {
                     control.resolved = r.resolved;
                     if let Err(e) = control.publish() {
                         error!("snapshot not published: {e}");
@@ -476,8 +567,15 @@ fn control_loop(
             recv(retired) -> old => drop(old),
             recv(ticker) -> _ => {}
         }
+        if let Live::Kubernetes(k) = live {
+            // Not ready while the API server is out of reach: the workers
+            // keep serving the last snapshot, but this node's view is stale.
+            control.shared.lock().source_connected = k.connected() && k.synced();
+        }
         // Editors write files in several steps: settle for 200 ms first.
-        if pending_reload.is_some_and(|t| t.elapsed() >= Duration::from_millis(200)) {
+        if let Live::Manifests(source) = live
+            && pending_reload.is_some_and(|t| t.elapsed() >= Duration::from_millis(200))
+        {
             pending_reload = None;
             reload_config(control, source, addresses);
         }
@@ -488,14 +586,7 @@ fn control_loop(
 fn reload_config(control: &mut Control, source: &mut ConfigSource, addresses: &[InterfaceAddr]) {
     match source.load() {
         Ok(specs) => {
-            control.specs = specs;
-            record_backends(&control.shared, &control.specs);
-            control.update_l2(addresses);
-            {
-                let mut state = control.shared.lock();
-                state.reload.loads_ok += 1;
-                state.reload.last_error = None;
-            }
+            control.adopt(specs, addresses);
             if let Err(e) = control.publish() {
                 error!("snapshot not published: {e}");
             }

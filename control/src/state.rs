@@ -22,12 +22,15 @@ pub struct ReloadStatus {
 }
 
 /// The control plane's view, behind one mutex (off the packet path).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlState {
     /// The snapshot last published to the workers.
     pub snapshot: Arc<Snapshot>,
     /// Whether a snapshot from a complete configuration has been published.
     pub ready: bool,
+    /// Whether the source is in touch (the Kubernetes API answers); always
+    /// true for manifests.
+    pub source_connected: bool,
     pub reload: ReloadStatus,
     /// Every backend id ever handed out, with its address, so affinity
     /// entries pointing at departed backends still read well.
@@ -36,6 +39,21 @@ pub struct ControlState {
     pub neighbour_counters: NeighbourCounters,
     /// Backends left out of the snapshot because their MAC is unknown.
     pub unresolved_backends: usize,
+}
+
+impl Default for ControlState {
+    fn default() -> Self {
+        Self {
+            snapshot: Arc::default(),
+            ready: false,
+            source_connected: true,
+            reload: ReloadStatus::default(),
+            backends: HashMap::new(),
+            neighbours: Vec::new(),
+            neighbour_counters: NeighbourCounters::default(),
+            unresolved_backends: 0,
+        }
+    }
 }
 
 /// State shared by the control loop and the admin API.

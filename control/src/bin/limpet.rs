@@ -3,7 +3,7 @@
 #![allow(clippy::doc_markdown)]
 
 use clap::{Args, Parser, Subcommand};
-use limpet_control::run::{Idle, RunOptions, parse_interface_addr, parse_io};
+use limpet_control::run::{Idle, RunOptions, Source, parse_interface_addr, parse_io};
 use limpet_dataplane::flow::FlowTimeouts;
 use limpet_dataplane::pipeline::WorkerConfig;
 use limpet_dataplane::snapshot::ForwardMode;
@@ -61,8 +61,17 @@ struct RunArgs {
     /// yaml` prints them (multi-document files and `kind: List` accepted).
     /// Changes are picked up while running (file notification, or SIGHUP);
     /// an invalid change is refused and the previous configuration stays.
+    /// Without --config, limpet watches the Kubernetes API instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "kubeconfig")]
+    config: Option<PathBuf>,
+    /// Watch Services and EndpointSlices through the Kubernetes API with
+    /// this kubeconfig. Without it (and without --config), the in-cluster
+    /// configuration of the pod's service account is used. Nothing is
+    /// served until both initial lists are complete; if the API server
+    /// becomes unreachable the last state keeps being served and /readyz
+    /// reports not ready.
     #[arg(long, value_name = "PATH")]
-    config: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Packet I/O: `afpacket:IFACE` drives interface IFACE with AF_PACKET
     /// rings. limpet owns the interface: it answers ARP/ND itself and does
     /// not use the kernel's IP stack on it.
@@ -215,12 +224,22 @@ fn run(args: RunArgs) -> Result<(), String> {
         Forward::Nat => ForwardMode::Nat,
         Forward::Dsr => ForwardMode::Dsr,
     };
-    let source = limpet_control::config::ConfigSource::new(
-        args.config,
-        mode,
-        node_name,
-        args.node_addresses,
-    );
+    let source = match args.config {
+        Some(path) => Source::Manifests(limpet_control::config::ConfigSource::new(
+            path,
+            mode,
+            node_name,
+            args.node_addresses,
+        )),
+        None => Source::Kubernetes(limpet_control::kube_source::KubeOptions::new(
+            args.kubeconfig,
+            limpet_control::translate::TranslateContext {
+                node_name: Some(node_name),
+                node_addresses: args.node_addresses,
+                mode,
+            },
+        )),
+    };
     let opts = RunOptions {
         source,
         interfaces,

@@ -202,20 +202,40 @@ fn emit(table: &str, json: &str, path: Option<&PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-fn send(a: &SendArgs) -> Result<(), String> {
+/// Offers a burst to the TX ring until it is all taken: a full ring only
+/// means the kernel is behind. Stops early at the deadline, on a stop
+/// request, or on an interface error. Returns (sent, failed).
+fn offer(
+    io: &mut AfPacketIo,
+    burst: &[[u8; 2048]],
+    lens: &[usize],
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+    last_error: &mut Option<String>,
+) -> (u64, u64) {
+    let mut done = 0;
+    while done < lens.len() {
+        let taken = io.tx_frames(0, (done..lens.len()).map(|i| &burst[i][..lens[i]]));
+        done += taken;
+        if taken == 0 {
+            if let Err(e) = io.health() {
+                last_error.get_or_insert(e.to_string());
+                return (done as u64, (lens.len() - done) as u64);
+            }
+            if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    (done as u64, 0)
+}
+
+fn generator_for(a: &SendArgs, our_mac: [u8; 6]) -> Result<(Plan, Generator), String> {
     let v6 = a.vips[0].is_ipv6();
-    let our_mac = RawSocket::open(&a.iface).map_err(|e| e.to_string())?.mac();
-    let mut io = AfPacketIo::open(
-        &[a.iface.as_str()],
-        &AfPacketOptions {
-            promisc: false,
-            ..AfPacketOptions::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
     let plan = Plan {
         proto: a.proto.into(),
-        src_mac: a.src_mac.unwrap_or(our_mac.0),
+        src_mac: a.src_mac.unwrap_or(our_mac),
         dst_mac: a.dst_mac,
         vips: a.vips.clone(),
         first_client: a.first_client.unwrap_or_else(|| default_first_client(v6)),
@@ -226,7 +246,7 @@ fn send(a: &SendArgs) -> Result<(), String> {
         stamp: a.stamp,
         seed: a.seed,
     };
-    let mut generator = Generator::new(&plan).map_err(|e| e.to_string())?;
+    let generator = Generator::new(&plan).map_err(|e| e.to_string())?;
     if generator.frame_len() > 2048 {
         return Err(format!(
             "frames of {} bytes do not fit a 2048-byte TX slot",
@@ -240,6 +260,20 @@ fn send(a: &SendArgs) -> Result<(), String> {
             if a.stamp { " and stamp" } else { "" }
         );
     }
+    Ok((plan, generator))
+}
+
+fn send(a: &SendArgs) -> Result<(), String> {
+    let our_mac = RawSocket::open(&a.iface).map_err(|e| e.to_string())?.mac();
+    let mut io = AfPacketIo::open(
+        &[a.iface.as_str()],
+        &AfPacketOptions {
+            promisc: false,
+            ..AfPacketOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let (plan, mut generator) = generator_for(a, our_mac.0)?;
     let stop = stop_flag()?;
     let start = Instant::now();
     let deadline = a.duration.map(|d| start + Duration::from_secs_f64(d));
@@ -280,25 +314,16 @@ fn send(a: &SendArgs) -> Result<(), String> {
             burst[i][..frame.len()].copy_from_slice(frame);
             *len = frame.len();
         }
-        // A full TX ring only means the kernel is behind: offer the rest of
-        // the burst again until it is taken or the run is over.
-        let mut done = 0;
-        while done < n as usize {
-            let taken = io.tx_frames(0, (done..n as usize).map(|i| &burst[i][..lens[i]]));
-            done += taken;
-            sent += taken as u64;
-            if taken == 0 {
-                if let Err(e) = io.health() {
-                    errors += (n as usize - done) as u64;
-                    last_error.get_or_insert(e.to_string());
-                    break;
-                }
-                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
+        let (taken, failed) = offer(
+            &mut io,
+            &burst,
+            &lens[..n as usize],
+            &stop,
+            deadline,
+            &mut last_error,
+        );
+        sent += taken;
+        errors += failed;
     }
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(e) = last_error {
