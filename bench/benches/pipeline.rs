@@ -211,7 +211,7 @@ fn flow_v4(client: usize, port: u16) -> Flow<Ipv4Addr> {
     Flow {
         client,
         service_addr: Ipv4Addr::new(192, 0, 2, 10),
-        backend_addr: Ipv4Addr::new(10, 244, 0, (client.octets()[3] % 100) + 1),
+        backend_addr: Ipv4Addr::new(203, 0, 113, (client.octets()[3] % 100) + 1),
         client_port: port,
         service_port: 80,
         backend_port: 9376,
@@ -221,6 +221,8 @@ fn flow_v4(client: usize, port: u16) -> Flow<Ipv4Addr> {
         backend: 1,
         backend_mac: MacAddr([0x02, 0xbb, 0, 0, 0, 1]),
         client_mac: MacAddr([0x02, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]),
+        client_iface: 0,
+        backend_iface: 0,
     }
 }
 

@@ -90,6 +90,7 @@ pub fn backends(fam: Fam, n: usize) -> Vec<Backend> {
             port: BACKEND_PORT,
             weight: 1,
             mac: MacAddr([0x02, 0xbb, 0, 0, (i >> 8) as u8, i as u8]),
+            iface: 0,
         })
         .collect()
 }

@@ -86,6 +86,7 @@ mod tests {
                     port: 9376,
                     weight: 1,
                     mac: MacAddr([2, 0, 0, 0, 0, b]),
+                    iface: 0,
                 })
                 .collect(),
             maglev_size: Some(1009),

@@ -33,6 +33,7 @@ fn backends(n: usize) -> Vec<Backend> {
             port: 9376,
             weight: 1,
             mac: MacAddr([0x02, 0xbb, 0, 0, 0, 10 + i as u8]),
+            iface: 0,
         })
         .collect()
 }

@@ -755,6 +755,7 @@ fn backends(set: &[(IpAddr, u16)], ids: &mut IdAllocator) -> Vec<Backend> {
             port,
             weight: 1,
             mac: MacAddr::UNSPECIFIED,
+            iface: 0,
         })
         .collect()
 }

@@ -116,6 +116,10 @@ pub struct Flow<A> {
     /// The hop the client's packets came from: translated replies go back
     /// the way the connection came in.
     pub client_mac: MacAddr,
+    /// The port (interface) the connection came in on: replies leave there.
+    pub client_iface: u16,
+    /// The port (interface) its backend is reached through.
+    pub backend_iface: u16,
 }
 
 impl<A: Family> Default for Flow<A> {
@@ -133,6 +137,8 @@ impl<A: Family> Default for Flow<A> {
             backend: 0,
             backend_mac: MacAddr([0; 6]),
             client_mac: MacAddr([0; 6]),
+            client_iface: 0,
+            backend_iface: 0,
         }
     }
 }

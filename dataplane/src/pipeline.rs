@@ -187,6 +187,8 @@ pub struct Worker<I: PacketIo, C: Clock> {
     slow: Vec<I::Buf>,
     meta: [Meta; BURST],
     actions: [Action; BURST],
+    /// The port each packet of the burst arrived on, then leaves by.
+    ports: [u16; BURST],
     stats: WorkerStats,
     reaped_at: u32,
     /// Where re-filing the affinity tables under shortened timeouts has got
@@ -231,6 +233,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             slow: Vec::with_capacity(BURST),
             meta: [Meta::EMPTY; BURST],
             actions: [Action::SlowPath; BURST],
+            ports: [0; BURST],
             stats: WorkerStats::default(),
             reaped_at: now,
             refile: None,
@@ -498,6 +501,8 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             let action = if let Some(action) = meta.early {
                 action
             } else {
+                let port = &mut self.ports[i];
+                *port = self.rx[i].port();
                 let frame = self.rx[i].data_mut();
                 let ctx = Ctx {
                     snapshot: &self.snapshot,
@@ -506,8 +511,8 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                     stats: &mut self.stats,
                 };
                 match meta.tuple {
-                    Tuple::V4(key) => handle(ctx, &mut self.v4, key, &meta, frame),
-                    Tuple::V6(key) => handle(ctx, &mut self.v6, key, &meta, frame),
+                    Tuple::V4(key) => handle(ctx, &mut self.v4, key, &meta, frame, port),
+                    Tuple::V6(key) => handle(ctx, &mut self.v6, key, &meta, frame, port),
                 }
             };
             match action {
@@ -518,9 +523,12 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             self.actions[i] = action;
         }
         // Sort the burst by fate without copying a byte of it.
-        for (i, buf) in self.rx.drain(..).enumerate() {
+        for (i, mut buf) in self.rx.drain(..).enumerate() {
             match self.actions[i] {
-                Action::Forward => self.tx.push(buf),
+                Action::Forward => {
+                    buf.set_port(self.ports[i]);
+                    self.tx.push(buf);
+                }
                 Action::Drop(_) => self.dropped.push(buf),
                 Action::SlowPath => self.slow.push(buf),
             }
@@ -797,12 +805,15 @@ struct Ctx<'a> {
 
 /// Decides one parsed packet and rewrites it in place.
 #[inline]
+/// `port` holds the port the packet arrived on, and is set to the port it
+/// is to leave by.
 fn handle<A: IpRewrite>(
     ctx: Ctx<'_>,
     tables: &mut Tables<A>,
     key: FlowKey<A>,
     meta: &Meta,
     frame: &mut [u8],
+    port: &mut u16,
 ) -> Action {
     let Ctx {
         snapshot,
@@ -821,7 +832,7 @@ fn handle<A: IpRewrite>(
                 Direction::Forward => stats.flow_hits += 1,
                 Direction::Reply => stats.replies += 1,
             }
-            send(frame, meta, &flow, dir, mac);
+            *port = send(frame, meta, &flow, dir, mac);
             return Action::Forward;
         }
         // A SYN reusing the tuple of a closed connection is a new
@@ -901,13 +912,15 @@ fn handle<A: IpRewrite>(
         backend: backend.id,
         backend_mac: backend.mac,
         client_mac,
+        client_iface: *port,
+        backend_iface: backend.iface,
     };
     match tables.flows.insert(flow, meta.tcp_flags, now) {
         Some(_) => {}
         None => return Action::Drop(DropReason::FlowTableFull),
     }
     stats.new_flows += 1;
-    send(frame, meta, &flow, Direction::Forward, mac);
+    *port = send(frame, meta, &flow, Direction::Forward, mac);
     Action::Forward
 }
 
@@ -948,21 +961,34 @@ fn family_addr<A: Family>(addr: std::net::IpAddr) -> Option<A> {
     }
 }
 
-/// Rewrites a packet of `flow` travelling `dir` and points it at its next hop.
+/// Rewrites a packet of `flow` travelling `dir`, points it at its next hop
+/// and returns the port it leaves by.
 #[inline(always)]
-fn send<A: IpRewrite>(frame: &mut [u8], meta: &Meta, flow: &Flow<A>, dir: Direction, mac: MacAddr) {
+fn send<A: IpRewrite>(
+    frame: &mut [u8],
+    meta: &Meta,
+    flow: &Flow<A>,
+    dir: Direction,
+    mac: MacAddr,
+) -> u16 {
     let mut eth = ethernet::Frame::new_unchecked(&mut *frame);
     eth.set_src_addr(mac);
-    match dir {
-        Direction::Forward => eth.set_dst_addr(flow.backend_mac),
-        Direction::Reply => eth.set_dst_addr(flow.client_mac),
-    }
+    let port = match dir {
+        Direction::Forward => {
+            eth.set_dst_addr(flow.backend_mac);
+            flow.backend_iface
+        }
+        Direction::Reply => {
+            eth.set_dst_addr(flow.client_mac);
+            flow.client_iface
+        }
+    };
     if !flow.nat {
         // dsr: the backend holds the service address; only L2 changes.
-        return;
+        return port;
     }
     let Some(ip) = frame.get_mut(usize::from(meta.l3)..) else {
-        return;
+        return port;
     };
     let l4 = usize::from(meta.l4);
     match dir {
@@ -983,4 +1009,5 @@ fn send<A: IpRewrite>(frame: &mut [u8], meta: &Meta, flow: &Flow<A>, dir: Direct
             flow.service_port,
         ),
     }
+    port
 }

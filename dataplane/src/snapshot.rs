@@ -59,6 +59,8 @@ pub struct Backend {
     pub weight: u32,
     /// The backend's (or its next hop's) MAC address.
     pub mac: MacAddr,
+    /// The port (interface) it is reached through.
+    pub iface: u16,
 }
 
 impl Backend {
@@ -394,6 +396,7 @@ mod tests {
             port: 9376,
             weight: 1,
             mac: MacAddr([0x02, 0, 0, 0, 0, last]),
+            iface: 0,
         }
     }
 

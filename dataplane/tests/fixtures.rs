@@ -365,3 +365,37 @@ fn established_connection_survives_backend_removal() {
     assert_eq!(h.connect(client, 5001, vip).ip(), ip(other));
     assert_eq!(h.worker.stats().affinity_stale, 1);
 }
+
+#[test]
+fn two_armed_forwarding_picks_ports() {
+    // Clients arrive on port 1; the backend is reached through port 2.
+    let mut be = backend(BE4);
+    be.iface = 2;
+    let mut h = Harness::new(vec![service(
+        1,
+        VIP4,
+        6,
+        Affinity::client_ip(10800),
+        ForwardMode::Nat,
+        vec![be],
+    )]);
+    let syn = inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4), 41000, 80).flags(SYN));
+    let (action, out) = h.send_on(&syn.build(), 1);
+    assert_eq!(action, Action::Forward);
+    assert_eq!(
+        out.map(|(port, _)| port),
+        Some(2),
+        "forward leaves towards the backend"
+    );
+    let reply = PacketSpec::tcp(ip(BE4), ip(CLIENT4), 9376, 41000)
+        .flags(SYN | ACK)
+        .src_mac(backend_mac(ip(BE4)))
+        .dst_mac(LIMPET_MAC);
+    let (action, out) = h.send_on(&reply.build(), 2);
+    assert_eq!(action, Action::Forward);
+    assert_eq!(
+        out.map(|(port, _)| port),
+        Some(1),
+        "reply leaves the way the client came in"
+    );
+}

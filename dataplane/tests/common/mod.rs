@@ -35,6 +35,7 @@ pub fn backend(addr: &str) -> Backend {
         port: 9376,
         weight: 1,
         mac: MacAddr(backend_mac(addr)),
+        iface: 0,
     }
 }
 
@@ -99,11 +100,17 @@ impl Harness {
 
     /// Sends one frame through the pipeline: what it did, and what it sent.
     pub fn send(&mut self, frame: &[u8]) -> (Action, Option<Vec<u8>>) {
-        assert!(self.worker.io_mut().inject(frame, 0));
+        let (action, out) = self.send_on(frame, 0);
+        (action, out.map(|(_, bytes)| bytes))
+    }
+
+    /// Sends one frame arriving on `port`: what the pipeline did, and the
+    /// port and bytes of what it sent.
+    pub fn send_on(&mut self, frame: &[u8], port: u16) -> (Action, Option<(u16, Vec<u8>)>) {
+        assert!(self.worker.io_mut().inject(frame, port));
         assert_eq!(self.worker.poll(), 1);
         let action = self.worker.last_actions(1)[0];
-        let out = self.worker.io_mut().take_sent().map(|(_, bytes)| bytes);
-        (action, out)
+        (action, self.worker.io_mut().take_sent())
     }
 
     /// Opens a TCP connection from `client:sport` to `vip:80` and returns
