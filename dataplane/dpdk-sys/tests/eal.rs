@@ -41,7 +41,7 @@ fn eal_comes_up_with_net_null_and_net_ring_and_moves_a_packet() {
             0,
             0,
             RTE_MBUF_DEFAULT_BUF_SIZE as u16,
-            SOCKET_ID_ANY as i32,
+            SOCKET_ID_ANY,
         )
     };
     assert!(!pool.is_null(), "pool: errno {}", rte_errno());
@@ -55,14 +55,14 @@ fn eal_comes_up_with_net_null_and_net_ring_and_moves_a_packet() {
         assert!(driver == "net_null" || driver == "net_ring", "{driver}");
         let conf = rte_eth_conf::default();
         // SAFETY: valid port and configuration.
-        assert_eq!(unsafe { rte_eth_dev_configure(port, 1, 1, &raw const conf) }, 0);
+        let ret = unsafe { rte_eth_dev_configure(port, 1, 1, &raw const conf) };
+        assert_eq!(ret, 0);
         // SAFETY: queue 0 of a configured port; a valid pool.
-        assert_eq!(
-            unsafe { rte_eth_rx_queue_setup(port, 0, 128, 0, core::ptr::null(), pool) },
-            0
-        );
+        let ret = unsafe { rte_eth_rx_queue_setup(port, 0, 128, 0, core::ptr::null(), pool) };
+        assert_eq!(ret, 0);
         // SAFETY: as above.
-        assert_eq!(unsafe { rte_eth_tx_queue_setup(port, 0, 128, 0, core::ptr::null()) }, 0);
+        let ret = unsafe { rte_eth_tx_queue_setup(port, 0, 128, 0, core::ptr::null()) };
+        assert_eq!(ret, 0);
         // SAFETY: a configured port.
         assert_eq!(unsafe { rte_eth_dev_start(port) }, 0);
     }

@@ -7,7 +7,11 @@ use limpet_dpdk_sys::*;
 #[test]
 fn hand_written_constants_match_c() {
     let c = c_side::constants();
-    assert_eq!(c.len(), ALL.len(), "shim.c and consts::ALL list differ in length");
+    assert_eq!(
+        c.len(),
+        ALL.len(),
+        "shim.c and consts::ALL list differ in length"
+    );
     let wrong: Vec<String> = ALL
         .iter()
         .zip(c)
@@ -37,18 +41,36 @@ fn struct_layouts_match_c() {
         ("sizeof rte_eth_conf", size_of::<rte_eth_conf>()),
         ("rte_eth_conf.rxmode", offset_of!(rte_eth_conf, rxmode)),
         ("rte_eth_conf.txmode", offset_of!(rte_eth_conf, txmode)),
-        ("rte_eth_conf.rx_adv_conf", offset_of!(rte_eth_conf, rx_adv_conf)),
+        (
+            "rte_eth_conf.rx_adv_conf",
+            offset_of!(rte_eth_conf, rx_adv_conf),
+        ),
         ("sizeof rte_eth_dev_info", size_of::<rte_eth_dev_info>()),
-        ("rte_eth_dev_info.rx_offload_capa", offset_of!(rte_eth_dev_info, rx_offload_capa)),
-        ("rte_eth_dev_info.tx_offload_capa", offset_of!(rte_eth_dev_info, tx_offload_capa)),
+        (
+            "rte_eth_dev_info.rx_offload_capa",
+            offset_of!(rte_eth_dev_info, rx_offload_capa),
+        ),
+        (
+            "rte_eth_dev_info.tx_offload_capa",
+            offset_of!(rte_eth_dev_info, tx_offload_capa),
+        ),
         (
             "rte_eth_dev_info.flow_type_rss_offloads",
             offset_of!(rte_eth_dev_info, flow_type_rss_offloads),
         ),
-        ("rte_eth_dev_info.reta_size", offset_of!(rte_eth_dev_info, reta_size)),
-        ("rte_eth_dev_info.max_rx_queues", offset_of!(rte_eth_dev_info, max_rx_queues)),
+        (
+            "rte_eth_dev_info.reta_size",
+            offset_of!(rte_eth_dev_info, reta_size),
+        ),
+        (
+            "rte_eth_dev_info.max_rx_queues",
+            offset_of!(rte_eth_dev_info, max_rx_queues),
+        ),
         ("sizeof rte_eth_rss_conf", size_of::<rte_eth_rss_conf>()),
-        ("sizeof rte_eth_rss_reta_entry64", size_of::<rte_eth_rss_reta_entry64>()),
+        (
+            "sizeof rte_eth_rss_reta_entry64",
+            size_of::<rte_eth_rss_reta_entry64>(),
+        ),
         ("sizeof rte_eth_stats", size_of::<rte_eth_stats>()),
         ("sizeof rte_eth_xstat", size_of::<rte_eth_xstat>()),
         ("sizeof rte_eth_xstat_name", size_of::<rte_eth_xstat_name>()),
@@ -56,7 +78,11 @@ fn struct_layouts_match_c() {
         ("sizeof rte_ether_addr", size_of::<rte_ether_addr>()),
     ];
     let c = c_side::layout();
-    assert_eq!(c.len(), rust.len(), "shim.c and this table differ in length");
+    assert_eq!(
+        c.len(),
+        rust.len(),
+        "shim.c and this table differ in length"
+    );
     let wrong: Vec<String> = rust
         .iter()
         .zip(c)
@@ -69,7 +95,9 @@ fn struct_layouts_match_c() {
 
 #[test]
 fn version_is_at_least_21_11() {
-    let mut parts = DPDK_VERSION.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = DPDK_VERSION
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap(), parts.next().unwrap_or(0));
     assert!((major, minor) >= (21, 11), "{DPDK_VERSION}");
 }

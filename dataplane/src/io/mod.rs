@@ -5,6 +5,8 @@
 #![allow(unsafe_code)]
 
 pub mod afpacket;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod memory;
 
 pub use memory::{MemoryIo, MemoryPacket};

@@ -1,0 +1,608 @@
+//! The DPDK backend with virtual devices, without hugepages or PCI
+//! (`--no-huge --no-pci`): EAL comes up with `net_null` and ring ports; the
+//! Katran-style fixture table runs through a real worker over a `net_ring`
+//! port and every frame comes out exactly as the in-memory pipeline's table
+//! says; a worker runs on an EAL worker lcore. Needs libdpdk-dev
+//! (`scripts/dpdk-setup`); run with `cargo test -p limpet-dataplane
+//! --features dpdk --test dpdk`.
+//!
+//! EAL starts once per process: every test shares one (`eal()`), and each
+//! uses its own ports, named after it.
+#![cfg(feature = "dpdk")]
+
+mod common;
+
+use common::{CLIENT_MAC, LIMPET_MAC, backend, backend_mac, service};
+use limpet_dataplane::clock::ManualClock;
+use limpet_dataplane::io::PacketIo;
+use limpet_dataplane::io::dpdk::{
+    DpdkBuf, DpdkError, DpdkIo, Eal, EalConfig, Mempool, Port, PortConfig, Ring, RssMode,
+    symmetric_rss_key,
+};
+use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
+use limpet_dataplane::snapshot::{Affinity, ForwardMode, Snapshot};
+use limpet_dataplane::stats::DropReason;
+use limpet_dataplane::wire::MacAddr;
+use limpet_pktgen::{ACK, PacketSpec, SYN};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+// ---- The fixture table, as in tests/fixtures.rs (kept in step by hand:
+// that file keeps it private to its own test binary). ----
+
+struct Fixture {
+    description: &'static str,
+    input: Vec<u8>,
+    action: Action,
+    output: Option<Vec<u8>>,
+}
+
+const VIP4: &str = "192.0.2.10";
+const VIP4_UDP: &str = "192.0.2.11";
+const VIP4_DSR: &str = "192.0.2.12";
+const VIP4_EMPTY: &str = "192.0.2.13";
+const VIP6: &str = "2001:db8::10";
+const VIP6_UDP: &str = "2001:db8::11";
+const BE4: &str = "203.0.113.7";
+const BE6: &str = "2001:db8:be::7";
+const CLIENT4: &str = "198.18.0.1";
+const CLIENT6: &str = "2001:db8:c1::1";
+
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+/// A client's frame to `vip:80` as it arrives at limpet.
+fn inbound(spec: PacketSpec) -> PacketSpec {
+    spec.src_mac(CLIENT_MAC).dst_mac(LIMPET_MAC)
+}
+
+/// The same frame after DNAT to `be:9376`, sent from limpet to the backend.
+fn dnat(spec: PacketSpec, be: &str) -> PacketSpec {
+    let ttl = spec.ttl - 1;
+    spec.src_mac(LIMPET_MAC)
+        .dst_mac(backend_mac(ip(be)))
+        .dst_ip(ip(be))
+        .dst_port(9376)
+        .ttl(ttl)
+}
+
+#[allow(clippy::too_many_lines)] // one table, read top to bottom
+fn fixtures() -> Vec<Fixture> {
+    let tcp4 = inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4), 40000, 80).flags(SYN));
+    let udp4 =
+        inbound(PacketSpec::udp(ip(CLIENT4), ip(VIP4_UDP), 40001, 80).payload(b"hello".to_vec()));
+    let tcp6 = inbound(PacketSpec::tcp(ip(CLIENT6), ip(VIP6), 40002, 80).flags(SYN));
+    let udp6 =
+        inbound(PacketSpec::udp(ip(CLIENT6), ip(VIP6_UDP), 40003, 80).payload(b"hello".to_vec()));
+    // Replies from the backend, as they reach limpet (its gateway).
+    let reply4 = PacketSpec::tcp(ip(BE4), ip(CLIENT4), 9376, 40000)
+        .flags(SYN | ACK)
+        .src_mac(backend_mac(ip(BE4)))
+        .dst_mac(LIMPET_MAC);
+    let reply6 = PacketSpec::udp(ip(BE6), ip(CLIENT6), 9376, 40003)
+        .payload(b"world".to_vec())
+        .src_mac(backend_mac(ip(BE6)))
+        .dst_mac(LIMPET_MAC);
+    let snat = |spec: PacketSpec, vip: &str| {
+        let ttl = spec.ttl - 1;
+        spec.src_mac(LIMPET_MAC)
+            .dst_mac(CLIENT_MAC)
+            .src_ip(ip(vip))
+            .src_port(80)
+            .ttl(ttl)
+    };
+    let dsr = inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4_DSR), 40004, 80).flags(SYN));
+    let vlan = inbound(
+        PacketSpec::tcp(ip(CLIENT4), ip(VIP4), 40005, 80)
+            .flags(SYN)
+            .vlan(100),
+    );
+    let zero_udp = inbound(
+        PacketSpec::udp(ip(CLIENT4), ip(VIP4_UDP), 40006, 80)
+            .payload(b"no checksum".to_vec())
+            .zero_checksum(true),
+    );
+
+    let mut truncated = tcp4.clone().src_port(40100).unpadded().build();
+    truncated.truncate(14 + 20 + 10); // half a TCP header
+    let mut bad_ihl = tcp4.clone().src_port(40101).build();
+    bad_ihl[14] = 0x44; // IHL 4: shorter than the fixed header
+    let mut fragment = tcp4.clone().src_port(40102).build();
+    fragment[14 + 6] = 0x20; // MF set, DF clear
+    fix_ipv4_checksum(&mut fragment);
+    let mut bad_checksum = tcp4.clone().src_port(40103).build();
+    bad_checksum[14 + 10] ^= 0xff;
+    let mut v6_fragment = tcp6.clone().src_port(40104).unpadded().build();
+    insert_v6_fragment_header(&mut v6_fragment);
+    let mut arp = vec![0u8; 60];
+    arp[..6].copy_from_slice(&[0xff; 6]);
+    arp[6..12].copy_from_slice(&CLIENT_MAC);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    arp[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+
+    vec![
+        Fixture {
+            description: "DNAT IPv4 TCP SYN to the only backend",
+            input: tcp4.build(),
+            action: Action::Forward,
+            output: Some(dnat(tcp4.clone(), BE4).build()),
+        },
+        Fixture {
+            description: "reverse NAT of the IPv4 TCP reply, back to the client's hop",
+            input: reply4.build(),
+            action: Action::Forward,
+            output: Some(snat(reply4.clone(), VIP4).build()),
+        },
+        Fixture {
+            description: "DNAT IPv4 UDP",
+            input: udp4.build(),
+            action: Action::Forward,
+            output: Some(dnat(udp4.clone(), BE4).build()),
+        },
+        Fixture {
+            description: "DNAT IPv6 TCP SYN",
+            input: tcp6.build(),
+            action: Action::Forward,
+            output: Some(dnat(tcp6.clone(), BE6).build()),
+        },
+        Fixture {
+            description: "DNAT IPv6 UDP",
+            input: udp6.build(),
+            action: Action::Forward,
+            output: Some(dnat(udp6.clone(), BE6).build()),
+        },
+        Fixture {
+            description: "reverse NAT of the IPv6 UDP reply",
+            input: reply6.build(),
+            action: Action::Forward,
+            output: Some(snat(reply6.clone(), VIP6_UDP).build()),
+        },
+        Fixture {
+            description: "dsr rewrites only the destination MAC",
+            input: dsr.build(),
+            action: Action::Forward,
+            output: Some(
+                dsr.clone()
+                    .src_mac(LIMPET_MAC)
+                    .dst_mac(backend_mac(ip(BE4)))
+                    .build(),
+            ),
+        },
+        Fixture {
+            description: "802.1Q-tagged frame keeps its tag and is translated",
+            input: vlan.build(),
+            action: Action::Forward,
+            output: Some(dnat(vlan.clone(), BE4).build()),
+        },
+        Fixture {
+            description: "UDP with a zero (absent) checksum keeps it zero",
+            input: zero_udp.build(),
+            action: Action::Forward,
+            output: Some(dnat(zero_udp.clone(), BE4).build()),
+        },
+        Fixture {
+            description: "unknown VIP goes to the slow path, nothing sent",
+            input: inbound(PacketSpec::tcp(ip(CLIENT4), ip("192.0.2.99"), 40007, 80).flags(SYN))
+                .build(),
+            action: Action::SlowPath,
+            output: None,
+        },
+        Fixture {
+            description: "known VIP, unknown port: slow path",
+            input: inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4), 40008, 81).flags(SYN)).build(),
+            action: Action::SlowPath,
+            output: None,
+        },
+        Fixture {
+            description: "service without usable backends drops",
+            input: inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4_EMPTY), 40009, 80).flags(SYN))
+                .build(),
+            action: Action::Drop(DropReason::NoBackend),
+            output: None,
+        },
+        Fixture {
+            description: "truncated TCP header",
+            input: truncated,
+            action: Action::Drop(DropReason::Truncated),
+            output: None,
+        },
+        Fixture {
+            description: "IPv4 IHL below 5",
+            input: bad_ihl,
+            action: Action::Drop(DropReason::Malformed),
+            output: None,
+        },
+        Fixture {
+            description: "IPv4 fragment",
+            input: fragment,
+            action: Action::Drop(DropReason::Fragment),
+            output: None,
+        },
+        Fixture {
+            description: "IPv4 header checksum wrong",
+            input: bad_checksum,
+            action: Action::Drop(DropReason::BadChecksum),
+            output: None,
+        },
+        Fixture {
+            description: "TTL 1 cannot be forwarded",
+            input: tcp4.clone().src_port(40105).ttl(1).build(),
+            action: Action::Drop(DropReason::TtlExceeded),
+            output: None,
+        },
+        Fixture {
+            description: "IPv6 hop limit 1 cannot be forwarded",
+            input: tcp6.clone().src_port(40106).ttl(1).build(),
+            action: Action::Drop(DropReason::TtlExceeded),
+            output: None,
+        },
+        Fixture {
+            description: "IPv6 fragment header",
+            input: v6_fragment,
+            action: Action::Drop(DropReason::Fragment),
+            output: None,
+        },
+        Fixture {
+            description: "ARP request goes to the slow path",
+            input: arp,
+            action: Action::SlowPath,
+            output: None,
+        },
+        Fixture {
+            description: "runt frame shorter than an Ethernet header",
+            input: vec![0u8; 10],
+            action: Action::Drop(DropReason::Truncated),
+            output: None,
+        },
+        Fixture {
+            description: "unknown ethertype",
+            input: {
+                let mut f = tcp4.clone().src_port(40107).build();
+                f[12..14].copy_from_slice(&[0x88, 0xb5]);
+                f
+            },
+            action: Action::Drop(DropReason::UnsupportedL2),
+            output: None,
+        },
+    ]
+}
+
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ip = &mut frame[14..34];
+    ip[10] = 0;
+    ip[11] = 0;
+    let mut sum = 0u32;
+    for pair in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(sum as u16);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// Turns an IPv6 TCP frame into a first fragment: a Fragment header
+/// (next header TCP, offset 0, M set) between the fixed header and TCP.
+fn insert_v6_fragment_header(frame: &mut Vec<u8>) {
+    let at = 14 + 40;
+    let next = frame[14 + 6];
+    frame[14 + 6] = 44;
+    let len = u16::from_be_bytes([frame[14 + 4], frame[14 + 5]]) + 8;
+    frame[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    let header = [next, 0, 0, 1, 0, 0, 0, 42];
+    frame.splice(at..at, header);
+}
+
+// ---- EAL, shared by the tests of this binary. ----
+
+struct Dpdk {
+    eal: Eal,
+    pool: Arc<Mempool>,
+}
+
+/// EAL with lcore 0 (main) and lcore 1 (a worker), both on CPU 0 so the
+/// test runs on any machine, and a `net_null` device.
+fn dpdk() -> &'static Dpdk {
+    static DPDK: OnceLock<Dpdk> = OnceLock::new();
+    DPDK.get_or_init(|| {
+        let mut config = EalConfig::virtual_only("0", &["net_null0"]);
+        config.cores = None;
+        config.extra.push("--lcores=0@0,1@0".to_owned());
+        let eal = Eal::init(&config).unwrap_or_else(|e| panic!("EAL: {e}"));
+        let pool = Arc::new(Mempool::new(&eal, "test_pool", 4095, 0, -1).unwrap());
+        Dpdk { eal, pool }
+    })
+}
+
+fn worker_config() -> WorkerConfig {
+    WorkerConfig {
+        mac: MacAddr(LIMPET_MAC),
+        flow_capacity: 1 << 12,
+        affinity_capacity: 1 << 12,
+        ..WorkerConfig::default()
+    }
+}
+
+fn snapshot() -> Arc<Snapshot> {
+    let sticky = Affinity::client_ip(10800);
+    Arc::new(
+        Snapshot::build(
+            1,
+            vec![
+                service(1, VIP4, 6, sticky, ForwardMode::Nat, vec![backend(BE4)]),
+                service(
+                    2,
+                    VIP4_UDP,
+                    17,
+                    Affinity::None,
+                    ForwardMode::Nat,
+                    vec![backend(BE4)],
+                ),
+                service(3, VIP4_DSR, 6, sticky, ForwardMode::Dsr, vec![backend(BE4)]),
+                service(4, VIP4_EMPTY, 6, sticky, ForwardMode::Nat, vec![]),
+                service(5, VIP6, 6, sticky, ForwardMode::Nat, vec![backend(BE6)]),
+                service(
+                    6,
+                    VIP6_UDP,
+                    17,
+                    Affinity::None,
+                    ForwardMode::Nat,
+                    vec![backend(BE6)],
+                ),
+            ],
+        )
+        .unwrap(),
+    )
+}
+
+/// A ring port: frames pushed on `rx` are received, frames sent land on `tx`.
+/// (Fields drop in order: the port before the rings it uses.)
+struct RingPort {
+    port: Arc<Port>,
+    rx: Ring,
+    tx: Ring,
+}
+
+fn ring_port(name: &str) -> RingPort {
+    let d = dpdk();
+    let rx = Ring::new(&d.eal, &format!("{name}_rx"), 1024).unwrap();
+    let tx = Ring::new(&d.eal, &format!("{name}_tx"), 1024).unwrap();
+    let id = d.eal.port_from_rings(name, &[&rx], &[&tx]).unwrap();
+    let port = Port::start(&d.eal, id, &PortConfig::default(), &[Arc::clone(&d.pool)]).unwrap();
+    RingPort {
+        port: Arc::new(port),
+        rx,
+        tx,
+    }
+}
+
+fn inject(ring: &Ring, frame: &[u8]) {
+    let buf = dpdk().pool.mbuf_from(frame).expect("an mbuf for the frame");
+    assert!(ring.push(buf).is_ok(), "RX ring full");
+}
+
+#[test]
+fn eal_config_builds_the_command_line() {
+    let mut c = EalConfig::virtual_only("0-2", &["net_null0", "net_ring0"]);
+    c.pci_allow.push("0000:3b:00.0".to_owned());
+    c.file_prefix = Some("lb1".to_owned());
+    assert_eq!(
+        c.args(),
+        [
+            "limpet",
+            "-l",
+            "0-2",
+            "-m",
+            "256",
+            "--no-huge",
+            "--no-pci",
+            "-a",
+            "0000:3b:00.0",
+            "--vdev=net_null0",
+            "--vdev=net_ring0",
+            "--file-prefix=lb1",
+            "--no-shconf",
+            "--log-level=warning",
+        ]
+    );
+}
+
+/// Toeplitz over `input` with `key`, as a NIC computes it.
+fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
+    let mut hash = 0u32;
+    let mut window = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    for (next, byte) in (4..).zip(input) {
+        for bit in (0..8).rev() {
+            if byte >> bit & 1 == 1 {
+                hash ^= window;
+            }
+            let k = key.get(next).copied().unwrap_or(0);
+            window = window << 1 | u32::from(k >> bit & 1);
+        }
+    }
+    hash
+}
+
+#[test]
+fn the_rss_key_is_symmetric_over_the_address_pair() {
+    let key = symmetric_rss_key(40);
+    assert_eq!(&key[..4], &[0x6d, 0x5a, 0x6d, 0x5a]);
+    let pairs: [([u8; 4], [u8; 4]); 3] = [
+        ([198, 18, 0, 1], [192, 0, 2, 10]),
+        ([203, 0, 113, 7], [198, 18, 3, 200]),
+        ([10, 0, 0, 1], [10, 0, 0, 2]),
+    ];
+    for (a, b) in pairs {
+        let ab = toeplitz(&key, &[a, b].concat());
+        let ba = toeplitz(&key, &[b, a].concat());
+        assert_eq!(ab, ba, "{a:?} <-> {b:?}");
+    }
+    let a6 = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let b6 = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0xc1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    ];
+    assert_eq!(
+        toeplitz(&key, &[a6, b6].concat()),
+        toeplitz(&key, &[b6, a6].concat())
+    );
+    // The standard (Microsoft) key is not symmetric: the check has teeth.
+    let ms = [
+        0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
+        0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
+        0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    ];
+    let (a, b) = pairs[0];
+    assert_ne!(
+        toeplitz(&ms, &[a, b].concat()),
+        toeplitz(&ms, &[b, a].concat())
+    );
+}
+
+#[test]
+fn eal_comes_up_and_net_null_receives_and_sends() {
+    let d = dpdk();
+    assert!(d.eal.port_count() >= 1);
+    let id = d.eal.port_by_name("net_null0").unwrap();
+    let port =
+        Arc::new(Port::start(&d.eal, id, &PortConfig::default(), &[Arc::clone(&d.pool)]).unwrap());
+    assert_eq!(port.name(), "net_null0");
+    assert!(port.link().unwrap().up);
+    let mut io = DpdkIo::new(&[Arc::clone(&port)], 0).unwrap();
+    assert!(
+        matches!(
+            DpdkIo::new(&[Arc::clone(&port)], 0),
+            Err(DpdkError::Port { .. })
+        ),
+        "a queue belongs to one worker"
+    );
+    let mut burst: Vec<DpdkBuf> = Vec::with_capacity(32);
+    // net_null hands out empty 64-byte frames, as many as asked for.
+    assert_eq!(io.rx_burst(&mut burst), 32);
+    assert!(
+        burst
+            .iter()
+            .all(|b| limpet_dataplane::io::PacketBuf::data(b).len() == 64)
+    );
+    let mut half: Vec<DpdkBuf> = burst.drain(16..).collect();
+    io.free_burst(&mut half);
+    assert_eq!(io.tx_burst(&mut burst), 16);
+    assert!(burst.is_empty());
+    assert_eq!(io.stats.rx, 32);
+    assert_eq!(io.stats.tx, 16);
+    assert_eq!(io.stats.freed, 16);
+    let stats = port.stats().unwrap();
+    assert_eq!((stats.rx_packets, stats.tx_packets), (32, 16));
+    let xstats = port.xstats().unwrap();
+    assert!(
+        xstats
+            .iter()
+            .any(|(name, v)| name == "rx_good_packets" && *v == 32),
+        "{xstats:?}"
+    );
+}
+
+#[test]
+fn more_queues_than_one_need_rss_which_net_ring_lacks() {
+    let d = dpdk();
+    let rx = [
+        Ring::new(&d.eal, "rss_rx0", 64).unwrap(),
+        Ring::new(&d.eal, "rss_rx1", 64).unwrap(),
+    ];
+    let tx = [
+        Ring::new(&d.eal, "rss_tx0", 64).unwrap(),
+        Ring::new(&d.eal, "rss_tx1", 64).unwrap(),
+    ];
+    let id = d
+        .eal
+        .port_from_rings("rss_ring", &[&rx[0], &rx[1]], &[&tx[0], &tx[1]])
+        .unwrap();
+    let config = PortConfig {
+        queues: 2,
+        rss: RssMode::ClientIsSource,
+        ..PortConfig::default()
+    };
+    let err = Port::start(&d.eal, id, &config, &[Arc::clone(&d.pool)]).unwrap_err();
+    assert!(
+        matches!(err, DpdkError::Rss { port, .. } if port == id),
+        "{err}"
+    );
+}
+
+#[test]
+fn fixture_table_through_a_ring_port() {
+    let ports = ring_port("fixtures");
+    let io = DpdkIo::new(&[Arc::clone(&ports.port)], 0).unwrap();
+    let mut worker = Worker::new(io, ManualClock::new(1000), worker_config(), snapshot()).unwrap();
+    let in_use = dpdk().pool.in_use();
+    let mut failures = Vec::new();
+    for f in fixtures() {
+        inject(&ports.rx, &f.input);
+        assert_eq!(worker.poll(), 1, "{}", f.description);
+        let action = worker.last_actions(1)[0];
+        let output = ports.tx.pop().map(|b| b.to_vec());
+        if action != f.action {
+            failures.push(format!(
+                "{}: action {action:?}, expected {:?}",
+                f.description, f.action
+            ));
+            continue;
+        }
+        if output != f.output {
+            failures.push(format!(
+                "{}: output differs\n  got      {:02x?}\n  expected {:02x?}",
+                f.description, output, f.output
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(ports.tx.is_empty(), "nothing else was sent");
+    let stats = worker.stats();
+    assert_eq!(stats.dropped(DropReason::Truncated), 2);
+    assert_eq!(stats.replies, 2);
+    assert_eq!(stats.slow_path, 3);
+    // Every mbuf went back: none leaked by drops, the slow path or TX.
+    assert!(dpdk().pool.in_use() <= in_use, "mbufs leaked");
+    let io = worker.io();
+    assert_eq!(io.stats.tx, 9);
+    assert_eq!(io.stats.tx_full + io.stats.tx_bad_port, 0);
+}
+
+#[test]
+fn a_worker_on_a_worker_lcore_forwards() {
+    let d = dpdk();
+    let lcores = d.eal.worker_lcores();
+    assert_eq!(lcores, [1]);
+    let ports = ring_port("lcore");
+    let io = DpdkIo::new(&[Arc::clone(&ports.port)], 0).unwrap();
+    let mut worker = Worker::new(io, ManualClock::new(1000), worker_config(), snapshot()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        d.eal
+            .launch(1, move || {
+                worker.run(&stop);
+                assert!(worker.stats().rx_packets >= 1);
+                done.store(true, Ordering::SeqCst);
+            })
+            .unwrap();
+    }
+    let syn = inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4), 41000, 80).flags(SYN));
+    inject(&ports.rx, &syn.build());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let out = loop {
+        if let Some(b) = ports.tx.pop() {
+            break b.to_vec();
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing forwarded");
+        std::thread::yield_now();
+    };
+    assert_eq!(out, dnat(syn, BE4).build());
+    stop.store(true, Ordering::Relaxed);
+    d.eal.wait(1).unwrap();
+    assert!(done.load(Ordering::SeqCst), "the worker returned");
+}
