@@ -36,6 +36,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim.c");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_LIBDIR");
 
     let version = pkg_config(&["--modversion", "libdpdk"]).unwrap_or_else(|e| missing(&e));
     if let Err(e) = pkg_config(&["--atleast-version", MIN_VERSION, "libdpdk"]) {
