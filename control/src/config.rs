@@ -55,9 +55,17 @@ impl ConfigSource {
                 node_name: Some(node_name),
                 node_addresses,
                 mode,
+                ..TranslateContext::default()
             },
             ids: IdAllocator::new(),
         }
+    }
+
+    /// Sets [`TranslateContext::maglev_min_size`].
+    #[must_use]
+    pub fn with_maglev_min_size(mut self, size: usize) -> Self {
+        self.ctx.maglev_min_size = size;
+        self
     }
 
     pub fn path(&self) -> &Path {

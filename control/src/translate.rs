@@ -92,6 +92,10 @@ pub struct TranslateContext {
     /// The addresses node ports are served on.
     pub node_addresses: Vec<IpAddr>,
     pub mode: ForwardMode,
+    /// The smallest Maglev table a service port gets; see [`maglev_size`].
+    /// Every limpet instance serving the same cluster must use the same
+    /// value, or they stop agreeing on clients' backends.
+    pub maglev_min_size: usize,
 }
 
 impl Default for TranslateContext {
@@ -100,8 +104,63 @@ impl Default for TranslateContext {
             node_name: None,
             node_addresses: Vec::new(),
             mode: ForwardMode::Nat,
+            maglev_min_size: DEFAULT_MAGLEV_MIN_SIZE,
         }
     }
+}
+
+/// The default of [`TranslateContext::maglev_min_size`]: the ladder's prime
+/// above 2^10, 2 KiB of table per service port.
+pub const DEFAULT_MAGLEV_MIN_SIZE: usize = 1031;
+
+/// The Maglev table sizes translation picks from: `MAGLEV_LADDER[k]` is the
+/// smallest prime above `2^k` (checked by a test). 65537 (DESIGN's default)
+/// is on it; the last covers 100 x the most backends a table can index.
+const MAGLEV_LADDER: [usize; 24] = [
+    2, 3, 5, 11, 17, 37, 67, 131, 257, 521, 1031, 2053, 4099, 8209, 16411, 32771, 65537, 131_101,
+    262_147, 524_309, 1_048_583, 2_097_169, 4_194_319, 8_388_617,
+];
+
+/// The Maglev table size of a service port with `backends` backends: the
+/// smallest prime of the ladder `{smallest prime > 2^k}` that is at least
+/// `max(100 x backends, min_size)` (beyond the ladder, the smallest prime at
+/// least that).
+///
+/// Why not DESIGN's "65537 for everyone": the table is `M` `u16`s, so 128
+/// KiB per service port; 10,000 service ports would hold 1.3 GB per
+/// snapshot and spend seconds filling tables at start-up. What Maglev needs
+/// is `M` prime and `M >= 100 x backends` (each backend then owns
+/// `floor(M/N)` or `ceil(M/N)` slots, under 1% apart, and removing one of
+/// `N` moves little more than the unavoidable `1/N`); that holds here.
+///
+/// Why a ladder rather than the smallest prime `>= 100 x backends`: a table
+/// of another size is a different permutation, and every slot can change
+/// owner, so with `M` tracking the backend count every scale-up or -down
+/// would re-pick every client that has no affinity entry on this node (a
+/// client moved by ECMP to another limpet of the tier, or whose entry
+/// expired): Maglev's minimal disruption only holds while `M` stays put. On
+/// the ladder `M` changes only when `100 x backends` crosses a power of two,
+/// i.e. at most once per doubling of the backend count (by default on
+/// reaching 11, 21, 41, 83, 165, 328 and 656 backends), at the price of up to twice the
+/// memory of the tightest size. A service with 656 to 1310 backends gets
+/// 131101 where the dataplane's own default (`table_size_for`) would give
+/// the first prime above `100 x backends`.
+///
+/// `M` depends only on the endpoint count the API reports and on
+/// `min_size`, so every limpet instance with the same `min_size` picks the
+/// same `M` for the same endpoint set (backends left out of a snapshot
+/// while their MAC address resolves do not change it). Setting `min_size`
+/// to 65537 gives DESIGN's default for up to 655 backends.
+pub fn maglev_size(backends: usize, min_size: usize) -> usize {
+    let target = backends.saturating_mul(100).max(min_size);
+    MAGLEV_LADDER
+        .iter()
+        .copied()
+        .find(|&m| m >= target)
+        .unwrap_or_else(|| {
+            limpet_dataplane::maglev::next_prime_at_least(target as u64)
+                .map_or(usize::MAX, |p| p as usize)
+        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -938,6 +997,7 @@ pub fn translate(
                         .copied()
                         .filter(|a| frontends.iter().any(|f| f.addr == *a))
                         .collect();
+                    let backends = backends(set, ids);
                     pending.push(Pending {
                         spec: ServicePortSpec {
                             id: ids.service_port(&name),
@@ -946,8 +1006,8 @@ pub fn translate(
                             affinity: svc.affinity,
                             mode: ctx.mode,
                             frontends: Vec::new(),
-                            backends: backends(set, ids),
-                            maglev_size: None,
+                            maglev_size: Some(maglev_size(backends.len(), ctx.maglev_min_size)),
+                            backends,
                         },
                         info: SpecInfo {
                             namespace: svc.namespace.clone(),
@@ -1017,5 +1077,55 @@ fn socket(addr: IpAddr, port: u16) -> String {
     match addr {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limpet_dataplane::maglev::{is_prime, next_prime_at_least};
+
+    #[test]
+    fn the_ladder_is_the_smallest_prime_above_each_power_of_two() {
+        for (k, &m) in MAGLEV_LADDER.iter().enumerate() {
+            assert_eq!(
+                next_prime_at_least((1u64 << k) + 1),
+                Some(m as u64),
+                "2^{k}"
+            );
+        }
+        assert!(MAGLEV_LADDER.contains(&limpet_dataplane::maglev::DEFAULT_TABLE_SIZE));
+        assert!(*MAGLEV_LADDER.last().unwrap() >= 100 * limpet_dataplane::maglev::MAX_BACKENDS);
+    }
+
+    #[test]
+    fn maglev_sizes_are_prime_at_least_100_per_backend_and_step_on_doublings() {
+        let min = DEFAULT_MAGLEV_MIN_SIZE;
+        assert_eq!(maglev_size(0, min), 1031);
+        assert_eq!(maglev_size(10, min), 1031);
+        assert_eq!(maglev_size(11, min), 2053);
+        assert_eq!(maglev_size(82, min), 8209);
+        assert_eq!(maglev_size(83, min), 16411);
+        assert_eq!(maglev_size(100, min), 16411);
+        assert_eq!(maglev_size(99, min), 16411, "removing 1 of 100 keeps M");
+        assert_eq!(maglev_size(655, min), 65537);
+        assert_eq!(maglev_size(656, min), 131_101);
+        assert_eq!(maglev_size(65535, min), 8_388_617);
+        // 65537 for up to 655 backends: DESIGN's default.
+        assert_eq!(maglev_size(1, 65537), 65537);
+        assert_eq!(maglev_size(655, 65537), 65537);
+        // Any minimum is rounded up to the ladder; beyond it, to a prime.
+        assert_eq!(maglev_size(1, 1000), 1031);
+        assert_eq!(maglev_size(1, 1), 131);
+        assert_eq!(maglev_size(1, 10_000_000), 10_000_019);
+        let mut switches = Vec::new();
+        for n in 1..=1000 {
+            let m = maglev_size(n, min);
+            assert!(is_prime(m as u64) && m >= 100 * n && m >= min, "{n} -> {m}");
+            if n > 1 && m != maglev_size(n - 1, min) {
+                switches.push(n);
+            }
+        }
+        assert_eq!(switches, [11, 21, 41, 83, 165, 328, 656]);
     }
 }

@@ -21,6 +21,7 @@ fn ctx() -> TranslateContext {
         node_name: Some("node-a".to_owned()),
         node_addresses: vec![ip("198.51.100.1"), ip("2001:db8:1::1")],
         mode: ForwardMode::Nat,
+        ..TranslateContext::default()
     }
 }
 

@@ -116,6 +116,19 @@ struct RunArgs {
     /// the entry closest to expiry is evicted and counted.
     #[arg(long, default_value_t = 1 << 20)]
     affinity_capacity: usize,
+    /// The smallest Maglev table of a service port, in entries (2 bytes
+    /// each). A service port with N endpoints gets the smallest prime above
+    /// a power of two that is at least max(100 x N, this), so its table
+    /// changes size only when N doubles. 65537 gives every service port of
+    /// up to 655 endpoints Maglev's classic table (128 KiB each). Every
+    /// limpet serving the same clients must use the same value.
+    #[arg(
+        long,
+        value_name = "ENTRIES",
+        default_value_t = limpet_control::translate::DEFAULT_MAGLEV_MIN_SIZE as u32,
+        value_parser = clap::value_parser!(u32).range(1..=8_388_617),
+    )]
+    maglev_min_size: u32,
     /// What workers do when there is no traffic.
     #[arg(long, value_enum, default_value_t = Idle::Spin)]
     idle: Idle,
@@ -225,18 +238,17 @@ fn run(args: RunArgs) -> Result<(), String> {
         Forward::Dsr => ForwardMode::Dsr,
     };
     let source = match args.config {
-        Some(path) => Source::Manifests(limpet_control::config::ConfigSource::new(
-            path,
-            mode,
-            node_name,
-            args.node_addresses,
-        )),
+        Some(path) => Source::Manifests(
+            limpet_control::config::ConfigSource::new(path, mode, node_name, args.node_addresses)
+                .with_maglev_min_size(args.maglev_min_size as usize),
+        ),
         None => Source::Kubernetes(limpet_control::kube_source::KubeOptions::new(
             args.kubeconfig,
             limpet_control::translate::TranslateContext {
                 node_name: Some(node_name),
                 node_addresses: args.node_addresses,
                 mode,
+                maglev_min_size: args.maglev_min_size as usize,
             },
         )),
     };
