@@ -1,0 +1,271 @@
+//! The deployment files under `deploy/` parse as the Kubernetes objects they
+//! claim to be (k8s-openapi's own types, every field known), and say what
+//! the documentation says: least-privilege RBAC, no privileged container,
+//! readiness on the admin API.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn deploy(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(rel)
+}
+
+/// Every document of a YAML file, as JSON values.
+fn documents(rel: &str) -> Vec<Value> {
+    let path = deploy(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Drops nulls and empty objects, which serializing a typed object may add
+/// or leave out.
+fn normalize(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), normalize(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Decodes a document as `T` and checks that nothing was lost on the way:
+/// k8s-openapi ignores unknown fields, so a misspelt one (`readinesProbe`)
+/// would otherwise pass unnoticed.
+fn typed<T: DeserializeOwned + serde::Serialize>(doc: &Value) -> T {
+    let object: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{e}: {}", serde_json::to_string_pretty(doc).unwrap()));
+    let back = serde_json::to_value(&object).unwrap();
+    assert_eq!(
+        normalize(&back),
+        normalize(doc),
+        "fields lost decoding {}",
+        doc["kind"]
+    );
+    object
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().expect("every document has a kind")
+}
+
+struct Rbac {
+    account: ServiceAccount,
+    role: ClusterRole,
+    binding: ClusterRoleBinding,
+}
+
+fn rbac() -> Rbac {
+    let docs = documents("kubernetes/rbac.yaml");
+    let kinds: Vec<&str> = docs.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    );
+    Rbac {
+        account: typed(&docs[0]),
+        role: typed(&docs[1]),
+        binding: typed(&docs[2]),
+    }
+}
+
+fn daemonset() -> (ConfigMap, DaemonSet) {
+    let docs = documents("kubernetes/daemonset.yaml");
+    let kinds: Vec<&str> = docs.iter().map(kind).collect();
+    assert_eq!(kinds, ["ConfigMap", "DaemonSet"]);
+    (typed(&docs[0]), typed(&docs[1]))
+}
+
+#[test]
+fn cluster_role_only_lists_and_watches_services_and_slices_and_gets_nodes() {
+    let Rbac { role, .. } = rbac();
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.as_deref().unwrap_or_default() {
+        assert!(rule.resource_names.is_none(), "{rule:?}");
+        assert!(rule.non_resource_urls.is_none(), "{rule:?}");
+        for group in rule.api_groups.as_deref().unwrap_or_default() {
+            for resource in rule.resources.as_deref().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert((group.as_str(), resource.as_str(), verb.as_str()));
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<(&str, &str, &str)> = [
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+        ("", "nodes", "get"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(granted, expected);
+    assert!(role.aggregation_rule.is_none());
+}
+
+#[test]
+fn the_binding_gives_the_role_to_the_daemonsets_account() {
+    let Rbac {
+        account,
+        role,
+        binding,
+    } = rbac();
+    let (_, ds) = daemonset();
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(
+        binding.role_ref.api_group.as_deref(),
+        Some("rbac.authorization.k8s.io")
+    );
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let subjects = binding.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), account.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, account.metadata.namespace);
+    let pod = ds.spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name, account.metadata.name);
+    assert_eq!(ds.metadata.namespace, account.metadata.namespace);
+}
+
+#[test]
+fn the_daemonset_runs_limpet_on_the_host_network_unprivileged() {
+    let (nodes, ds) = daemonset();
+    let spec = ds.spec;
+    let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref();
+    for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
+        assert_eq!(labels.and_then(|l| l.get(k)), Some(v), "selector {k}");
+    }
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+
+    // The command line: limpet run on $IFACE as this node, API source.
+    let line = [c.command.clone(), c.args.clone()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for part in [
+        "limpet run",
+        "--io \"afpacket:${IFACE}\"",
+        "--node-name \"${NODE_NAME}\"",
+        "--admin 127.0.0.1:9901",
+        "/etc/limpet/nodes/${NODE_NAME}",
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line:?}");
+    }
+    assert!(!line.contains("--config") && !line.contains("--kubeconfig"));
+    let env = c.env.as_deref().unwrap_or_default();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert!(env.iter().any(|e| e.name == "IFACE" && e.value.is_some()));
+    let mount = c.volume_mounts.as_deref().unwrap_or_default();
+    assert!(mount.iter().any(|m| m.mount_path == "/etc/limpet/nodes"));
+    let volumes = pod.volumes.as_deref().unwrap_or_default();
+    let cm = volumes
+        .iter()
+        .find_map(|v| v.config_map.as_ref())
+        .expect("the per-node ConfigMap is mounted");
+    assert_eq!(cm.name, nodes.metadata.name.clone().unwrap());
+    for (node, flags) in nodes.data.as_ref().unwrap() {
+        assert!(flags.contains("--address "), "{node}: {flags}");
+    }
+
+    // Capabilities instead of privileged.
+    let sc = c.security_context.as_ref().unwrap();
+    assert_ne!(sc.privileged, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    let mut added = caps.add.clone().unwrap();
+    added.sort();
+    assert_eq!(added, ["IPC_LOCK", "NET_ADMIN", "NET_RAW"]);
+
+    // Ready when the admin API on the host's loopback says so.
+    let probe = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/readyz"));
+    assert_eq!(probe.host.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9901)
+    );
+}
+
+#[test]
+fn the_systemd_unit_keeps_af_packet_and_only_its_capabilities() {
+    let path = deploy("systemd/limpet.service");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Continuation lines joined, comments dropped.
+    let joined = text.replace("\\\n", " ");
+    let settings: Vec<(&str, &str)> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .map(|l| {
+            l.split_once('=')
+                .unwrap_or_else(|| panic!("not a setting: {l}"))
+        })
+        .collect();
+    let get = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let exec = get("ExecStart");
+    assert_eq!(exec.len(), 1);
+    let exec: Vec<&str> = exec[0].split_whitespace().collect();
+    assert_eq!(&exec[..2], ["/usr/local/bin/limpet", "run"]);
+    let arg = |flag: &str| exec.iter().position(|a| *a == flag).map(|i| exec[i + 1]);
+    assert_eq!(arg("--config"), Some("/etc/limpet/manifests"));
+    assert_eq!(arg("--io"), Some("afpacket:${LIMPET_IFACE}"));
+    let caps: BTreeSet<&str> = get("AmbientCapabilities")
+        .iter()
+        .flat_map(|v| v.split_whitespace())
+        .collect();
+    assert_eq!(
+        caps,
+        BTreeSet::from(["CAP_IPC_LOCK", "CAP_NET_ADMIN", "CAP_NET_RAW"])
+    );
+    assert_eq!(get("CapabilityBoundingSet"), get("AmbientCapabilities"));
+    assert_eq!(get("NoNewPrivileges"), ["yes"]);
+    let families = get("RestrictAddressFamilies");
+    assert!(
+        families
+            .iter()
+            .any(|f| f.split_whitespace().any(|a| a == "AF_PACKET"))
+    );
+    // The interface is in the host's network namespace.
+    assert!(get("PrivateNetwork").iter().all(|v| *v == "no"));
+    assert!(
+        get("User").is_empty(),
+        "root would not need ambient capabilities"
+    );
+}
