@@ -39,6 +39,11 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked
+echo "== DPDK backend (libdpdk-dev; --no-huge --no-pci, virtual devices)"
+scripts/dpdk-setup
+cargo clippy -p limpet-dataplane --features dpdk --all-targets --locked -- -D warnings
+cargo test -p limpet-dpdk-sys --locked
+cargo test -p limpet-dataplane --features dpdk --test dpdk --locked
 if [ -f bench/src/main.rs ] && grep -q -- '--quick' bench/src/main.rs; then
     echo "== benchmark smoke run (figures only, not asserted)"
     cargo run --release --locked -p limpet-bench -- --quick

@@ -52,14 +52,22 @@ pub enum Source {
     Kubernetes(KubeOptions),
 }
 
+/// One interface limpet drives, with the addresses it owns there and the
+/// next hop for backends on none of their subnets.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub iface: String,
+    pub addresses: Vec<InterfaceAddr>,
+    pub gateway: Option<IpAddr>,
+}
+
 /// Everything `limpet run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub source: Source,
-    pub interfaces: Vec<String>,
+    /// The interfaces limpet drives, in port order.
+    pub links: Vec<Link>,
     pub workers: usize,
-    pub addresses: Vec<InterfaceAddr>,
-    pub gateways: Vec<IpAddr>,
     pub mac: Option<MacAddr>,
     pub admin: SocketAddr,
     pub worker: WorkerConfig,
@@ -78,8 +86,8 @@ pub enum RunError {
         #[source]
         source: limpet_dataplane::io::afpacket::AfPacketError,
     },
-    #[error("only one interface is supported so far (one-armed); got {0:?}")]
-    Interfaces(Vec<String>),
+    #[error("--io names no interface")]
+    NoInterface,
     #[error("building worker tables: {0}")]
     Tables(#[from] limpet_dataplane::table::TableError),
     #[error("compiling the service snapshot: {0}")]
@@ -94,14 +102,16 @@ struct L2Update {
     wanted: Vec<IpAddr>,
 }
 
-/// What the neighbour thread reports: each wanted backend address and its
-/// MAC if resolved, and its counters.
+/// What a link's neighbour thread reports: each wanted backend address
+/// and its MAC if resolved on that link, and its counters.
 struct L2Report {
+    link: usize,
     resolved: HashMap<IpAddr, Option<MacAddr>>,
     counters: NeighbourCounters,
 }
 
 fn spawn_neighbour_thread(
+    link: usize,
     socket: RawSocket,
     mut neighbours: Neighbours,
     updates: Receiver<L2Update>,
@@ -109,7 +119,7 @@ fn spawn_neighbour_thread(
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
-        .name("limpet-l2".into())
+        .name(format!("limpet-l2-{link}"))
         .spawn(move || {
             let start = Instant::now();
             let mut frame = vec![0u8; 2048];
@@ -153,6 +163,7 @@ fn spawn_neighbour_thread(
                         .map(|ip| (*ip, neighbours.lookup(*ip)))
                         .collect();
                     let _ = reports.try_send(L2Report {
+                        link,
                         resolved,
                         counters: neighbours.counters(),
                     });
@@ -193,20 +204,36 @@ fn spawn_worker(
         .expect("spawning a worker thread")
 }
 
-/// Fills in each backend's MAC from the neighbour table and leaves out
-/// backends not resolved yet (nothing can be sent to them).
+/// Where each backend is reached: its MAC and the link (port) it resolved
+/// on, the first link that knows it.
+fn next_hops(resolved: &[HashMap<IpAddr, Option<MacAddr>>]) -> HashMap<IpAddr, (MacAddr, u16)> {
+    let mut hops = HashMap::new();
+    for (link, map) in resolved.iter().enumerate() {
+        for (ip, mac) in map {
+            if let Some(mac) = mac {
+                hops.entry(*ip).or_insert((*mac, link as u16));
+            }
+        }
+    }
+    hops
+}
+
+/// Fills in each backend's MAC and port from the neighbour tables and
+/// leaves out backends not resolved yet (nothing can be sent to them).
 fn with_macs(
     specs: &[ServicePortSpec],
-    resolved: &HashMap<IpAddr, Option<MacAddr>>,
+    resolved: &[HashMap<IpAddr, Option<MacAddr>>],
 ) -> (Vec<ServicePortSpec>, usize) {
+    let hops = next_hops(resolved);
     let mut unresolved = 0;
     let specs = specs
         .iter()
         .map(|spec| {
             let mut spec = spec.clone();
             spec.backends.retain_mut(|b| {
-                if let Some(mac) = resolved.get(&b.addr).copied().flatten() {
+                if let Some(&(mac, iface)) = hops.get(&b.addr) {
                     b.mac = mac;
+                    b.iface = iface;
                     true
                 } else {
                     unresolved += 1;
@@ -223,30 +250,68 @@ fn with_macs(
 struct Control {
     shared: Arc<Shared>,
     publish: Vec<Sender<Arc<Snapshot>>>,
-    l2: Sender<L2Update>,
+    /// Per link: the neighbour thread, and the addresses limpet owns there.
+    l2: Vec<(Sender<L2Update>, Vec<InterfaceAddr>)>,
     specs: Vec<ServicePortSpec>,
-    resolved: HashMap<IpAddr, Option<MacAddr>>,
+    /// Per link: what its neighbour thread resolved.
+    resolved: Vec<HashMap<IpAddr, Option<MacAddr>>>,
     compiler: SnapshotCompiler,
 }
 
 impl Control {
-    /// Tells the neighbour thread what to answer for and what to resolve.
-    fn update_l2(&self, addresses: &[InterfaceAddr]) {
-        let served: HashSet<IpAddr> = self
+    /// Tells each link's neighbour thread what to answer for (the service
+    /// addresses and its own) and what to resolve (every backend: each
+    /// thread keeps those on its subnets or behind its gateway).
+    fn update_l2(&self) {
+        let vips: HashSet<IpAddr> = self
             .specs
             .iter()
             .flat_map(|s| s.frontends.iter().map(|(a, _)| *a))
-            .chain(addresses.iter().map(|a| a.addr))
             .collect();
-        let wanted: HashSet<IpAddr> = self
+        let wanted: Vec<IpAddr> = self
             .specs
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.addr))
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
-        let _ = self.l2.send(L2Update {
-            served: served.into_iter().collect(),
-            wanted: wanted.into_iter().collect(),
-        });
+        for (tx, addresses) in &self.l2 {
+            let served = vips
+                .iter()
+                .copied()
+                .chain(addresses.iter().map(|a| a.addr))
+                .collect();
+            let _ = tx.send(L2Update {
+                served,
+                wanted: wanted.clone(),
+            });
+        }
+    }
+
+    /// Whether every backend has resolved on some link.
+    fn all_resolved(&self) -> bool {
+        let hops = next_hops(&self.resolved);
+        self.specs
+            .iter()
+            .flat_map(|s| &s.backends)
+            .all(|b| hops.contains_key(&b.addr))
+    }
+
+    /// Takes one link's neighbour report; true if resolutions changed.
+    fn take_report(&mut self, r: L2Report) -> bool {
+        let Some(slot) = self.resolved.get_mut(r.link) else {
+            return false;
+        };
+        let changed = *slot != r.resolved;
+        *slot = r.resolved;
+        let mut state = self.shared.lock();
+        state.neighbour_counters = r.counters;
+        state.neighbours = self
+            .resolved
+            .iter()
+            .flat_map(|m| m.iter().map(|(a, m)| (*a, *m)))
+            .collect();
+        changed
     }
 
     /// Compiles and publishes a snapshot of the current specs and MACs.
@@ -304,13 +369,13 @@ struct Workers {
 /// empty snapshot.
 fn start_workers(
     opts: &RunOptions,
-    iface: &str,
     mac: MacAddr,
     stop: &Arc<AtomicBool>,
 ) -> Result<Workers, RunError> {
+    let ifaces: Vec<&str> = opts.links.iter().map(|l| l.iface.as_str()).collect();
     let mut worker_config = opts.worker.clone();
     worker_config.mac = mac;
-    // Several workers share the interface in a fanout group steered by
+    // Several workers share each interface in a fanout group steered by
     // client address: a connection's packets and its replies (which come
     // back from the backend) then reach the same worker, which holds the
     // connection's reverse translation. Each snapshot swap re-installs the
@@ -322,14 +387,14 @@ fn start_workers(
     let mut ios = Vec::with_capacity(opts.workers);
     for _ in 0..opts.workers {
         let io = AfPacketIo::open(
-            &[iface],
+            &ifaces,
             &AfPacketOptions {
                 fanout,
                 ..AfPacketOptions::default()
             },
         )
         .map_err(|source| RunError::Io {
-            iface: iface.to_string(),
+            iface: ifaces.join(","),
             source,
         })?;
         ios.push(io);
@@ -384,10 +449,9 @@ enum Live {
 
 /// Runs limpet until SIGINT or SIGTERM.
 pub fn run(opts: &RunOptions) -> Result<(), RunError> {
-    if opts.interfaces.len() != 1 {
-        return Err(RunError::Interfaces(opts.interfaces.clone()));
+    if opts.links.is_empty() {
+        return Err(RunError::NoInterface);
     }
-    let iface = opts.interfaces[0].clone();
     // A manifest configuration that does not load is fatal at start-up.
     // The Kubernetes source starts empty and publishes nothing until both
     // initial lists are complete, as kube-proxy waits for sync.
@@ -401,48 +465,53 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         Source::Kubernetes(kube) => (Live::Kubernetes(KubeSource::spawn(kube.clone())?), None),
     };
 
-    let raw = RawSocket::open_neighbour(&iface).map_err(|source| RunError::Io {
-        iface: iface.clone(),
-        source,
-    })?;
-    let mac = opts.mac.unwrap_or_else(|| raw.mac());
+    let mut sockets = Vec::with_capacity(opts.links.len());
+    for link in &opts.links {
+        let raw = RawSocket::open_neighbour(&link.iface).map_err(|source| RunError::Io {
+            iface: link.iface.clone(),
+            source,
+        })?;
+        sockets.push(raw);
+    }
+    // limpet sends from one MAC on every port: the first interface's,
+    // unless --mac says otherwise.
+    let mac = opts.mac.unwrap_or_else(|| sockets[0].mac());
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = start_workers(opts, &iface, mac, &stop)?;
+    let workers = start_workers(opts, mac, &stop)?;
     let mut handles = workers.handles;
 
     let shared = Arc::new(Shared::new(workers.commands));
-    let (l2_tx, l2_rx) = unbounded();
-    let (report_tx, report_rx) = bounded(16);
-    let neighbours = Neighbours::new(mac, opts.addresses.clone(), opts.gateways.first().copied());
-    handles.push(spawn_neighbour_thread(
-        raw,
-        neighbours,
-        l2_rx,
-        report_tx,
-        Arc::clone(&stop),
-    ));
+    let (report_tx, report_rx) = bounded(64);
+    let mut l2 = Vec::with_capacity(opts.links.len());
+    for (i, (link, raw)) in opts.links.iter().zip(sockets).enumerate() {
+        let (tx, rx) = unbounded();
+        let neighbours = Neighbours::new(mac, link.addresses.clone(), link.gateway);
+        handles.push(spawn_neighbour_thread(
+            i,
+            raw,
+            neighbours,
+            rx,
+            report_tx.clone(),
+            Arc::clone(&stop),
+        ));
+        l2.push((tx, link.addresses.clone()));
+    }
     start_admin(opts.admin, &shared)?;
 
     let mut control = Control {
         shared: Arc::clone(&shared),
         publish: workers.publish,
-        l2: l2_tx,
+        resolved: vec![HashMap::new(); l2.len()],
+        l2,
         specs: Vec::new(),
-        resolved: HashMap::new(),
         compiler: SnapshotCompiler::new(),
     };
     if let Some(specs) = specs {
-        control.adopt(specs, &opts.addresses);
+        control.adopt(specs);
         control.first_publish(&report_rx)?;
     }
 
-    let result = control_loop(
-        &mut control,
-        &mut live,
-        &opts.addresses,
-        &report_rx,
-        &workers.retired,
-    );
+    let result = control_loop(&mut control, &mut live, &report_rx, &workers.retired);
     info!("stopping");
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -453,10 +522,10 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
 
 impl Control {
     /// Takes a new set of service ports as the configuration.
-    fn adopt(&mut self, specs: Vec<ServicePortSpec>, addresses: &[InterfaceAddr]) {
+    fn adopt(&mut self, specs: Vec<ServicePortSpec>) {
         self.specs = specs;
         record_backends(&self.shared, &self.specs);
-        self.update_l2(addresses);
+        self.update_l2();
         let mut state = self.shared.lock();
         state.reload.loads_ok += 1;
         state.reload.last_error = None;
@@ -466,13 +535,9 @@ impl Control {
     /// resolve so it has them.
     fn first_publish(&mut self, reports: &Receiver<L2Report>) -> Result<(), RunError> {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !self.all_resolved() {
             if let Ok(r) = reports.recv_timeout(Duration::from_millis(100)) {
-                let done = r.resolved.values().all(Option::is_some);
-                self.resolved = r.resolved;
-                if done {
-                    break;
-                }
+                self.take_report(r);
             }
         }
         self.publish()
@@ -481,12 +546,7 @@ impl Control {
     /// Serves what the Kubernetes API says: invalid objects are logged and
     /// left out, the rest is published (a watcher cannot refuse the
     /// cluster's state as a whole, unlike a manifest reload).
-    fn kube_update(
-        &mut self,
-        update: KubeUpdate,
-        addresses: &[InterfaceAddr],
-        reports: &Receiver<L2Report>,
-    ) {
+    fn kube_update(&mut self, update: KubeUpdate, reports: &Receiver<L2Report>) {
         let first = matches!(update, KubeUpdate::Synced(_));
         let Translation { specs, errors, .. } = update.into_translation();
         for e in &errors {
@@ -499,7 +559,7 @@ impl Control {
                 state.reload.loads_failed += 1;
             }
         }
-        self.adopt(specs, addresses);
+        self.adopt(specs);
         let published = if first {
             info!("Kubernetes API: initial lists complete");
             self.first_publish(reports)
@@ -517,7 +577,6 @@ impl Control {
 fn control_loop(
     control: &mut Control,
     live: &mut Live,
-    addresses: &[InterfaceAddr],
     reports: &Receiver<L2Report>,
     retired: &Receiver<Arc<Snapshot>>,
 ) -> Result<(), RunError> {
@@ -539,30 +598,24 @@ fn control_loop(
         select! {
             recv(reload) -> _ => pending_reload = Some(Instant::now()),
             recv(kube_updates) -> u => if let Ok(u) = u {
-                control.kube_update(u, addresses, reports);
+                control.kube_update(u, reports);
             },
             recv(signals) -> sig => match sig {
                 Ok(Signal::Reload) => {
                     if let Live::Manifests(source) = live {
                         info!("SIGHUP: reloading configuration");
                         // Reload at once: no editor is mid-write.
-                        reload_config(control, source, addresses);
+                        reload_config(control, source);
                     }
                 }
                 Ok(Signal::Stop) | Err(_) => return Ok(()),
             },
-            recv(reports) -> r => if let Ok(r) = r {
-                {
-                    let mut state = control.shared.lock();
-                    state.neighbour_counters = r.counters;
-                    state.neighbours = r.resolved.iter().map(|(a, m)| (*a, *m)).collect();
-                }
-                if r.resolved != control.resolved && control.compiler.generation() > 0 {
-                    control.resolved = r.resolved;
-                    if let Err(e) = control.publish() {
-                        error!("snapshot not published: {e}");
-                    }
-                }
+            recv(reports) -> r => if let Ok(r) = r
+                && control.take_report(r)
+                && control.compiler.generation() > 0
+                && let Err(e) = control.publish()
+            {
+                error!("snapshot not published: {e}");
             },
             recv(retired) -> old => drop(old),
             recv(ticker) -> _ => {}
@@ -577,16 +630,16 @@ fn control_loop(
             && pending_reload.is_some_and(|t| t.elapsed() >= Duration::from_millis(200))
         {
             pending_reload = None;
-            reload_config(control, source, addresses);
+            reload_config(control, source);
         }
     }
 }
 
 /// Loads the configuration again; a refused one leaves the running one.
-fn reload_config(control: &mut Control, source: &mut ConfigSource, addresses: &[InterfaceAddr]) {
+fn reload_config(control: &mut Control, source: &mut ConfigSource) {
     match source.load() {
         Ok(specs) => {
-            control.adopt(specs, addresses);
+            control.adopt(specs);
             if let Err(e) = control.publish() {
                 error!("snapshot not published: {e}");
             }

@@ -53,11 +53,13 @@ struct Testbed;
 
 impl Testbed {
     fn up(backends: usize) -> Self {
-        sh(Command::new(repo().join("scripts/testbed")).args([
-            "up",
-            "--backends",
-            &backends.to_string(),
-        ]));
+        Self::up_with(backends, &[])
+    }
+
+    fn up_with(backends: usize, extra: &[&str]) -> Self {
+        sh(Command::new(repo().join("scripts/testbed"))
+            .args(["up", "--backends", &backends.to_string()])
+            .args(extra));
         Testbed
     }
 
@@ -179,26 +181,31 @@ struct Limpet {
 
 impl Limpet {
     fn start(config: &Config, forward: &str, workers: u16) -> Self {
-        let log = config.dir.with_extension("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", "lp-lb", LIMPET, "run", "--config"])
-            .arg(&config.dir)
-            .args([
+        let workers = workers.to_string();
+        Self::start_with(
+            config,
+            &[
                 "--io",
                 "afpacket:lb0",
                 "--address",
                 "203.0.113.1/24",
                 "--address",
                 "2001:db8:be::1/64",
-            ])
-            .args([
                 "--forward",
                 forward,
                 "--workers",
-                &workers.to_string(),
-                "--idle",
-                "wait",
-            ])
+                &workers,
+            ],
+        )
+    }
+
+    fn start_with(config: &Config, args: &[&str]) -> Self {
+        let log = config.dir.with_extension("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", "lp-lb", LIMPET, "run", "--config"])
+            .arg(&config.dir)
+            .args(args)
+            .args(["--idle", "wait"])
             .args(["--flow-capacity", "65536", "--affinity-capacity", "65536"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -362,6 +369,7 @@ fn none_spreads(vip: &str, first: &str) {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one story, in order, on one testbed
 fn session_affinity_end_to_end() {
     must_be_root();
     let testbed = Testbed::up(4);
@@ -371,7 +379,7 @@ fn session_affinity_end_to_end() {
 
     // --- nat, IPv4 and IPv6 ---
     let limpet = Limpet::start(&config, "nat", 1);
-    let before = clientip_sticks(VIP4, "198.18.0.10", 200);
+    clientip_sticks(VIP4, "198.18.0.10", 200);
     clientip_sticks(VIP6, "2001:db8:c1::10", 50);
     let listed = limpet.affinity();
     assert!(
@@ -395,6 +403,8 @@ fn session_affinity_end_to_end() {
     config.write(&manifest(Some(10800), &three));
     limpet.wait_published(n);
     http(VIP4, "198.18.1.20", 20, 16).sticky();
+    // Turning affinity off dropped every entry; pin the clients again.
+    let before = http(VIP4, "198.18.0.10", 200, 4).sticky();
 
     // --- endpoint removed: only its clients move ---
     let removed = "lp-be2";
@@ -477,9 +487,27 @@ fn session_affinity_end_to_end() {
 
     // --- two workers: replies find their translation whichever worker holds it ---
     config.write(&manifest(Some(10800), &three));
-    let _limpet = Limpet::start(&config, "nat", 2);
+    let limpet = Limpet::start(&config, "nat", 2);
     clientip_sticks(VIP4, "198.18.3.10", 100);
     clientip_sticks(VIP6, "2001:db8:c1::300", 30);
+    drop(limpet);
+    drop(testbed);
+
+    // --- two-armed: clients on lb0, backends behind lb1 ---
+    let _testbed = Testbed::up_with(3, &["--two-armed"]);
+    let _limpet = Limpet::start_with(
+        &config,
+        &[
+            "--io",
+            "afpacket:lb0,lb1",
+            "--address",
+            "lb1=203.0.113.1/24",
+            "--address",
+            "lb1=2001:db8:be::1/64",
+        ],
+    );
+    clientip_sticks(VIP4, "198.18.0.10", 100);
+    clientip_sticks(VIP6, "2001:db8:c1::10", 30);
 }
 
 /// timeoutSeconds 3: the entry shows, then is gone after 3 s idle; a client

@@ -31,7 +31,7 @@ use crate::flow::{Direction, Flow, FlowKey, FlowState, FlowTable, FlowTimeouts};
 use crate::hash::stable_hash;
 use crate::io::{BURST, PacketBuf, PacketIo};
 use crate::nat::{End, IpRewrite, rewrite};
-use crate::snapshot::{Affinity, ForwardMode, ServicePort, Snapshot};
+use crate::snapshot::{Affinity, Backend, ForwardMode, ServicePort, Snapshot};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::TableError;
 use crate::wire::tcp::flags::{ACK, SYN};
@@ -803,10 +803,9 @@ struct Ctx<'a> {
     stats: &'a mut WorkerStats,
 }
 
-/// Decides one parsed packet and rewrites it in place.
+/// Decides one parsed packet and rewrites it in place. `port` holds the
+/// port the packet arrived on, and is set to the port it is to leave by.
 #[inline]
-/// `port` holds the port the packet arrived on, and is set to the port it
-/// is to leave by.
 fn handle<A: IpRewrite>(
     ctx: Ctx<'_>,
     tables: &mut Tables<A>,
@@ -852,44 +851,15 @@ fn handle<A: IpRewrite>(
             v6_prefix,
         } => {
             let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
-            let ahash = AffinityTable::hash(&akey);
-            let picked = || svc.pick(stable_hash(&akey.client.octets16()[..A::LEN]));
-            match tables.affinity.lookup(ahash, &akey, timeout, now) {
-                Sticky::Live { idx, backend } => {
-                    if let Some(b) = svc.usable(backend) {
-                        stats.affinity_hits += 1;
-                        tables.affinity.refresh(idx, now);
-                        Some(b)
-                    } else {
-                        // Its backend left the usable set: never honoured,
-                        // never refreshed; the client is picked afresh.
-                        stats.affinity_stale += 1;
-                        let b = picked();
-                        if let Some(b) = b {
-                            tables.affinity.repoint(idx, b.id, now);
-                        }
-                        b
-                    }
-                }
-                Sticky::Expired { idx } => {
-                    stats.affinity_expired += 1;
-                    let b = picked();
-                    if let Some(b) = b {
-                        tables.affinity.repoint(idx, b.id, now);
-                    }
-                    b
-                }
-                Sticky::Missing => {
-                    stats.affinity_misses += 1;
-                    let b = picked();
-                    if let Some(b) = b {
-                        tables
-                            .affinity
-                            .insert(akey, b.id, timeout, now, |id| snapshot.affinity_timeout(id));
-                    }
-                    b
-                }
-            }
+            sticky_backend(
+                snapshot,
+                svc,
+                &mut tables.affinity,
+                akey,
+                timeout,
+                now,
+                stats,
+            )
         }
     };
     let Some(backend) = backend else {
@@ -922,6 +892,57 @@ fn handle<A: IpRewrite>(
     stats.new_flows += 1;
     *port = send(frame, meta, &flow, Direction::Forward, mac);
     Action::Forward
+}
+
+/// `ClientIP`: the client's live sticky backend if it is still usable
+/// (refreshed), else Maglev's pick over the masked client address, written
+/// to the client's entry.
+#[inline(always)]
+fn sticky_backend<'s, A: Family>(
+    snapshot: &Snapshot,
+    svc: &'s ServicePort,
+    table: &mut AffinityTable<A>,
+    akey: AffinityKey<A>,
+    timeout: u32,
+    now: u32,
+    stats: &mut WorkerStats,
+) -> Option<&'s Backend> {
+    let ahash = AffinityTable::hash(&akey);
+    let picked = || svc.pick(stable_hash(&akey.client.octets16()[..A::LEN]));
+    match table.lookup(ahash, &akey, timeout, now) {
+        Sticky::Live { idx, backend } => {
+            if let Some(b) = svc.usable(backend) {
+                stats.affinity_hits += 1;
+                table.refresh(idx, now);
+                Some(b)
+            } else {
+                // Its backend left the usable set: never honoured,
+                // never refreshed; the client is picked afresh.
+                stats.affinity_stale += 1;
+                let b = picked();
+                if let Some(b) = b {
+                    table.repoint(idx, b.id, now);
+                }
+                b
+            }
+        }
+        Sticky::Expired { idx } => {
+            stats.affinity_expired += 1;
+            let b = picked();
+            if let Some(b) = b {
+                table.repoint(idx, b.id, now);
+            }
+            b
+        }
+        Sticky::Missing => {
+            stats.affinity_misses += 1;
+            let b = picked();
+            if let Some(b) = b {
+                table.insert(akey, b.id, timeout, now, |id| snapshot.affinity_timeout(id));
+            }
+            b
+        }
+    }
 }
 
 /// The service port a packet is for: as stage 2 found it, or looked up now.

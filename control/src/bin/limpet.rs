@@ -3,8 +3,9 @@
 #![allow(clippy::doc_markdown)]
 
 use clap::{Args, Parser, Subcommand};
-use limpet_control::run::{Idle, RunOptions, Source, parse_interface_addr, parse_io};
+use limpet_control::run::{Idle, Link, RunOptions, Source, parse_interface_addr, parse_io};
 use limpet_dataplane::flow::FlowTimeouts;
+use limpet_dataplane::neighbour::InterfaceAddr;
 use limpet_dataplane::pipeline::WorkerConfig;
 use limpet_dataplane::snapshot::ForwardMode;
 use limpet_dataplane::wire::MacAddr;
@@ -94,14 +95,18 @@ struct RunArgs {
     /// This node's addresses, on which NodePorts are served. Repeatable.
     #[arg(long = "node-address", value_name = "IP")]
     node_addresses: Vec<IpAddr>,
-    /// An address limpet owns on the interface, with its prefix
-    /// (e.g. 203.0.113.1/24). limpet answers ARP/ND for it, sends its own
-    /// ARP/ND requests from it, and treats its subnet as on-link. Repeatable.
-    #[arg(long = "address", value_name = "ADDR/PREFIX", value_parser = parse_interface_addr)]
-    addresses: Vec<limpet_dataplane::neighbour::InterfaceAddr>,
-    /// Next hop for backends outside every `--address` subnet.
-    #[arg(long = "gateway", value_name = "IP")]
-    gateways: Vec<IpAddr>,
+    /// An address limpet owns on an interface, with its prefix
+    /// (e.g. 203.0.113.1/24, or lb1=203.0.113.1/24 to name the interface
+    /// when --io has several; unnamed means the first). limpet answers
+    /// ARP/ND for it, sends its own ARP/ND requests from it, and treats its
+    /// subnet as on-link there: backends on it are reached through that
+    /// interface. Repeatable.
+    #[arg(long = "address", value_name = "[IFACE=]ADDR/PREFIX", value_parser = parse_on_iface::<InterfaceAddr>)]
+    addresses: Vec<(Option<String>, InterfaceAddr)>,
+    /// Next hop for backends outside every --address subnet of an
+    /// interface ([IFACE=]IP; unnamed means the first). Repeatable.
+    #[arg(long = "gateway", value_name = "[IFACE=]IP", value_parser = parse_on_iface::<IpAddr>)]
+    gateways: Vec<(Option<String>, IpAddr)>,
     /// MAC address to send from; defaults to the interface's.
     #[arg(long, value_parser = parse_mac)]
     mac: Option<MacAddr>,
@@ -138,6 +143,66 @@ struct RunArgs {
 enum Forward {
     Nat,
     Dsr,
+}
+
+/// Parses `[IFACE=]VALUE`.
+fn parse_on_iface<T: ParseOnIface>(s: &str) -> Result<(Option<String>, T), String> {
+    match s.split_once('=') {
+        Some((iface, value)) => Ok((Some(iface.to_string()), T::parse(value)?)),
+        None => Ok((None, T::parse(s)?)),
+    }
+}
+
+trait ParseOnIface: Sized + Clone + Send + Sync + 'static {
+    fn parse(s: &str) -> Result<Self, String>;
+}
+
+impl ParseOnIface for InterfaceAddr {
+    fn parse(s: &str) -> Result<Self, String> {
+        parse_interface_addr(s)
+    }
+}
+
+impl ParseOnIface for IpAddr {
+    fn parse(s: &str) -> Result<Self, String> {
+        s.parse().map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+/// Groups addresses and gateways under the interfaces of `--io`.
+fn links(
+    interfaces: Vec<String>,
+    addresses: Vec<(Option<String>, InterfaceAddr)>,
+    gateways: Vec<(Option<String>, IpAddr)>,
+) -> Result<Vec<Link>, String> {
+    let mut links: Vec<Link> = interfaces
+        .into_iter()
+        .map(|iface| Link {
+            iface,
+            addresses: Vec::new(),
+            gateway: None,
+        })
+        .collect();
+    let index = |links: &[Link], iface: Option<&str>| -> Result<usize, String> {
+        match iface {
+            None => Ok(0),
+            Some(name) => links
+                .iter()
+                .position(|l| l.iface == name)
+                .ok_or_else(|| format!("{name} is not one of the --io interfaces")),
+        }
+    };
+    for (iface, addr) in addresses {
+        let i = index(&links, iface.as_deref())?;
+        links[i].addresses.push(addr);
+    }
+    for (iface, gw) in gateways {
+        let i = index(&links, iface.as_deref())?;
+        if links[i].gateway.replace(gw).is_some() {
+            return Err(format!("two gateways for {}", links[i].iface));
+        }
+    }
+    Ok(links)
 }
 
 fn parse_mac(s: &str) -> Result<MacAddr, String> {
@@ -254,10 +319,8 @@ fn run(args: RunArgs) -> Result<(), String> {
     };
     let opts = RunOptions {
         source,
-        interfaces,
+        links: links(interfaces, args.addresses, args.gateways)?,
         workers: usize::from(args.workers),
-        addresses: args.addresses,
-        gateways: args.gateways,
         mac: args.mac,
         admin: args.admin,
         worker: WorkerConfig {
