@@ -107,6 +107,7 @@ pub fn service(fam: Fam, backends_n: usize) -> ServicePortSpec {
         frontends: vec![(fam.vip(), SERVICE_PORT)],
         backends: backends(fam, backends_n),
         maglev_size: None,
+        source_ranges: None,
     }
 }
 

@@ -90,6 +90,7 @@ mod tests {
                 })
                 .collect(),
             maglev_size: Some(1009),
+            source_ranges: None,
         }
     }
 

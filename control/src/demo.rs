@@ -48,6 +48,7 @@ fn spec(backends: Vec<Backend>, timeout: u32) -> ServicePortSpec {
         frontends: vec![(IpAddr::V4(VIP), 80)],
         backends,
         maglev_size: None,
+        source_ranges: None,
     }
 }
 

@@ -67,7 +67,7 @@ use crate::ids::IdAllocator;
 use crate::manifest::{Manifests, Sourced};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec};
+use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, SourceRanges};
 use limpet_dataplane::wire::MacAddr;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -367,6 +367,28 @@ struct Frontend {
     addr: IpAddr,
     port: u16,
     field: String,
+}
+
+/// `loadBalancerSourceRanges` as kube-proxy applies them: only to the
+/// load-balancer ingress addresses (node ports are exempt), and only with
+/// the ranges of the spec's family; no range of that family means no
+/// restriction. Malformed ranges are left out (the API server rejects
+/// them before they reach a real cluster).
+fn restrict(lb_ips: &[IpAddr], ranges: &[String], family: IpFamily) -> Option<SourceRanges> {
+    let allowed: Vec<(IpAddr, u8)> = ranges
+        .iter()
+        .filter_map(|r| {
+            let (addr, len) = r.trim().split_once('/')?;
+            let addr: IpAddr = addr.parse().ok()?;
+            let len: u8 = len.parse().ok()?;
+            let (v4, max) = (addr.is_ipv4(), if addr.is_ipv4() { 32 } else { 128 });
+            (len <= max && v4 == matches!(family, IpFamily::V4)).then_some((addr, len))
+        })
+        .collect();
+    (!lb_ips.is_empty() && !allowed.is_empty()).then(|| SourceRanges {
+        frontends: lb_ips.to_vec(),
+        allowed,
+    })
 }
 
 struct ParsedService<'a> {
@@ -992,11 +1014,12 @@ pub fn translate(
                         Scope::External => format!("{family_name}/external"),
                         Scope::All | Scope::Cluster => family_name.clone(),
                     };
-                    let lb_ips = lb_ips
+                    let lb_ips: Vec<IpAddr> = lb_ips
                         .iter()
                         .copied()
                         .filter(|a| frontends.iter().any(|f| f.addr == *a))
                         .collect();
+                    let source_ranges = restrict(&lb_ips, &svc.source_ranges, family);
                     let backends = backends(set, ids);
                     pending.push(Pending {
                         spec: ServicePortSpec {
@@ -1008,6 +1031,7 @@ pub fn translate(
                             frontends: Vec::new(),
                             maglev_size: Some(maglev_size(backends.len(), ctx.maglev_min_size)),
                             backends,
+                            source_ranges,
                         },
                         info: SpecInfo {
                             namespace: svc.namespace.clone(),

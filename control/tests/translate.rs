@@ -6,7 +6,7 @@ use limpet_control::manifest::{LoadError, load_path};
 use limpet_control::translate::{
     IpFamily, Scope, TrafficPolicy, TranslateContext, Translation, translate,
 };
-use limpet_dataplane::snapshot::{Affinity, ForwardMode, ServicePortSpec, Snapshot};
+use limpet_dataplane::snapshot::{Affinity, ForwardMode, ServicePortSpec, Snapshot, SourceRanges};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -218,6 +218,23 @@ fn load_balancer_and_node_port() {
     let i = t.specs.iter().position(|s| s.id == edge.id).unwrap();
     assert_eq!(t.info[i].load_balancer_ips, [ip("198.51.100.50")]);
     assert_eq!(t.info[i].load_balancer_source_ranges, ["198.18.0.0/15"]);
+    // Only the load-balancer address is restricted; node ports, cluster
+    // and external IPs are not.
+    assert_eq!(
+        edge.source_ranges,
+        Some(SourceRanges {
+            frontends: vec![ip("198.51.100.50")],
+            allowed: vec![(ip("198.18.0.0"), 15)],
+        })
+    );
+    let compiled = Snapshot::build(1, vec![edge.clone()]).unwrap();
+    let lb = compiled.service_index(ip("198.51.100.50"), 443, 6).unwrap();
+    let node_port = compiled
+        .service_index(ip("198.51.100.1"), 30443, 6)
+        .unwrap();
+    assert!(compiled.admits(lb, ip("198.18.5.5")));
+    assert!(!compiled.admits(lb, ip("203.0.113.200")));
+    assert!(compiled.admits(node_port, ip("203.0.113.200")));
 
     // externalTrafficPolicy Local: two scopes.
     let cluster = spec(&t, "default/edge-local:https/TCP");

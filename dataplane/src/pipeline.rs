@@ -839,10 +839,18 @@ fn handle<A: IpRewrite>(
         tables.flows.remove(idx);
     }
 
-    let Some(svc) = service_of(snapshot, meta, &key) else {
+    let index = if meta.service_known {
+        meta.service
+    } else {
+        snapshot.service_index(key.dst.ip(), key.dst_port, key.protocol)
+    };
+    let Some(svc) = index.and_then(|i| snapshot.port_at(i)) else {
         stats.no_service += 1;
         return Action::SlowPath;
     };
+    if !index.is_some_and(|i| snapshot.admits(i, key.src.ip())) {
+        return Action::Drop(DropReason::SourceRange);
+    }
     let backend = match svc.spec.affinity {
         Affinity::None => svc.pick(tuple_hash(&key)),
         Affinity::ClientIp {
@@ -942,20 +950,6 @@ fn sticky_backend<'s, A: Family>(
             }
             b
         }
-    }
-}
-
-/// The service port a packet is for: as stage 2 found it, or looked up now.
-#[inline(always)]
-fn service_of<'s, A: Family>(
-    snapshot: &'s Snapshot,
-    meta: &Meta,
-    key: &FlowKey<A>,
-) -> Option<&'s ServicePort> {
-    if meta.service_known {
-        meta.service.and_then(|i| snapshot.port_at(i))
-    } else {
-        snapshot.service(key.dst.ip(), key.dst_port, key.protocol)
     }
 }
 

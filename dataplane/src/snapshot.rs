@@ -91,6 +91,40 @@ pub struct ServicePortSpec {
     pub backends: Vec<Backend>,
     /// Maglev table size; `None` picks [`maglev_size_for`].
     pub maglev_size: Option<usize>,
+    /// `loadBalancerSourceRanges`: which frontends only some clients may
+    /// open connections to. `None`: nothing is restricted.
+    pub source_ranges: Option<SourceRanges>,
+}
+
+/// Client ranges allowed to reach some of a service port's frontends (the
+/// load-balancer ingress addresses; node ports and cluster IPs are exempt,
+/// as in kube-proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRanges {
+    pub frontends: Vec<IpAddr>,
+    /// Allowed client prefixes, as (address, prefix length).
+    pub allowed: Vec<(IpAddr, u8)>,
+}
+
+impl SourceRanges {
+    /// Whether `client` is inside one of the allowed prefixes.
+    pub fn allows(&self, client: IpAddr) -> bool {
+        self.allowed.iter().any(|&(net, len)| match (net, client) {
+            (IpAddr::V4(n), IpAddr::V4(c)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(len.min(32)))
+                    .unwrap_or(0);
+                n.to_bits() & mask == c.to_bits() & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(c)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(len.min(128)))
+                    .unwrap_or(0);
+                n.to_bits() & mask == c.to_bits() & mask
+            }
+            _ => false,
+        })
+    }
 }
 
 /// A compiled service port, shared between snapshots while unchanged.
@@ -246,6 +280,10 @@ impl Hasher for FrontendHasher {
 
 type FrontendMap = HashMap<Frontend, u32, BuildHasherDefault<FrontendHasher>>;
 
+/// Set in a service index when the frontend it was found by only admits
+/// the clients of the port's [`SourceRanges`].
+const RESTRICTED: u32 = 1 << 31;
+
 /// An immutable, compiled view of every service port.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -289,11 +327,15 @@ impl Snapshot {
                         addr,
                         port: p,
                         protocol: spec.protocol,
-                        first: ports[other as usize].spec.name.clone(),
+                        first: ports[(other & !RESTRICTED) as usize].spec.name.clone(),
                         second: spec.name.clone(),
                     });
                 }
-                frontends.insert(key, i as u32);
+                let restricted = spec
+                    .source_ranges
+                    .as_ref()
+                    .is_some_and(|r| r.frontends.contains(&addr));
+                frontends.insert(key, i as u32 | if restricted { RESTRICTED } else { 0 });
             }
         }
         let mut frontend_addrs: Vec<IpAddr> = frontends.keys().map(|f| f.addr).collect();
@@ -345,7 +387,20 @@ impl Snapshot {
     /// The service port at `index` of [`ports`](Self::ports).
     #[inline(always)]
     pub fn port_at(&self, index: u32) -> Option<&ServicePort> {
-        self.ports.get(index as usize).map(AsRef::as_ref)
+        self.ports
+            .get((index & !RESTRICTED) as usize)
+            .map(AsRef::as_ref)
+    }
+
+    /// Whether a client may open a connection to the frontend a
+    /// [`service_index`](Self::service_index) answer came from.
+    #[inline]
+    pub fn admits(&self, index: u32, client: IpAddr) -> bool {
+        index & RESTRICTED == 0
+            || self
+                .port_at(index)
+                .and_then(|p| p.spec.source_ranges.as_ref())
+                .is_some_and(|r| r.allows(client))
     }
 
     /// The service port with this id.
@@ -410,6 +465,7 @@ mod tests {
             frontends: vec![(IpAddr::from(vip), 80)],
             backends,
             maglev_size: Some(251),
+            source_ranges: None,
         }
     }
 

@@ -25,10 +25,13 @@ pub enum DropReason {
     NoBackend,
     /// The connection table refused a new entry.
     FlowTableFull,
+    /// A client outside `loadBalancerSourceRanges` opened a connection to a
+    /// load-balancer address.
+    SourceRange,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::Malformed,
@@ -40,6 +43,7 @@ impl DropReason {
         DropReason::UnsupportedProtocol,
         DropReason::NoBackend,
         DropReason::FlowTableFull,
+        DropReason::SourceRange,
     ];
 
     /// A stable `snake_case` name, for metrics labels.
@@ -55,6 +59,7 @@ impl DropReason {
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::NoBackend => "no_backend",
             DropReason::FlowTableFull => "flow_table_full",
+            DropReason::SourceRange => "source_range",
         }
     }
 }

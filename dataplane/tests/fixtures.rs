@@ -399,3 +399,41 @@ fn two_armed_forwarding_picks_ports() {
         "reply leaves the way the client came in"
     );
 }
+
+#[test]
+fn load_balancer_source_ranges_restrict_only_the_load_balancer_address() {
+    let lb = "198.51.100.50";
+    let mut spec = service(
+        1,
+        VIP4,
+        6,
+        Affinity::client_ip(10800),
+        ForwardMode::Nat,
+        vec![backend(BE4)],
+    );
+    spec.frontends.push((ip(lb), 80));
+    spec.source_ranges = Some(limpet_dataplane::snapshot::SourceRanges {
+        frontends: vec![ip(lb)],
+        allowed: vec![(ip("198.18.0.0"), 15)],
+    });
+    let mut h = Harness::new(vec![spec]);
+    let syn = |client: &str, dst: &str, sport: u16| {
+        inbound(PacketSpec::tcp(ip(client), ip(dst), sport, 80).flags(SYN)).build()
+    };
+    assert_eq!(
+        h.send(&syn(CLIENT4, lb, 42000)).0,
+        Action::Forward,
+        "allowed client"
+    );
+    assert_eq!(
+        h.send(&syn("203.0.113.200", lb, 42001)).0,
+        Action::Drop(DropReason::SourceRange),
+        "client outside the ranges"
+    );
+    assert_eq!(
+        h.send(&syn("203.0.113.200", VIP4, 42002)).0,
+        Action::Forward,
+        "the cluster IP is not restricted"
+    );
+    assert_eq!(h.worker.stats().dropped(DropReason::SourceRange), 1);
+}

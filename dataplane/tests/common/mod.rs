@@ -60,6 +60,7 @@ pub fn service(
         frontends: vec![(vip.parse().unwrap(), 80)],
         backends,
         maglev_size: None,
+        source_ranges: None,
     }
 }
 
