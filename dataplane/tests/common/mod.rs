@@ -2,6 +2,8 @@
 //! that drive the real pipeline packet by packet.
 #![allow(dead_code)]
 
+pub mod fixtures;
+
 use limpet_dataplane::clock::ManualClock;
 use limpet_dataplane::io::MemoryIo;
 use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
