@@ -17,6 +17,7 @@
 #![allow(unsafe_code)] // setns() and geteuid() in the harness only.
 
 mod fake_apiserver;
+mod testbed;
 
 use fake_apiserver::{FakeApiServer, Resource};
 use serde_json::{Value, json};
@@ -25,39 +26,13 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testbed::{
+    LIMPET, Testbed, VIP4, VIP6, clientip_sticks, http, must_be_root, none_spreads, sh, stop,
+};
 
-const VIP4: &str = "192.0.2.10";
-const VIP6: &str = "2001:db8:5::10";
 /// The invalid Service's address (nothing answers there).
 const BROKEN_VIP: &str = "192.0.2.20";
-const LIMPET: &str = env!("CARGO_BIN_EXE_limpet");
 const LB_NS: &str = "/run/netns/lp-lb";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn must_be_root() {
-    // SAFETY: geteuid() takes no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the end-to-end tests build network namespaces and need root (CI runs as root); run `sudo scripts/test.sh`"
-    );
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Runs `f` on a thread inside lp-lb's network namespace. Sockets it opens
 /// (the fake API server's listener) and threads it starts (its runtime's
@@ -77,28 +52,6 @@ fn in_lb<T: Send>(f: impl FnOnce() -> T + Send) -> T {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
-}
-
-/// The testbed, torn down when dropped (even when a scenario fails).
-struct Testbed;
-
-impl Testbed {
-    fn up(backends: usize) -> Self {
-        sh(Command::new(repo().join("scripts/testbed")).args([
-            "up",
-            "--backends",
-            &backends.to_string(),
-        ]));
-        Testbed
-    }
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/testbed"))
-            .arg("down")
-            .output();
-    }
 }
 
 // ---- API objects -------------------------------------------------------
@@ -303,18 +256,7 @@ impl Limpet {
 
 impl Drop for Limpet {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
@@ -338,88 +280,6 @@ sys.stdout.write(body.decode(errors='replace'))
         sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", SCRIPT, path]));
     let (code, body) = out.split_once('\n').unwrap_or((&out, ""));
     (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-// ---- clients -------------------------------------------------------------
-
-/// Which backend answered each request, per client address.
-struct Answers {
-    results: BTreeMap<String, Vec<Option<String>>>,
-}
-
-impl Answers {
-    fn backends_of(&self, client: &str) -> BTreeSet<String> {
-        self.results[client].iter().flatten().cloned().collect()
-    }
-
-    /// Each client's single backend; fails if a client saw two or a request failed.
-    fn sticky(&self) -> BTreeMap<String, String> {
-        self.results
-            .iter()
-            .map(|(c, r)| {
-                assert!(
-                    r.iter().all(Option::is_some),
-                    "client {c}: failed requests {r:?}"
-                );
-                let set = self.backends_of(c);
-                assert_eq!(set.len(), 1, "client {c} reached several backends: {r:?}");
-                (c.clone(), set.into_iter().next().unwrap())
-            })
-            .collect()
-    }
-}
-
-/// `requests` new connections from each of `clients` addresses starting at `first`.
-fn http(vip: &str, first: &str, clients: usize, requests: usize) -> Answers {
-    let out = sh(Command::new("ip")
-        .args(["netns", "exec", "lp-client", "python3"])
-        .arg(repo().join("scripts/testbed-client.py"))
-        .args([
-            "--vip",
-            vip,
-            "--first",
-            first,
-            "--clients",
-            &clients.to_string(),
-            "--requests",
-            &requests.to_string(),
-            "--timeout",
-            "3",
-        ]));
-    let v: Value = serde_json::from_str(&out).expect("client JSON");
-    let results = v["results"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(c, r)| {
-            let r = r
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().map(str::to_string))
-                .collect();
-            (c.clone(), r)
-        })
-        .collect();
-    Answers { results }
-}
-
-fn clientip_sticks(vip: &str, first: &str, clients: usize) -> BTreeMap<String, String> {
-    // One client, 16 requests: one backend.
-    http(vip, first, 1, 16).sticky();
-    // Many clients, each sticking to its own.
-    let placement = http(vip, first, clients, 16).sticky();
-    let used: BTreeSet<&String> = placement.values().collect();
-    assert!(used.len() >= 2, "{clients} clients all landed on {used:?}");
-    placement
-}
-
-fn none_spreads(vip: &str, first: &str) {
-    let set = http(vip, first, 1, 16).backends_of(first);
-    assert!(
-        set.len() >= 2,
-        "None affinity: 16 requests from {first} reached only {set:?}"
-    );
 }
 
 /// Only the clients of `removed` moved (and not onto it); the rest stayed.

@@ -1,0 +1,170 @@
+//! The network-namespace testbed (`scripts/testbed`) as the end-to-end
+//! tests drive it: bringing it up and down, HTTP clients from many
+//! addresses in lp-client, and what they saw.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub const VIP4: &str = "192.0.2.10";
+pub const VIP6: &str = "2001:db8:5::10";
+pub const LIMPET: &str = env!("CARGO_BIN_EXE_limpet");
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn must_be_root() {
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("running id -u");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        uid, "0",
+        "the end-to-end tests build network namespaces and need root (CI runs as root); run `sudo scripts/test.sh`"
+    );
+}
+
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The testbed, torn down when dropped (even when a scenario fails).
+pub struct Testbed;
+
+impl Testbed {
+    pub fn up(backends: usize) -> Self {
+        Self::up_with(backends, &[])
+    }
+
+    pub fn up_with(backends: usize, extra: &[&str]) -> Self {
+        sh(Command::new(repo().join("scripts/testbed"))
+            .args(["up", "--backends", &backends.to_string()])
+            .args(extra));
+        Testbed
+    }
+
+    #[allow(clippy::unused_self)] // switching mode needs the testbed up
+    pub fn mode(&self, mode: &str) {
+        sh(Command::new(repo().join("scripts/testbed")).args(["mode", mode]));
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/testbed"))
+            .arg("down")
+            .output();
+    }
+}
+
+/// Stops a limpet started under `ip netns exec`: SIGTERM, then SIGKILL
+/// after five seconds.
+pub fn stop(child: &mut Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Which backend answered each request, per client address.
+pub struct Answers {
+    pub results: BTreeMap<String, Vec<Option<String>>>,
+}
+
+impl Answers {
+    pub fn backends_of(&self, client: &str) -> BTreeSet<String> {
+        self.results[client].iter().flatten().cloned().collect()
+    }
+
+    /// Each client's single backend; fails if a client saw two or a request failed.
+    pub fn sticky(&self) -> BTreeMap<String, String> {
+        self.results
+            .iter()
+            .map(|(c, r)| {
+                assert!(
+                    r.iter().all(Option::is_some),
+                    "client {c}: failed requests {r:?}"
+                );
+                let set = self.backends_of(c);
+                assert_eq!(set.len(), 1, "client {c} reached several backends: {r:?}");
+                (c.clone(), set.into_iter().next().unwrap())
+            })
+            .collect()
+    }
+}
+
+/// `requests` new connections from each of `clients` addresses starting at `first`.
+pub fn http(vip: &str, first: &str, clients: usize, requests: usize) -> Answers {
+    let out = sh(Command::new("ip")
+        .args(["netns", "exec", "lp-client", "python3"])
+        .arg(repo().join("scripts/testbed-client.py"))
+        .args([
+            "--vip",
+            vip,
+            "--first",
+            first,
+            "--clients",
+            &clients.to_string(),
+            "--requests",
+            &requests.to_string(),
+            "--timeout",
+            "3",
+        ]));
+    let v: Value = serde_json::from_str(&out).expect("client JSON");
+    let results = v["results"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(c, r)| {
+            let r = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect();
+            (c.clone(), r)
+        })
+        .collect();
+    Answers { results }
+}
+
+pub fn clientip_sticks(vip: &str, first: &str, clients: usize) -> BTreeMap<String, String> {
+    // One client, 16 requests: one backend.
+    let one = http(vip, first, 1, 16);
+    one.sticky();
+    // Many clients, each sticking to its own.
+    let many = http(vip, first, clients, 16);
+    let placement = many.sticky();
+    let used: BTreeSet<&String> = placement.values().collect();
+    assert!(used.len() >= 2, "{clients} clients all landed on {used:?}");
+    placement
+}
+
+pub fn none_spreads(vip: &str, first: &str) {
+    let a = http(vip, first, 1, 16);
+    let set = a.backends_of(first);
+    assert!(
+        set.len() >= 2,
+        "None affinity: 16 requests from {first} reached only {set:?}"
+    );
+}
