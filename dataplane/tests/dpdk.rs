@@ -13,7 +13,7 @@
 mod common;
 
 use common::LIMPET_MAC;
-use common::fixtures::{BE4, CLIENT4, VIP4, dnat, fixtures, inbound, ip, specs};
+use common::fixtures::{BE4, CLIENT4, VIP4, dnat, inbound, ip, run_table, specs};
 use limpet_dataplane::clock::ManualClock;
 use limpet_dataplane::io::PacketIo;
 use limpet_dataplane::io::dpdk::{
@@ -243,27 +243,12 @@ fn fixture_table_through_a_ring_port() {
     let io = DpdkIo::new(&[Arc::clone(&ports.port)], 0).unwrap();
     let mut worker = Worker::new(io, ManualClock::new(1000), worker_config(), snapshot()).unwrap();
     let in_use = dpdk().pool.in_use();
-    let mut failures = Vec::new();
-    for f in fixtures() {
+    run_table(|f| {
         inject(&ports.rx, &f.input);
         assert_eq!(worker.poll(), 1, "{}", f.description);
         let action = worker.last_actions(1)[0];
-        let output = ports.tx.pop().map(|b| b.to_vec());
-        if action != f.action {
-            failures.push(format!(
-                "{}: action {action:?}, expected {:?}",
-                f.description, f.action
-            ));
-            continue;
-        }
-        if output != f.output {
-            failures.push(format!(
-                "{}: output differs\n  got      {:02x?}\n  expected {:02x?}",
-                f.description, output, f.output
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+        (action, ports.tx.pop().map(|b| b.to_vec()))
+    });
     assert!(ports.tx.is_empty(), "nothing else was sent");
     let stats = worker.stats();
     assert_eq!(stats.dropped(DropReason::Truncated), 2);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fixtures::{BE4, CLIENT4, VIP4, fixtures, inbound, ip, specs};
+use common::fixtures::{BE4, CLIENT4, VIP4, inbound, ip, run_table, specs};
 use common::{Harness, LIMPET_MAC, backend, backend_mac, service};
 use limpet_dataplane::pipeline::Action;
 use limpet_dataplane::snapshot::{Affinity, ForwardMode};
@@ -20,24 +20,7 @@ fn harness() -> Harness {
 #[test]
 fn fixture_table() {
     let mut h = harness();
-    let mut failures = Vec::new();
-    for f in fixtures() {
-        let (action, output) = h.send(&f.input);
-        if action != f.action {
-            failures.push(format!(
-                "{}: action {action:?}, expected {:?}",
-                f.description, f.action
-            ));
-            continue;
-        }
-        if output != f.output {
-            failures.push(format!(
-                "{}: output differs\n  got      {:02x?}\n  expected {:02x?}",
-                f.description, output, f.output
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    run_table(|f| h.send(&f.input));
     let stats = h.worker.stats();
     assert_eq!(stats.dropped(DropReason::Truncated), 2);
     assert_eq!(stats.dropped(DropReason::Fragment), 2);

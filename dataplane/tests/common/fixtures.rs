@@ -302,3 +302,27 @@ pub fn insert_v6_fragment_header(frame: &mut Vec<u8>) {
     let header = [next, 0, 0, 1, 0, 0, 0, 42];
     frame.splice(at..at, header);
 }
+
+/// Runs the whole table through `send`, which hands one frame to the
+/// pipeline and returns what it did and what it sent. Panics listing every
+/// fixture that did not come out as expected.
+pub fn run_table(mut send: impl FnMut(&Fixture) -> (Action, Option<Vec<u8>>)) {
+    let mut failures = Vec::new();
+    for f in fixtures() {
+        let (action, output) = send(&f);
+        if action != f.action {
+            failures.push(format!(
+                "{}: action {action:?}, expected {:?}",
+                f.description, f.action
+            ));
+            continue;
+        }
+        if output != f.output {
+            failures.push(format!(
+                "{}: output differs\n  got      {:02x?}\n  expected {:02x?}",
+                f.description, output, f.output
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
