@@ -429,11 +429,12 @@ fn bursts_of_events_are_coalesced() {
         &[spec("default/web:http/TCP", client_ip(600), WEB_FE, &[])].into(),
     );
 
-    // 200 writes as fast as the server takes them; the last has 20
-    // endpoints.
+    // 200 writes as fast as the server takes them, cycling through 1 to 20
+    // endpoints; the last has 25, a state no earlier write had, so
+    // reaching it means the burst is over.
     let mut last = Vec::new();
     for i in 0..200u32 {
-        let n = i % 20 + 1;
+        let n = if i == 199 { 25 } else { i % 20 + 1 };
         last = (1..=n)
             .map(|k| format!("203.0.113.{k}"))
             .collect::<Vec<_>>();
