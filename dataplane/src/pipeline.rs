@@ -191,6 +191,9 @@ pub struct Worker<I: PacketIo, C: Clock> {
     ports: [u16; BURST],
     stats: WorkerStats,
     reaped_at: u32,
+    /// When the last poll, if it was busy, finished its burst: the start of
+    /// the next busy poll's time.
+    busy_since: Option<Instant>,
     /// Where re-filing the affinity tables under shortened timeouts has got
     /// to: IPv4 table, then IPv6.
     refile: Option<(bool, usize)>,
@@ -236,6 +239,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             ports: [0; BURST],
             stats: WorkerStats::default(),
             reaped_at: now,
+            busy_since: None,
             refile: None,
         })
     }
@@ -340,13 +344,18 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         }
         let n = self.io.rx_burst(&mut self.rx);
         if n == 0 {
+            self.busy_since = None;
             return 0;
         }
-        let started = Instant::now();
+        // Back to back busy polls read the clock once each: this one's
+        // busy time starts where the last one's ended.
+        let started = self.busy_since.unwrap_or_else(Instant::now);
         self.process_burst(now);
+        let ended = Instant::now();
         self.stats.rx_packets += n as u64;
         self.stats.busy_polls += 1;
-        self.stats.busy_ns += started.elapsed().as_nanos() as u64;
+        self.stats.busy_ns += ended.saturating_duration_since(started).as_nanos() as u64;
+        self.busy_since = Some(ended);
         n
     }
 
