@@ -256,7 +256,7 @@ impl<A: Family> FlowTable<A> {
         use crate::wire::tcp::flags::{ACK, FIN, RST, SYN};
         let flow = self.table.get_mut(idx);
         if flow.protocol == crate::wire::IpProtocol::TCP {
-            flow.state = match flow.state {
+            let state = match flow.state {
                 _ if tcp_flags & RST != 0 => FlowState::Reset,
                 FlowState::Reset | FlowState::Closing if tcp_flags & SYN != 0 => FlowState::SynSent,
                 _ if tcp_flags & FIN != 0 => FlowState::Closing,
@@ -265,6 +265,10 @@ impl<A: Family> FlowTable<A> {
                 }
                 s => s,
             };
+            // Store only on change, so the entry's line stays clean.
+            if state != flow.state {
+                flow.state = state;
+            }
         }
         self.table.touch(idx, now);
     }

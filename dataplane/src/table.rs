@@ -271,7 +271,10 @@ impl<E: TableEntry> Table<E> {
     #[inline]
     pub fn touch(&mut self, idx: u32, now: u32) {
         let s = &mut self.slots[idx as usize];
-        if s.last_seen != DEAD {
+        // Store only on change: most packets of a busy entry arrive within
+        // the tick it was last refreshed in, and a line left clean is not
+        // written back to memory when it is evicted.
+        if s.last_seen != DEAD && s.last_seen != now {
             s.last_seen = now;
         }
     }
