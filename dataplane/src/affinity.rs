@@ -48,6 +48,7 @@ impl<A: Family> Default for AffinityEntry<A> {
 
 impl<A: Family> TableEntry for AffinityEntry<A> {
     type Key = AffinityKey<A>;
+    type Align = ();
     const MAX_WAYS: usize = 1;
 
     #[inline(always)]

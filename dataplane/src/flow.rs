@@ -176,6 +176,7 @@ impl<A: Family> Flow<A> {
 
 impl<A: Family> TableEntry for Flow<A> {
     type Key = FlowKey<A>;
+    type Align = A::FlowAlign;
     const MAX_WAYS: usize = 2;
 
     #[inline(always)]

@@ -30,6 +30,10 @@ use crate::timer_wheel::{Fired, TimerWheel};
 /// forward tuple and by the tuple its replies carry.
 pub trait TableEntry: Copy + Default {
     type Key: Copy + Eq;
+    /// How a stored entry is aligned: `()` packs entries end to end,
+    /// [`LineAligned`] gives each its own cache line, so an entry a little
+    /// under a line is one memory access instead of often two.
+    type Align: Copy + Default;
     /// The most keys one entry may have; sizes the index.
     const MAX_WAYS: usize;
     /// How many keys index this entry: 1, or 2 for the reply tuple too.
@@ -71,8 +75,14 @@ impl Bucket {
     };
 }
 
+/// Aligns a stored entry to a cache line; see [`TableEntry::Align`].
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(align(64))]
+pub struct LineAligned;
+
 #[derive(Clone, Copy, Default)]
-struct Stored<E> {
+struct Stored<E: TableEntry> {
+    _align: [E::Align; 0],
     entry: E,
     last_seen: u32,
 }
@@ -155,6 +165,7 @@ impl<E: TableEntry> Table<E> {
             mask: buckets - 1,
             slots: huge_vec(
                 Stored {
+                    _align: [],
                     entry: E::default(),
                     last_seen: DEAD,
                 },
@@ -297,6 +308,7 @@ impl<E: TableEntry> Table<E> {
             None => self.make_room(now, &expiry)?,
         };
         self.slots[idx as usize] = Stored {
+            _align: [],
             entry,
             last_seen: now,
         };
@@ -510,6 +522,7 @@ mod tests {
 
     impl TableEntry for Pair {
         type Key = u64;
+        type Align = ();
         const MAX_WAYS: usize = 2;
         fn ways(&self) -> u8 {
             if self.twin { 2 } else { 1 }
