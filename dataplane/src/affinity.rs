@@ -110,7 +110,7 @@ impl<A: Family> AffinityTable<A> {
 
     #[inline(always)]
     pub fn prefetch_entry(&self, hash: u64) {
-        self.table.prefetch_entry(hash);
+        let _ = self.table.prefetch_entry(hash);
     }
 
     /// Looks `key` up at `now` for a service whose timeout is `timeout`.

@@ -13,7 +13,7 @@
 
 use crate::family::Family;
 use crate::hash::table_hash;
-use crate::table::{Hit, Room, Table, TableCounters, TableEntry, TableError};
+use crate::table::{Hit, NO_HINT, Room, Table, TableCounters, TableEntry, TableError};
 use crate::wire::MacAddr;
 
 /// A packet's 5-tuple as seen on the wire.
@@ -228,9 +228,11 @@ impl<A: Family> FlowTable<A> {
         self.table.prefetch_bucket(hash);
     }
 
+    /// Starts loading the entry a key with this hash most likely is;
+    /// returns the guess for [`lookup_hinted`](Self::lookup_hinted).
     #[inline(always)]
-    pub fn prefetch_entry(&self, hash: u64) {
-        self.table.prefetch_entry(hash);
+    pub fn prefetch_entry(&self, hash: u64) -> u32 {
+        self.table.prefetch_entry(hash)
     }
 
     /// Finds the connection a packet with tuple `key` belongs to. An entry
@@ -238,7 +240,20 @@ impl<A: Family> FlowTable<A> {
     /// gone.
     #[inline]
     pub fn lookup(&self, hash: u64, key: &FlowKey<A>, now: u32) -> Option<(u32, Direction)> {
-        let Hit { idx, way } = self.table.find(hash, key)?;
+        self.lookup_hinted(hash, NO_HINT, key, now)
+    }
+
+    /// [`lookup`](Self::lookup), trying first the entry
+    /// [`prefetch_entry`](Self::prefetch_entry) guessed for this key.
+    #[inline]
+    pub fn lookup_hinted(
+        &self,
+        hash: u64,
+        hint: u32,
+        key: &FlowKey<A>,
+        now: u32,
+    ) -> Option<(u32, Direction)> {
+        let Hit { idx, way } = self.table.find_hinted(hash, hint, key)?;
         let flow = self.table.get(idx);
         if now >= self.timeouts.deadline(flow, self.table.last_seen(idx)) {
             return None;

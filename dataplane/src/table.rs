@@ -46,6 +46,8 @@ pub trait TableEntry: Copy + Default {
 
 const BUCKET_SLOTS: usize = 10;
 const EMPTY: u32 = u32::MAX;
+/// What [`Table::prefetch_entry`] returns when it has no guess.
+pub const NO_HINT: u32 = EMPTY;
 const WAY_BIT: u32 = 1 << 31;
 /// `last_seen` of a free entry.
 const DEAD: u32 = u32::MAX;
@@ -217,21 +219,45 @@ impl<E: TableEntry> Table<E> {
 
     /// Starts loading the entry the key most likely is, judged by signature
     /// alone. Call after [`prefetch_bucket`](Self::prefetch_bucket) has had
-    /// time to land.
+    /// time to land. Returns that guess, for
+    /// [`find_hinted`](Self::find_hinted), or [`NO_HINT`].
     #[inline(always)]
-    pub fn prefetch_entry(&self, hash: u64) {
+    pub fn prefetch_entry(&self, hash: u64) -> u32 {
         let sig = sig_of(hash);
         let Some(b) = self.buckets.get(self.home(hash)) else {
-            return;
+            return NO_HINT;
         };
         for i in 0..BUCKET_SLOTS {
             if b.sig[i] == sig && b.slot[i] != EMPTY {
                 if let Some(s) = self.slots.get((b.slot[i] & !WAY_BIT) as usize) {
                     prefetch_all(s);
+                    return b.slot[i];
                 }
-                return;
+                return NO_HINT;
             }
         }
+        NO_HINT
+    }
+
+    /// [`find`](Self::find), trying first the guess
+    /// [`prefetch_entry`](Self::prefetch_entry) returned for this key. The
+    /// guess need not still hold: the table may have changed since. It is
+    /// taken only if it names a live entry with this key, which, keys
+    /// being unique among live entries, is then the one `find` would find.
+    #[inline]
+    pub fn find_hinted(&self, hash: u64, hint: u32, key: &E::Key) -> Option<Hit> {
+        if hint != NO_HINT {
+            let idx = hint & !WAY_BIT;
+            let way = u8::from(hint & WAY_BIT != 0);
+            if let Some(s) = self.slots.get(idx as usize)
+                && s.last_seen != DEAD
+                && way < s.entry.ways()
+                && s.entry.key(way) == *key
+            {
+                return Some(Hit { idx, way });
+            }
+        }
+        self.find(hash, key)
     }
 
     /// Finds `key`, whose hash is `hash`.
@@ -565,6 +591,39 @@ mod tests {
         assert_eq!(find(&t, 7 | 1 << 63), None);
         assert_eq!(t.len(), 0);
         assert_eq!(t.counters().removals, 1);
+    }
+
+    #[test]
+    fn stale_hints_fall_back_to_find() {
+        let mut t = Table::<Pair>::new(4, 0).unwrap();
+        let (idx, _) = t.insert(pair(7, 10), 0, 10, expiry).unwrap();
+        let h = Pair::hash(&7);
+        let hint = t.prefetch_entry(h);
+        assert_eq!(t.find_hinted(h, hint, &7), Some(Hit { idx, way: 0 }));
+        assert_eq!(t.find_hinted(h, NO_HINT, &7), Some(Hit { idx, way: 0 }));
+        // A hint at another key's entry, or at the reply way of a one-way
+        // entry, is not taken.
+        let single = Pair {
+            twin: false,
+            ..pair(9, 10)
+        };
+        let (other, _) = t.insert(single, 0, 10, expiry).unwrap();
+        assert_eq!(t.find_hinted(h, other, &7), Some(Hit { idx, way: 0 }));
+        let reply = single.b;
+        assert_eq!(
+            t.find_hinted(Pair::hash(&reply), other | WAY_BIT, &reply),
+            None
+        );
+        // A removed entry, and its slot reused for another key.
+        t.remove(idx);
+        assert_eq!(t.find_hinted(h, hint, &7), None);
+        let (reused, _) = t.insert(pair(8, 10), 0, 10, expiry).unwrap();
+        assert_eq!(reused, idx);
+        assert_eq!(t.find_hinted(h, hint, &7), None);
+        assert_eq!(
+            t.find_hinted(Pair::hash(&8), hint, &8),
+            Some(Hit { idx, way: 0 })
+        );
     }
 
     #[test]
