@@ -48,6 +48,7 @@ impl<A: Family> Default for AffinityEntry<A> {
 
 impl<A: Family> TableEntry for AffinityEntry<A> {
     type Key = AffinityKey<A>;
+    type Align = ();
     const MAX_WAYS: usize = 1;
 
     #[inline(always)]
@@ -109,7 +110,7 @@ impl<A: Family> AffinityTable<A> {
 
     #[inline(always)]
     pub fn prefetch_entry(&self, hash: u64) {
-        self.table.prefetch_entry(hash);
+        let _ = self.table.prefetch_entry(hash);
     }
 
     /// Looks `key` up at `now` for a service whose timeout is `timeout`.

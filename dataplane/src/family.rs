@@ -13,6 +13,10 @@ pub trait Family: Copy + Eq + Debug + Send + Sync + 'static {
     const UNSPECIFIED: Self;
     /// Full prefix length (32 or 128).
     const MAX_PREFIX: u8;
+    /// How the connection table stores this family's entries: an IPv4 flow
+    /// and its stamp (48 bytes) get a cache line each rather than
+    /// straddling two half the time; an IPv6 one spans two lines anyway.
+    type FlowAlign: Copy + Default + Send + Sync + 'static;
     /// The address in one or two words, for in-process hashing.
     fn words(self) -> [u64; 2];
     /// The address with all but its first `prefix` bits cleared.
@@ -29,6 +33,7 @@ impl Family for Ipv4Addr {
     const LEN: usize = 4;
     const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
     const MAX_PREFIX: u8 = 32;
+    type FlowAlign = crate::table::LineAligned;
 
     #[inline(always)]
     fn words(self) -> [u64; 2] {
@@ -64,6 +69,7 @@ impl Family for Ipv6Addr {
     const LEN: usize = 16;
     const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
     const MAX_PREFIX: u8 = 128;
+    type FlowAlign = ();
 
     #[inline(always)]
     fn words(self) -> [u64; 2] {

@@ -13,7 +13,7 @@
 
 use crate::family::Family;
 use crate::hash::table_hash;
-use crate::table::{Hit, Room, Table, TableCounters, TableEntry, TableError};
+use crate::table::{Hit, NO_HINT, Room, Table, TableCounters, TableEntry, TableError};
 use crate::wire::MacAddr;
 
 /// A packet's 5-tuple as seen on the wire.
@@ -34,6 +34,11 @@ impl<A: Family> FlowKey<A> {
         let ports = u64::from(self.src_port) << 24
             | u64::from(self.dst_port) << 8
             | u64::from(self.protocol);
+        if A::LEN == 4 {
+            // Both IPv4 addresses fit one word: two words, three multiplies
+            // instead of five.
+            return table_hash(&[s0 << 32 | d0, ports]);
+        }
         table_hash(&[s0, s1, d0 ^ (ports << 32), d1 ^ ports])
     }
 }
@@ -171,6 +176,7 @@ impl<A: Family> Flow<A> {
 
 impl<A: Family> TableEntry for Flow<A> {
     type Key = FlowKey<A>;
+    type Align = A::FlowAlign;
     const MAX_WAYS: usize = 2;
 
     #[inline(always)]
@@ -222,9 +228,11 @@ impl<A: Family> FlowTable<A> {
         self.table.prefetch_bucket(hash);
     }
 
+    /// Starts loading the entry a key with this hash most likely is;
+    /// returns the guess for [`lookup_hinted`](Self::lookup_hinted).
     #[inline(always)]
-    pub fn prefetch_entry(&self, hash: u64) {
-        self.table.prefetch_entry(hash);
+    pub fn prefetch_entry(&self, hash: u64) -> u32 {
+        self.table.prefetch_entry(hash)
     }
 
     /// Finds the connection a packet with tuple `key` belongs to. An entry
@@ -232,7 +240,20 @@ impl<A: Family> FlowTable<A> {
     /// gone.
     #[inline]
     pub fn lookup(&self, hash: u64, key: &FlowKey<A>, now: u32) -> Option<(u32, Direction)> {
-        let Hit { idx, way } = self.table.find(hash, key)?;
+        self.lookup_hinted(hash, NO_HINT, key, now)
+    }
+
+    /// [`lookup`](Self::lookup), trying first the entry
+    /// [`prefetch_entry`](Self::prefetch_entry) guessed for this key.
+    #[inline]
+    pub fn lookup_hinted(
+        &self,
+        hash: u64,
+        hint: u32,
+        key: &FlowKey<A>,
+        now: u32,
+    ) -> Option<(u32, Direction)> {
+        let Hit { idx, way } = self.table.find_hinted(hash, hint, key)?;
         let flow = self.table.get(idx);
         if now >= self.timeouts.deadline(flow, self.table.last_seen(idx)) {
             return None;
@@ -256,7 +277,7 @@ impl<A: Family> FlowTable<A> {
         use crate::wire::tcp::flags::{ACK, FIN, RST, SYN};
         let flow = self.table.get_mut(idx);
         if flow.protocol == crate::wire::IpProtocol::TCP {
-            flow.state = match flow.state {
+            let state = match flow.state {
                 _ if tcp_flags & RST != 0 => FlowState::Reset,
                 FlowState::Reset | FlowState::Closing if tcp_flags & SYN != 0 => FlowState::SynSent,
                 _ if tcp_flags & FIN != 0 => FlowState::Closing,
@@ -265,6 +286,10 @@ impl<A: Family> FlowTable<A> {
                 }
                 s => s,
             };
+            // Store only on change, so the entry's line stays clean.
+            if state != flow.state {
+                flow.state = state;
+            }
         }
         self.table.touch(idx, now);
     }

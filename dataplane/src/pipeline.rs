@@ -33,7 +33,7 @@ use crate::io::{BURST, PacketBuf, PacketIo};
 use crate::nat::{End, IpRewrite, rewrite};
 use crate::snapshot::{Affinity, Backend, ForwardMode, ServicePort, Snapshot};
 use crate::stats::{DropReason, WorkerStats};
-use crate::table::TableError;
+use crate::table::{NO_HINT, TableError};
 use crate::wire::tcp::flags::{ACK, SYN};
 use crate::wire::{EtherType, IpProtocol, MacAddr, ethernet, ipv4, ipv6, tcp, udp, vlan};
 use crossbeam_channel::{Receiver, Sender};
@@ -130,6 +130,9 @@ struct Meta {
     early: Option<Action>,
     tuple: Tuple,
     flow_hash: u64,
+    /// The flow entry stage 2 guessed from the bucket's signatures
+    /// ([`NO_HINT`] if none), checked before it is trusted.
+    flow_hint: u32,
     /// Offset of the IP header, and of the transport header within it.
     l3: u16,
     l4: u16,
@@ -153,6 +156,7 @@ impl Meta {
             protocol: 0,
         }),
         flow_hash: 0,
+        flow_hint: NO_HINT,
         l3: 0,
         l4: 0,
         tcp_flags: 0,
@@ -191,6 +195,9 @@ pub struct Worker<I: PacketIo, C: Clock> {
     ports: [u16; BURST],
     stats: WorkerStats,
     reaped_at: u32,
+    /// When the last poll, if it was busy, finished its burst: the start of
+    /// the next busy poll's time.
+    busy_since: Option<Instant>,
     /// Where re-filing the affinity tables under shortened timeouts has got
     /// to: IPv4 table, then IPv6.
     refile: Option<(bool, usize)>,
@@ -236,6 +243,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             ports: [0; BURST],
             stats: WorkerStats::default(),
             reaped_at: now,
+            busy_since: None,
             refile: None,
         })
     }
@@ -340,13 +348,18 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         }
         let n = self.io.rx_burst(&mut self.rx);
         if n == 0 {
+            self.busy_since = None;
             return 0;
         }
-        let started = Instant::now();
+        // Back to back busy polls read the clock once each: this one's
+        // busy time starts where the last one's ended.
+        let started = self.busy_since.unwrap_or_else(Instant::now);
         self.process_burst(now);
+        let ended = Instant::now();
         self.stats.rx_packets += n as u64;
         self.stats.busy_polls += 1;
-        self.stats.busy_ns += started.elapsed().as_nanos() as u64;
+        self.stats.busy_ns += ended.saturating_duration_since(started).as_nanos() as u64;
+        self.busy_since = Some(ended);
         n
     }
 
@@ -450,10 +463,10 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             if meta.early.is_some() {
                 continue;
             }
-            match meta.tuple {
+            meta.flow_hint = match meta.tuple {
                 Tuple::V4(_) => self.v4.flows.prefetch_entry(meta.flow_hash),
                 Tuple::V6(_) => self.v6.flows.prefetch_entry(meta.flow_hash),
-            }
+            };
             if meta.opens {
                 opening = true;
                 meta.service_known = true;
@@ -718,6 +731,7 @@ fn parse_v4(ip: &[u8], l3: usize) -> Meta {
         early: None,
         tuple: Tuple::V4(key),
         flow_hash: key.hash(),
+        flow_hint: NO_HINT,
         l3: l3 as u16,
         l4: l4 as u16,
         tcp_flags,
@@ -769,6 +783,7 @@ fn parse_v6(ip: &[u8], l3: usize) -> Meta {
         early: None,
         tuple: Tuple::V6(key),
         flow_hash: key.hash(),
+        flow_hint: NO_HINT,
         l3: l3 as u16,
         l4: (ipv6::HEADER_LEN + offset) as u16,
         tcp_flags,
@@ -820,7 +835,10 @@ fn handle<A: IpRewrite>(
         now,
         stats,
     } = ctx;
-    if let Some((idx, dir)) = tables.flows.lookup(meta.flow_hash, &key, now) {
+    if let Some((idx, dir)) = tables
+        .flows
+        .lookup_hinted(meta.flow_hash, meta.flow_hint, &key, now)
+    {
         let flow = *tables.flows.get(idx);
         let reopened = dir == Direction::Forward
             && meta.tcp_flags & (SYN | ACK) == SYN

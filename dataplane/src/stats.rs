@@ -80,7 +80,9 @@ pub struct WorkerStats {
     pub tx_packets: u64,
     /// Polls that received at least one packet.
     pub busy_polls: u64,
-    /// Nanoseconds spent in polls that received packets: busy time.
+    /// Nanoseconds spent in polls that received packets: busy time. A run
+    /// of back to back busy polls counts from the end of one burst to the
+    /// end of the next (its receive included), one clock read a burst.
     pub busy_ns: u64,
     /// Packets of known connections sent on towards their backend.
     pub flow_hits: u64,

@@ -30,6 +30,10 @@ use crate::timer_wheel::{Fired, TimerWheel};
 /// forward tuple and by the tuple its replies carry.
 pub trait TableEntry: Copy + Default {
     type Key: Copy + Eq;
+    /// How a stored entry is aligned: `()` packs entries end to end,
+    /// [`LineAligned`] gives each its own cache line, so an entry a little
+    /// under a line is one memory access instead of often two.
+    type Align: Copy + Default;
     /// The most keys one entry may have; sizes the index.
     const MAX_WAYS: usize;
     /// How many keys index this entry: 1, or 2 for the reply tuple too.
@@ -42,6 +46,8 @@ pub trait TableEntry: Copy + Default {
 
 const BUCKET_SLOTS: usize = 10;
 const EMPTY: u32 = u32::MAX;
+/// What [`Table::prefetch_entry`] returns when it has no guess.
+pub const NO_HINT: u32 = EMPTY;
 const WAY_BIT: u32 = 1 << 31;
 /// `last_seen` of a free entry.
 const DEAD: u32 = u32::MAX;
@@ -69,10 +75,27 @@ impl Bucket {
         overflow: 0,
         slot: [EMPTY; BUCKET_SLOTS],
     };
+
+    /// Bit `i` set where slot `i` is in use with signature `sig`; computed
+    /// without branches, so a scan costs no mispredictions.
+    #[inline(always)]
+    fn matches(&self, sig: u16) -> u32 {
+        let mut m = 0;
+        for i in 0..BUCKET_SLOTS {
+            m |= (u32::from(self.sig[i] == sig) & u32::from(self.slot[i] != EMPTY)) << i;
+        }
+        m
+    }
 }
 
+/// Aligns a stored entry to a cache line; see [`TableEntry::Align`].
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(align(64))]
+pub struct LineAligned;
+
 #[derive(Clone, Copy, Default)]
-struct Stored<E> {
+struct Stored<E: TableEntry> {
+    _align: [E::Align; 0],
     entry: E,
     last_seen: u32,
 }
@@ -155,6 +178,7 @@ impl<E: TableEntry> Table<E> {
             mask: buckets - 1,
             slots: huge_vec(
                 Stored {
+                    _align: [],
                     entry: E::default(),
                     last_seen: DEAD,
                 },
@@ -206,21 +230,45 @@ impl<E: TableEntry> Table<E> {
 
     /// Starts loading the entry the key most likely is, judged by signature
     /// alone. Call after [`prefetch_bucket`](Self::prefetch_bucket) has had
-    /// time to land.
+    /// time to land. Returns that guess, for
+    /// [`find_hinted`](Self::find_hinted), or [`NO_HINT`].
     #[inline(always)]
-    pub fn prefetch_entry(&self, hash: u64) {
+    pub fn prefetch_entry(&self, hash: u64) -> u32 {
         let sig = sig_of(hash);
         let Some(b) = self.buckets.get(self.home(hash)) else {
-            return;
+            return NO_HINT;
         };
         for i in 0..BUCKET_SLOTS {
             if b.sig[i] == sig && b.slot[i] != EMPTY {
                 if let Some(s) = self.slots.get((b.slot[i] & !WAY_BIT) as usize) {
                     prefetch_all(s);
+                    return b.slot[i];
                 }
-                return;
+                return NO_HINT;
             }
         }
+        NO_HINT
+    }
+
+    /// [`find`](Self::find), trying first the guess
+    /// [`prefetch_entry`](Self::prefetch_entry) returned for this key. The
+    /// guess need not still hold: the table may have changed since. It is
+    /// taken only if it names a live entry with this key, which, keys
+    /// being unique among live entries, is then the one `find` would find.
+    #[inline]
+    pub fn find_hinted(&self, hash: u64, hint: u32, key: &E::Key) -> Option<Hit> {
+        if hint != NO_HINT {
+            let idx = hint & !WAY_BIT;
+            let way = u8::from(hint & WAY_BIT != 0);
+            if let Some(s) = self.slots.get(idx as usize)
+                && s.last_seen != DEAD
+                && way < s.entry.ways()
+                && s.entry.key(way) == *key
+            {
+                return Some(Hit { idx, way });
+            }
+        }
+        self.find(hash, key)
     }
 
     /// Finds `key`, whose hash is `hash`.
@@ -230,14 +278,14 @@ impl<E: TableEntry> Table<E> {
         let mut b = self.home(hash);
         for _ in 0..self.buckets.len() {
             let bucket = &self.buckets[b];
-            for i in 0..BUCKET_SLOTS {
-                let slot = bucket.slot[i];
-                if bucket.sig[i] == sig && slot != EMPTY {
-                    let idx = slot & !WAY_BIT;
-                    let way = u8::from(slot & WAY_BIT != 0);
-                    if self.slots[idx as usize].entry.key(way) == *key {
-                        return Some(Hit { idx, way });
-                    }
+            let mut m = bucket.matches(sig);
+            while m != 0 {
+                let slot = bucket.slot[m.trailing_zeros() as usize];
+                m &= m - 1;
+                let idx = slot & !WAY_BIT;
+                let way = u8::from(slot & WAY_BIT != 0);
+                if self.slots[idx as usize].entry.key(way) == *key {
+                    return Some(Hit { idx, way });
                 }
             }
             if bucket.overflow == 0 {
@@ -271,7 +319,10 @@ impl<E: TableEntry> Table<E> {
     #[inline]
     pub fn touch(&mut self, idx: u32, now: u32) {
         let s = &mut self.slots[idx as usize];
-        if s.last_seen != DEAD {
+        // Store only on change: most packets of a busy entry arrive within
+        // the tick it was last refreshed in, and a line left clean is not
+        // written back to memory when it is evicted.
+        if s.last_seen != DEAD && s.last_seen != now {
             s.last_seen = now;
         }
     }
@@ -294,6 +345,7 @@ impl<E: TableEntry> Table<E> {
             None => self.make_room(now, &expiry)?,
         };
         self.slots[idx as usize] = Stored {
+            _align: [],
             entry,
             last_seen: now,
         };
@@ -507,6 +559,7 @@ mod tests {
 
     impl TableEntry for Pair {
         type Key = u64;
+        type Align = ();
         const MAX_WAYS: usize = 2;
         fn ways(&self) -> u8 {
             if self.twin { 2 } else { 1 }
@@ -549,6 +602,39 @@ mod tests {
         assert_eq!(find(&t, 7 | 1 << 63), None);
         assert_eq!(t.len(), 0);
         assert_eq!(t.counters().removals, 1);
+    }
+
+    #[test]
+    fn stale_hints_fall_back_to_find() {
+        let mut t = Table::<Pair>::new(4, 0).unwrap();
+        let (idx, _) = t.insert(pair(7, 10), 0, 10, expiry).unwrap();
+        let h = Pair::hash(&7);
+        let hint = t.prefetch_entry(h);
+        assert_eq!(t.find_hinted(h, hint, &7), Some(Hit { idx, way: 0 }));
+        assert_eq!(t.find_hinted(h, NO_HINT, &7), Some(Hit { idx, way: 0 }));
+        // A hint at another key's entry, or at the reply way of a one-way
+        // entry, is not taken.
+        let single = Pair {
+            twin: false,
+            ..pair(9, 10)
+        };
+        let (other, _) = t.insert(single, 0, 10, expiry).unwrap();
+        assert_eq!(t.find_hinted(h, other, &7), Some(Hit { idx, way: 0 }));
+        let reply = single.b;
+        assert_eq!(
+            t.find_hinted(Pair::hash(&reply), other | WAY_BIT, &reply),
+            None
+        );
+        // A removed entry, and its slot reused for another key.
+        t.remove(idx);
+        assert_eq!(t.find_hinted(h, hint, &7), None);
+        let (reused, _) = t.insert(pair(8, 10), 0, 10, expiry).unwrap();
+        assert_eq!(reused, idx);
+        assert_eq!(t.find_hinted(h, hint, &7), None);
+        assert_eq!(
+            t.find_hinted(Pair::hash(&8), hint, &8),
+            Some(Hit { idx, way: 0 })
+        );
     }
 
     #[test]
