@@ -971,41 +971,93 @@ pub fn assemble<'a>(
         out.skipped.extend(s.skipped.iter().cloned());
         count += s.pending.len();
     }
-    out.specs.reserve(count);
-    out.info.reserve(count);
-    let mut claimed: HashMap<(IpAddr, u16, u8), &str> = HashMap::with_capacity(count);
+    let mut claims = Claims::with_capacity(&mut out, count);
     for s in services {
         for p in &s.pending {
-            let mut spec = ServicePortSpec {
+            let spec = ServicePortSpec {
                 frontends: Vec::with_capacity(p.frontends.len()),
                 ..p.spec.clone()
             };
-            for fe in &p.frontends {
-                let key = (fe.addr, fe.port, spec.protocol);
-                match claimed.get(&key) {
-                    Some(owner) if *owner == p.spec.name => {} // listed twice in one spec
-                    Some(owner) => out.errors.push(ObjectError {
-                        file: p.info.file.clone(),
-                        kind: "services".to_owned(),
-                        namespace: p.info.namespace.clone(),
-                        name: p.info.service.clone(),
-                        field: fe.field.clone(),
-                        message: duplicate(format!(
-                            "{}: already served by {owner}",
-                            quoted(&socket(fe.addr, fe.port))
-                        )),
-                    }),
-                    None => {
-                        claimed.insert(key, &p.spec.name);
-                        spec.frontends.push((fe.addr, fe.port));
-                    }
-                }
-            }
-            out.specs.push(spec);
-            out.info.push(p.info.clone());
+            claims.add(spec, p.info.clone(), &p.frontends);
         }
     }
     out
+}
+
+/// [`assemble`] of owned parts, moving their specs.
+fn assemble_owned(slices: Vec<SliceReport>, services: Vec<ServiceTranslation>) -> Translation {
+    let mut out = Translation::default();
+    for r in slices {
+        out.errors.extend(r.errors);
+        out.skipped.extend(r.skipped);
+    }
+    let mut count = 0;
+    let mut pending = Vec::with_capacity(services.len());
+    for s in services {
+        out.errors.extend(s.errors);
+        out.skipped.extend(s.skipped);
+        count += s.pending.len();
+        pending.push(s.pending);
+    }
+    let mut claims = Claims::with_capacity(&mut out, count);
+    for p in pending.into_iter().flatten() {
+        claims.add(p.spec, p.info, &p.frontends);
+    }
+    out
+}
+
+/// Frontends: first claim wins; a later claim is dropped and reported.
+struct Claims<'o> {
+    out: &'o mut Translation,
+    /// Frontend -> index of the spec in `out.specs` that holds it.
+    claimed: HashMap<(IpAddr, u16, u8), usize>,
+}
+
+impl<'o> Claims<'o> {
+    fn with_capacity(out: &'o mut Translation, count: usize) -> Self {
+        out.specs.reserve(count);
+        out.info.reserve(count);
+        Self {
+            out,
+            claimed: HashMap::with_capacity(count),
+        }
+    }
+
+    /// Adds `spec` (no frontends yet) with those of `frontends` not
+    /// claimed by an earlier spec.
+    fn add(&mut self, mut spec: ServicePortSpec, info: SpecInfo, frontends: &[Frontend]) {
+        let index = self.out.specs.len();
+        for fe in frontends {
+            let key = (fe.addr, fe.port, spec.protocol);
+            let Some(&i) = self.claimed.get(&key) else {
+                self.claimed.insert(key, index);
+                spec.frontends.push((fe.addr, fe.port));
+                continue;
+            };
+            let owner = if i == index {
+                &spec.name
+            } else {
+                &self.out.specs[i].name
+            };
+            if *owner == spec.name {
+                continue; // listed twice in one spec
+            }
+            let message = duplicate(format!(
+                "{}: already served by {owner}",
+                quoted(&socket(fe.addr, fe.port))
+            ));
+            self.out.errors.push(ObjectError {
+                file: info.file.clone(),
+                kind: "services".to_owned(),
+                namespace: info.namespace.clone(),
+                name: info.service.clone(),
+                field: fe.field.clone(),
+                message,
+            });
+        }
+        self.out.specs.push(spec);
+        self.out.info.push(info);
+    }
 }
 
 /// Translates services and their endpoint slices into service port specs.
@@ -1094,7 +1146,7 @@ pub fn translate(
             ids,
         ));
     }
-    assemble(&reports, &parts)
+    assemble_owned(reports, parts)
 }
 
 /// One service with its parsed slices (in slice-name order).
