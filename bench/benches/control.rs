@@ -443,7 +443,7 @@ impl ChangeBench {
                 "to_worker_swapped_ms": pp(&to_worker),
                 "compile_only_ms": pp(&compile_only),
                 "goal_p99_ms": 5,
-                "path": "flip one endpoint's ready on the fake API server (ack over a pipe) -> watch event -> KubeSource (coalescing window, full translate, compare) -> SnapshotCompiler::compile (1 port rebuilt) -> crossbeam channel -> Worker::poll on MemoryIo",
+                "path": "flip one endpoint's ready on the fake API server (ack over a pipe) -> watch event -> KubeSource (coalescing window, re-translate the changed service, assemble the full Translation from the per-service cache) -> SnapshotCompiler::compile (1 port rebuilt) -> crossbeam channel -> Worker::poll on MemoryIo",
             })
         );
     }
@@ -518,7 +518,7 @@ fn translate_cost(maglev_min: usize) {
             "clone_stores_ms_p50": percentile(&clone_ms, 50),
             "translate_all_ms_p50": percentile(&translate_ms, 50),
             "compare_and_keep_ms_p50": percentile(&compare_ms, 50),
-            "note": "what KubeSource does for every coalesced change today: unfiled() deep-copies every object of both stores, translate() redoes the whole cluster, the result is compared to and cloned into the last one",
+            "note": "what KubeSource did for every coalesced change before per-service caching (translate() of the whole cluster, kept as the manifest path's cost): unfiled() deep-copies every object of both stores, translate() redoes the whole cluster, the result is compared to and cloned into the last one",
         })
     );
 }

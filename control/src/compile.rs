@@ -40,7 +40,9 @@ impl SnapshotCompiler {
         specs: Vec<ServicePortSpec>,
     ) -> Result<(Snapshot, CompileStats), SnapshotError> {
         let mut stats = CompileStats::default();
-        let mut cache = HashMap::with_capacity(specs.len());
+        // The cache is updated in place once the snapshot is built: ports
+        // compiled now are staged, and entries no longer listed are dropped.
+        let mut fresh = Vec::new();
         let mut ports = Vec::with_capacity(specs.len());
         for spec in specs {
             let port = match self.cache.get(&spec.id) {
@@ -50,15 +52,21 @@ impl SnapshotCompiler {
                 }
                 _ => {
                     stats.compiled += 1;
-                    Arc::new(ServicePort::compile(spec)?)
+                    let port = Arc::new(ServicePort::compile(spec)?);
+                    fresh.push(Arc::clone(&port));
+                    port
                 }
             };
-            cache.insert(port.spec.id, Arc::clone(&port));
             ports.push(port);
         }
         let snapshot = Snapshot::new(self.generation + 1, ports)?;
         self.generation += 1;
-        self.cache = cache;
+        for port in fresh {
+            self.cache.insert(port.spec.id, port);
+        }
+        if self.cache.len() != snapshot.ports().len() {
+            self.cache.retain(|id, _| snapshot.by_id(*id).is_some());
+        }
         Ok((snapshot, stats))
     }
 }

@@ -30,17 +30,20 @@
 //! stable across updates. Dropping the [`KubeSource`] stops the thread.
 
 use crate::ids::IdAllocator;
-use crate::manifest::Sourced;
-use crate::translate::{TranslateContext, Translation, translate};
+use crate::translate::{
+    ServiceTranslation, SliceReport, TranslateContext, Translation, assemble, slice_report,
+    slice_service, translate_service,
+};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -353,26 +356,32 @@ fn backoff(opts: &BackoffOptions) -> ResetTimerBackoff<Exponential> {
 }
 
 /// What a watcher event means here (the stores hold the objects).
-enum Signal {
+enum Signal<K: Lookup> {
     /// A relist started or listed an object: the store is unchanged until
     /// it completes.
     Listing,
     /// A list completed (the store was replaced).
     Listed,
-    /// An object was added, changed or deleted.
-    Changed,
+    /// This object was added, changed or deleted.
+    Changed(ObjectRef<K>),
     Error {
         message: String,
         gone: bool,
     },
 }
 
-impl Signal {
-    fn of<K>(ev: Result<watcher::Event<K>, watcher::Error>) -> Self {
+impl<K> Signal<K>
+where
+    K: Lookup,
+    K::DynamicType: Default,
+{
+    fn of(ev: Result<watcher::Event<K>, watcher::Error>) -> Self {
         match ev {
             Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Signal::Listing,
             Ok(watcher::Event::InitDone) => Signal::Listed,
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed,
+            Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                Signal::Changed(ObjectRef::from_obj(&o))
+            }
             Err(e) => Signal::Error {
                 gone: matches!(&e, watcher::Error::WatchError(s) if s.code == 410),
                 message: e.to_string(),
@@ -381,22 +390,28 @@ impl Signal {
     }
 }
 
-/// Per resource: whether its initial list has completed.
-struct Progress {
+/// Per resource: whether its initial list has completed, and what changed
+/// since the last translation.
+struct Progress<K: Lookup> {
     what: &'static str,
     synced: bool,
+    /// A list completed: the whole store may have changed.
+    relisted: bool,
+    dirty: Vec<ObjectRef<K>>,
 }
 
-impl Progress {
+impl<K: Lookup> Progress<K> {
     fn new(what: &'static str) -> Self {
         Self {
             what,
             synced: false,
+            relisted: false,
+            dirty: Vec::new(),
         }
     }
 
     /// Whether the store changed; logs errors.
-    fn signal(&mut self, signal: Signal, status: &Status) -> bool {
+    fn signal(&mut self, signal: Signal<K>, status: &Status) -> bool {
         let what = self.what;
         match signal {
             Signal::Listing => false,
@@ -405,9 +420,16 @@ impl Progress {
                     info!("{what}: initial list complete");
                 }
                 self.synced = true;
+                self.relisted = true;
+                self.dirty.clear();
                 true
             }
-            Signal::Changed => true,
+            Signal::Changed(r) => {
+                if !self.relisted {
+                    self.dirty.push(r);
+                }
+                true
+            }
             Signal::Error { message, gone } => {
                 if gone {
                     debug!("{what}: resource version too old, relisting");
@@ -421,16 +443,173 @@ impl Progress {
     }
 }
 
-fn unfiled<K>(store: &Store<K>) -> Vec<Sourced<K>>
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .state()
-        .into_iter()
-        .map(|o| Sourced::unfiled((*o).clone()))
-        .collect()
+/// (namespace, name) of an object, as translation names it.
+type Key = (String, String);
+
+fn key_of(namespace: Option<&str>, name: &str) -> Key {
+    (
+        namespace
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_owned(),
+        name.to_owned(),
+    )
+}
+
+fn meta_key(meta: &kube::api::ObjectMeta) -> Key {
+    key_of(
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The cluster translated service by service: a change re-translates only
+/// the services whose `Service` or slices changed, and the full
+/// [`Translation`] is assembled from the parts (what `translate` gives for
+/// the whole cluster). Objects are the stores' own, shared, never copied.
+#[derive(Default)]
+struct Incremental {
+    /// Every slice, with the service it is labelled for.
+    slices: HashMap<Key, Option<Key>>,
+    /// Slices' own errors and skip reasons (non-empty ones only).
+    reports: BTreeMap<Key, SliceReport>,
+    /// Each service's slices, by slice name.
+    members: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Each service's translation, in (namespace, name) order.
+    parts: BTreeMap<Key, ServiceTranslation>,
+}
+
+impl Incremental {
+    fn leave(&mut self, slice: &Key, service: Key, dirty: &mut BTreeSet<Key>) {
+        if let Some(m) = self.members.get_mut(&service) {
+            m.remove(&slice.1);
+            if m.is_empty() {
+                self.members.remove(&service);
+            }
+        }
+        dirty.insert(service);
+    }
+
+    /// Records a slice's latest state (`None`: deleted); the services it
+    /// left or is in are added to `dirty`. Whether its report changed.
+    fn slice(
+        &mut self,
+        key: Key,
+        obj: Option<Arc<EndpointSlice>>,
+        dirty: &mut BTreeSet<Key>,
+    ) -> bool {
+        let Some(obj) = obj else {
+            if let Some(Some(old)) = self.slices.remove(&key) {
+                self.leave(&key, old, dirty);
+            }
+            return self.reports.remove(&key).is_some();
+        };
+        let service = slice_service(&obj).map(|s| (key.0.clone(), s.to_owned()));
+        if let Some(Some(old)) = self.slices.insert(key.clone(), service.clone())
+            && service.as_ref() != Some(&old)
+        {
+            self.leave(&key, old, dirty);
+        }
+        let report = slice_report(&obj);
+        if let Some(s) = service {
+            self.members
+                .entry(s.clone())
+                .or_default()
+                .insert(key.1.clone(), obj);
+            dirty.insert(s);
+        }
+        if report == SliceReport::default() {
+            self.reports.remove(&key).is_some()
+        } else {
+            self.reports.insert(key, report.clone()).as_ref() != Some(&report)
+        }
+    }
+
+    /// Re-translates one service (`None`: deleted). Whether its part
+    /// changed.
+    fn service(
+        &mut self,
+        key: Key,
+        obj: Option<&Service>,
+        ctx: &TranslateContext,
+        ids: &mut IdAllocator,
+    ) -> bool {
+        let Some(obj) = obj else {
+            return self.parts.remove(&key).is_some();
+        };
+        let slices: Vec<&EndpointSlice> = self
+            .members
+            .get(&key)
+            .map(|m| m.values().map(AsRef::as_ref).collect())
+            .unwrap_or_default();
+        let part = translate_service(obj, &slices, ctx, ids);
+        if self.parts.get(&key) == Some(&part) {
+            return false;
+        }
+        self.parts.insert(key, part);
+        true
+    }
+
+    /// Everything again from the stores' contents.
+    fn rebuild(
+        services: &Store<Service>,
+        slices: &Store<EndpointSlice>,
+        ctx: &TranslateContext,
+        ids: &mut IdAllocator,
+    ) -> Self {
+        let mut new = Incremental::default();
+        let mut ignored = BTreeSet::new();
+        for s in slices.state() {
+            new.slice(meta_key(&s.metadata), Some(s), &mut ignored);
+        }
+        let mut all: Vec<(Key, Arc<Service>)> = services
+            .state()
+            .into_iter()
+            .map(|s| (meta_key(&s.metadata), s))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, svc) in all {
+            new.service(key, Some(&svc), ctx, ids);
+        }
+        new
+    }
+
+    /// Applies the objects changed since the last window; whether the
+    /// translation changed.
+    fn apply(
+        &mut self,
+        changed_services: Vec<ObjectRef<Service>>,
+        changed_slices: Vec<ObjectRef<EndpointSlice>>,
+        services: &Store<Service>,
+        slices: &Store<EndpointSlice>,
+        ctx: &TranslateContext,
+        ids: &mut IdAllocator,
+    ) -> bool {
+        let mut changed = false;
+        let mut dirty: BTreeSet<Key> = BTreeSet::new();
+        for r in changed_slices {
+            let key = key_of(r.namespace.as_deref(), &r.name);
+            changed |= self.slice(key, slices.get(&r), &mut dirty);
+        }
+        let mut found: HashMap<Key, Option<Arc<Service>>> = HashMap::new();
+        for r in changed_services {
+            let key = key_of(r.namespace.as_deref(), &r.name);
+            found.insert(key.clone(), services.get(&r));
+            dirty.insert(key);
+        }
+        for key in dirty {
+            let obj = match found.remove(&key) {
+                Some(o) => o,
+                None => services.get(&ObjectRef::new(&key.1).within(&key.0)),
+            };
+            changed |= self.service(key, obj.as_deref(), ctx, ids);
+        }
+        changed
+    }
+
+    fn translation(&self) -> Translation {
+        assemble(self.reports.values(), self.parts.values())
+    }
 }
 
 async fn run(
@@ -446,19 +625,19 @@ async fn run(
     let svc_stream = watcher(Api::<Service>::all(client.clone()), config.clone())
         .backoff(backoff(&opts.backoff))
         .reflect(svc_writer)
-        .map(|ev| (true, Signal::of(ev)))
+        .map(|ev| Ok(Signal::of(ev)))
         .boxed();
     let slice_stream = watcher(Api::<EndpointSlice>::all(client), config)
         .backoff(backoff(&opts.backoff))
         .reflect(slice_writer)
-        .map(|ev| (false, Signal::of(ev)))
+        .map(|ev| Err(Signal::of(ev)))
         .boxed();
     let mut events = futures::stream::select(svc_stream, slice_stream);
 
     let mut ids = IdAllocator::new();
-    let mut svc_progress = Progress::new("services");
-    let mut slice_progress = Progress::new("endpointslices");
-    let mut last: Option<Translation> = None;
+    let mut svc_progress = Progress::<Service>::new("services");
+    let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices");
+    let mut state: Option<Incremental> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let window = async {
@@ -472,8 +651,8 @@ async fn run(
             item = events.next() => {
                 let changed = match item {
                     None => return,
-                    Some((true, signal)) => svc_progress.signal(signal, &status),
-                    Some((false, signal)) => slice_progress.signal(signal, &status),
+                    Some(Ok(signal)) => svc_progress.signal(signal, &status),
+                    Some(Err(signal)) => slice_progress.signal(signal, &status),
                 };
                 if changed && deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + opts.debounce);
@@ -484,17 +663,41 @@ async fn run(
                 if !(svc_progress.synced && slice_progress.synced) {
                     continue;
                 }
-                let t = translate(&unfiled(&services), &unfiled(&slices), &opts.ctx, &mut ids);
-                let update = match &last {
-                    None => KubeUpdate::Synced(t.clone()),
-                    Some(prev) if *prev == t => continue,
-                    Some(_) => KubeUpdate::Changed(t.clone()),
+                let relisted = svc_progress.relisted || slice_progress.relisted;
+                svc_progress.relisted = false;
+                slice_progress.relisted = false;
+                let changed_services = std::mem::take(&mut svc_progress.dirty);
+                let changed_slices = std::mem::take(&mut slice_progress.dirty);
+                let first = state.is_none();
+                let changed = match &mut state {
+                    Some(st) if !relisted => st.apply(
+                        changed_services,
+                        changed_slices,
+                        &services,
+                        &slices,
+                        &opts.ctx,
+                        &mut ids,
+                    ),
+                    _ => {
+                        let new = Incremental::rebuild(&services, &slices, &opts.ctx, &mut ids);
+                        let changed = state.as_ref().is_none_or(|old| {
+                            old.parts != new.parts || old.reports != new.reports
+                        });
+                        state = Some(new);
+                        changed
+                    }
                 };
-                if last.is_none() {
+                let Some(st) = state.as_ref().filter(|_| changed) else {
+                    continue;
+                };
+                let t = st.translation();
+                let update = if first {
                     info!(specs = t.specs.len(), errors = t.errors.len(), "Kubernetes state synced");
                     status.synced.store(true, Ordering::Relaxed);
-                }
-                last = Some(t);
+                    KubeUpdate::Synced(t)
+                } else {
+                    KubeUpdate::Changed(t)
+                };
                 if tx.send(update).is_err() {
                     return;
                 }

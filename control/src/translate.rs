@@ -362,7 +362,7 @@ struct ParsedPort {
 }
 
 /// A frontend and the field it came from (for conflict reports).
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Frontend {
     addr: IpAddr,
     port: u16,
@@ -392,7 +392,7 @@ fn restrict(lb_ips: &[IpAddr], ranges: &[String], family: IpFamily) -> Option<So
 }
 
 struct ParsedService<'a> {
-    src: &'a Sourced<Service>,
+    file: Option<&'a PathBuf>,
     namespace: String,
     name: String,
     affinity: Affinity,
@@ -431,8 +431,7 @@ fn parse_policy(value: Option<&str>, field: &str, problems: &mut Problems) -> Tr
 }
 
 #[allow(clippy::too_many_lines)] // one pass over the spec, as the API server's validation
-fn parse_service(src: &Sourced<Service>) -> ServiceOutcome<'_> {
-    let svc = &src.object;
+fn parse_service<'a>(svc: &'a Service, file: Option<&'a PathBuf>) -> ServiceOutcome<'a> {
     let labels = svc.metadata.labels.as_ref();
     if let Some(proxy) = labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
         return ServiceOutcome::Skip(format!(
@@ -661,7 +660,7 @@ fn parse_service(src: &Sourced<Service>) -> ServiceOutcome<'_> {
         return ServiceOutcome::Skip("no cluster IP assigned".to_owned());
     }
     ServiceOutcome::Serve(Box::new(ParsedService {
-        src,
+        file,
         namespace: namespace_of(svc.metadata.namespace.as_ref()),
         name: svc.metadata.name.clone().unwrap_or_default(),
         affinity,
@@ -698,8 +697,7 @@ struct ParsedSlice<'a> {
     endpoints: Vec<Endpoint<'a>>,
 }
 
-fn parse_slice(src: &Sourced<EndpointSlice>) -> Result<Option<ParsedSlice<'_>>, Problems> {
-    let slice = &src.object;
+fn parse_slice(slice: &EndpointSlice) -> Result<Option<ParsedSlice<'_>>, Problems> {
     let mut problems = Problems::default();
     let family = match slice.address_type.as_str() {
         "IPv4" => IpFamily::V4,
@@ -842,6 +840,7 @@ fn backends(set: &[(IpAddr, u16)], ids: &mut IdAllocator) -> Vec<Backend> {
 }
 
 /// A spec before frontend conflicts are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
     spec: ServicePortSpec,
     info: SpecInfo,
@@ -852,19 +851,226 @@ fn key_of(ns: &str, name: &str) -> (String, String) {
     (ns.to_owned(), name.to_owned())
 }
 
+/// What one `EndpointSlice` reports by itself, whatever service it serves:
+/// why it is skipped or what is invalid in it (see [`slice_report`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SliceReport {
+    pub errors: Vec<ObjectError>,
+    pub skipped: Vec<(String, String)>,
+}
+
+/// One service translated by itself ([`translate_service`]): its specs
+/// before frontend conflicts with other services are resolved, and its own
+/// errors and skip reasons. [`assemble`] puts services together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceTranslation {
+    pending: Vec<Pending>,
+    errors: Vec<ObjectError>,
+    skipped: Vec<(String, String)>,
+}
+
+impl ServiceTranslation {
+    /// How many specs it holds.
+    pub fn spec_count(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The service a slice is labelled for (`kubernetes.io/service-name`), if
+/// any; the slice serves that service of its own namespace.
+pub fn slice_service(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+/// A slice's report and, when it is usable, its parsed form and the
+/// service it serves.
+fn check_slice<'a>(
+    slice: &'a EndpointSlice,
+    file: Option<&PathBuf>,
+) -> (SliceReport, Option<(&'a str, ParsedSlice<'a>)>) {
+    let meta = &slice.metadata;
+    let ns = namespace_of(meta.namespace.as_ref());
+    let name = meta.name.clone().unwrap_or_default();
+    let mut report = SliceReport::default();
+    let Some(service) = slice_service(slice) else {
+        report.skipped.push((
+            format!("endpointslices/{ns}/{name}"),
+            format!("no {SERVICE_NAME_LABEL} label"),
+        ));
+        return (report, None);
+    };
+    match parse_slice(slice) {
+        Ok(Some(parsed)) => return (report, Some((service, parsed))),
+        Ok(None) => report.skipped.push((
+            format!("endpointslices/{ns}/{name}"),
+            "addressType FQDN: not proxied".to_owned(),
+        )),
+        Err(problems) => {
+            for (field, message) in problems.0 {
+                report.errors.push(ObjectError {
+                    file: file.cloned(),
+                    kind: "endpointslices".to_owned(),
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    field,
+                    message,
+                });
+            }
+        }
+    }
+    (report, None)
+}
+
+/// What [`translate`] reports about one slice by itself (an API object:
+/// no file).
+pub fn slice_report(slice: &EndpointSlice) -> SliceReport {
+    check_slice(slice, None).0
+}
+
+/// Translates one service (an API object: no file) with the slices
+/// labelled for it in its namespace (any order; invalid and FQDN slices
+/// contribute nothing, as in [`translate`]). Ids are allocated as
+/// [`translate`] would for this service.
+pub fn translate_service(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    ctx: &TranslateContext,
+    ids: &mut IdAllocator,
+) -> ServiceTranslation {
+    let mut sorted: Vec<&EndpointSlice> = slices.to_vec();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let parsed: Vec<ParsedSlice<'_>> = sorted
+        .into_iter()
+        .filter_map(|s| parse_slice(s).ok().flatten())
+        .collect();
+    let refs: Vec<&ParsedSlice<'_>> = parsed.iter().collect();
+    translate_one(service, None, &refs, ctx, ids)
+}
+
+/// Puts slices' reports and services' translations together into what
+/// [`translate`] gives for the same objects, given in (namespace, name)
+/// order: a frontend claimed by several services goes to the first, and is
+/// reported for the others.
+pub fn assemble<'a>(
+    slices: impl IntoIterator<Item = &'a SliceReport>,
+    services: impl IntoIterator<Item = &'a ServiceTranslation> + Clone,
+) -> Translation {
+    let mut out = Translation::default();
+    for r in slices {
+        out.errors.extend(r.errors.iter().cloned());
+        out.skipped.extend(r.skipped.iter().cloned());
+    }
+    let mut count = 0;
+    for s in services.clone() {
+        out.errors.extend(s.errors.iter().cloned());
+        out.skipped.extend(s.skipped.iter().cloned());
+        count += s.pending.len();
+    }
+    let mut claims = Claims::with_capacity(&mut out, count);
+    for s in services {
+        for p in &s.pending {
+            let spec = ServicePortSpec {
+                frontends: Vec::with_capacity(p.frontends.len()),
+                ..p.spec.clone()
+            };
+            claims.add(spec, p.info.clone(), &p.frontends);
+        }
+    }
+    out
+}
+
+/// [`assemble`] of owned parts, moving their specs.
+fn assemble_owned(slices: Vec<SliceReport>, services: Vec<ServiceTranslation>) -> Translation {
+    let mut out = Translation::default();
+    for r in slices {
+        out.errors.extend(r.errors);
+        out.skipped.extend(r.skipped);
+    }
+    let mut count = 0;
+    let mut pending = Vec::with_capacity(services.len());
+    for s in services {
+        out.errors.extend(s.errors);
+        out.skipped.extend(s.skipped);
+        count += s.pending.len();
+        pending.push(s.pending);
+    }
+    let mut claims = Claims::with_capacity(&mut out, count);
+    for p in pending.into_iter().flatten() {
+        claims.add(p.spec, p.info, &p.frontends);
+    }
+    out
+}
+
+/// Frontends: first claim wins; a later claim is dropped and reported.
+struct Claims<'o> {
+    out: &'o mut Translation,
+    /// Frontend -> index of the spec in `out.specs` that holds it.
+    claimed: HashMap<(IpAddr, u16, u8), usize>,
+}
+
+impl<'o> Claims<'o> {
+    fn with_capacity(out: &'o mut Translation, count: usize) -> Self {
+        out.specs.reserve(count);
+        out.info.reserve(count);
+        Self {
+            out,
+            claimed: HashMap::with_capacity(count),
+        }
+    }
+
+    /// Adds `spec` (no frontends yet) with those of `frontends` not
+    /// claimed by an earlier spec.
+    fn add(&mut self, mut spec: ServicePortSpec, info: SpecInfo, frontends: &[Frontend]) {
+        let index = self.out.specs.len();
+        for fe in frontends {
+            let key = (fe.addr, fe.port, spec.protocol);
+            let Some(&i) = self.claimed.get(&key) else {
+                self.claimed.insert(key, index);
+                spec.frontends.push((fe.addr, fe.port));
+                continue;
+            };
+            let owner = if i == index {
+                &spec.name
+            } else {
+                &self.out.specs[i].name
+            };
+            if *owner == spec.name {
+                continue; // listed twice in one spec
+            }
+            let message = duplicate(format!(
+                "{}: already served by {owner}",
+                quoted(&socket(fe.addr, fe.port))
+            ));
+            self.out.errors.push(ObjectError {
+                file: info.file.clone(),
+                kind: "services".to_owned(),
+                namespace: info.namespace.clone(),
+                name: info.service.clone(),
+                field: fe.field.clone(),
+                message,
+            });
+        }
+        self.out.specs.push(spec);
+        self.out.info.push(info);
+    }
+}
+
 /// Translates services and their endpoint slices into service port specs.
-#[allow(clippy::too_many_lines)]
 pub fn translate(
     services: &[Sourced<Service>],
     slices: &[Sourced<EndpointSlice>],
     ctx: &TranslateContext,
     ids: &mut IdAllocator,
 ) -> Translation {
-    let mut out = Translation::default();
-
     // Endpoint slices by (namespace, service), in slice-name order.
     let mut by_service: BTreeMap<(String, String), Vec<ParsedSlice<'_>>> = BTreeMap::new();
     let mut seen_slices: HashSet<(String, String)> = HashSet::new();
+    let mut reports: Vec<SliceReport> = Vec::new();
     let mut sorted_slices: Vec<&Sourced<EndpointSlice>> = slices.iter().collect();
     sorted_slices.sort_by_key(|s| {
         (
@@ -876,41 +1082,28 @@ pub fn translate(
         let meta = &src.object.metadata;
         let ns = namespace_of(meta.namespace.as_ref());
         let name = meta.name.clone().unwrap_or_default();
-        let error = |field: &str, message: String| ObjectError {
-            file: src.file.clone(),
-            kind: "endpointslices".to_owned(),
-            namespace: ns.clone(),
-            name: name.clone(),
-            field: field.to_owned(),
-            message,
-        };
         if !seen_slices.insert(key_of(&ns, &name)) {
-            out.errors
-                .push(error("metadata.name", duplicate(quoted(&name))));
+            reports.push(SliceReport {
+                errors: vec![ObjectError {
+                    file: src.file.clone(),
+                    kind: "endpointslices".to_owned(),
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    field: "metadata.name".to_owned(),
+                    message: duplicate(quoted(&name)),
+                }],
+                skipped: Vec::new(),
+            });
             continue;
         }
-        let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-            out.skipped.push((
-                format!("endpointslices/{ns}/{name}"),
-                format!("no {SERVICE_NAME_LABEL} label"),
-            ));
-            continue;
-        };
-        match parse_slice(src) {
-            Ok(Some(parsed)) => by_service
+        let (report, parsed) = check_slice(&src.object, src.file.as_ref());
+        if let Some((service, parsed)) = parsed {
+            by_service
                 .entry(key_of(&ns, service))
                 .or_default()
-                .push(parsed),
-            Ok(None) => out.skipped.push((
-                format!("endpointslices/{ns}/{name}"),
-                "addressType FQDN: not proxied".to_owned(),
-            )),
-            Err(problems) => {
-                for (field, message) in problems.0 {
-                    out.errors.push(error(&field, message));
-                }
-            }
+                .push(parsed);
         }
+        reports.push(report);
     }
 
     let mut sorted: Vec<&Sourced<Service>> = services.iter().collect();
@@ -921,178 +1114,176 @@ pub fn translate(
         )
     });
     let mut seen_services: HashSet<(String, String)> = HashSet::new();
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut parts: Vec<ServiceTranslation> = Vec::with_capacity(sorted.len());
     for src in sorted {
         let ns = namespace_of(src.object.metadata.namespace.as_ref());
         let name = src.object.metadata.name.clone().unwrap_or_default();
-        let error = |field: String, message: String| ObjectError {
-            file: src.file.clone(),
-            kind: "services".to_owned(),
-            namespace: ns.clone(),
-            name: name.clone(),
-            field,
-            message,
-        };
         if !seen_services.insert(key_of(&ns, &name)) {
-            out.errors
-                .push(error("metadata.name".to_owned(), duplicate(quoted(&name))));
+            parts.push(ServiceTranslation {
+                errors: vec![ObjectError {
+                    file: src.file.clone(),
+                    kind: "services".to_owned(),
+                    namespace: ns,
+                    name: name.clone(),
+                    field: "metadata.name".to_owned(),
+                    message: duplicate(quoted(&name)),
+                }],
+                ..ServiceTranslation::default()
+            });
             continue;
         }
-        let svc = match parse_service(src) {
-            ServiceOutcome::Serve(svc) => svc,
-            ServiceOutcome::Skip(reason) => {
-                out.skipped.push((format!("services/{ns}/{name}"), reason));
-                continue;
-            }
-            ServiceOutcome::Invalid(problems) => {
-                out.errors
-                    .extend(problems.0.into_iter().map(|(f, m)| error(f, m)));
-                continue;
-            }
-        };
         let empty = Vec::new();
         let svc_slices: Vec<&ParsedSlice<'_>> = by_service
             .get(&key_of(&ns, &name))
             .unwrap_or(&empty)
             .iter()
             .collect();
-        let mut families: Vec<IpFamily> = svc
-            .cluster_ips
-            .iter()
-            .map(|(a, _)| IpFamily::of(*a))
-            .collect();
-        families.sort_unstable();
-        families.dedup();
-        let is_local = |e: &Endpoint<'_>| {
-            ctx.node_name.is_some() && e.node.is_some() && e.node == ctx.node_name.as_deref()
-        };
-        for (pi, port) in svc.ports.iter().enumerate() {
-            let label = port.name.clone().unwrap_or_else(|| port.port.to_string());
-            let base = format!("{ns}/{name}:{label}/{}", port.protocol.as_str());
-            for &family in &families {
-                let of_family = |list: &[(IpAddr, String)]| -> Vec<Frontend> {
-                    list.iter()
-                        .filter(|(a, _)| IpFamily::of(*a) == family)
-                        .map(|(a, f)| Frontend {
-                            addr: *a,
-                            port: port.port,
-                            field: f.clone(),
-                        })
-                        .collect()
-                };
-                let cluster_fe = of_family(&svc.cluster_ips);
-                let mut external_fe = of_family(&svc.external_ips);
-                let lb_fe = of_family(&svc.lb_ips);
-                let lb_ips: Vec<IpAddr> = lb_fe.iter().map(|f| f.addr).collect();
-                external_fe.extend(lb_fe);
-                if let (true, Some(np)) = (svc.node_ports, port.node_port) {
-                    for &a in ctx
-                        .node_addresses
-                        .iter()
-                        .filter(|a| IpFamily::of(**a) == family)
-                    {
-                        external_fe.push(Frontend {
-                            addr: a,
-                            port: np,
-                            field: format!("spec.ports[{pi}].nodePort"),
-                        });
-                    }
-                }
-                let eps = collect_endpoints(&svc_slices, family, port);
-                let cluster_set = usable(&eps, |_| true);
-                let local_set = usable(&eps, is_local);
-                let pick = |p: TrafficPolicy| match p {
-                    TrafficPolicy::Cluster => &cluster_set,
-                    TrafficPolicy::Local => &local_set,
-                };
-                let family_name = match family {
-                    IpFamily::V4 => base.clone(),
-                    IpFamily::V6 => format!("{base}/v6"),
-                };
-                let mut make = |scope: Scope, frontends: Vec<Frontend>, set: &[(IpAddr, u16)]| {
-                    let name = match scope {
-                        Scope::External => format!("{family_name}/external"),
-                        Scope::All | Scope::Cluster => family_name.clone(),
-                    };
-                    let lb_ips: Vec<IpAddr> = lb_ips
-                        .iter()
-                        .copied()
-                        .filter(|a| frontends.iter().any(|f| f.addr == *a))
-                        .collect();
-                    let source_ranges = restrict(&lb_ips, &svc.source_ranges, family);
-                    let backends = backends(set, ids);
-                    pending.push(Pending {
-                        spec: ServicePortSpec {
-                            id: ids.service_port(&name),
-                            name,
-                            protocol: port.protocol.number(),
-                            affinity: svc.affinity,
-                            mode: ctx.mode,
-                            frontends: Vec::new(),
-                            maglev_size: Some(maglev_size(backends.len(), ctx.maglev_min_size)),
-                            backends,
-                            source_ranges,
-                        },
-                        info: SpecInfo {
-                            namespace: svc.namespace.clone(),
-                            service: svc.name.clone(),
-                            port_name: port.name.clone(),
-                            port: port.port,
-                            file: svc.src.file.clone(),
-                            family,
-                            scope,
-                            internal_traffic_policy: svc.itp,
-                            external_traffic_policy: svc.etp,
-                            load_balancer_ips: lb_ips,
-                            load_balancer_source_ranges: svc.source_ranges.clone(),
-                            traffic_distribution: svc.traffic_distribution.clone(),
-                        },
-                        frontends,
-                    });
-                };
-                if external_fe.is_empty() || svc.itp == svc.etp {
-                    let mut all = cluster_fe;
-                    all.extend(external_fe);
-                    make(Scope::All, all, pick(svc.itp));
-                } else {
-                    make(Scope::Cluster, cluster_fe, pick(svc.itp));
-                    make(Scope::External, external_fe, pick(svc.etp));
-                }
-            }
-        }
+        parts.push(translate_one(
+            &src.object,
+            src.file.as_ref(),
+            &svc_slices,
+            ctx,
+            ids,
+        ));
     }
+    assemble_owned(reports, parts)
+}
 
-    // Frontends: first claim wins; a later claim is dropped and reported.
-    let mut claimed: HashMap<(IpAddr, u16, u8), String> = HashMap::new();
-    for p in pending {
-        let Pending {
-            mut spec,
-            info,
-            frontends,
-        } = p;
-        for fe in frontends {
-            let key = (fe.addr, fe.port, spec.protocol);
-            match claimed.get(&key) {
-                Some(owner) if *owner == spec.name => {} // listed twice in one spec
-                Some(owner) => out.errors.push(ObjectError {
-                    file: info.file.clone(),
+/// One service with its parsed slices (in slice-name order).
+#[allow(clippy::too_many_lines)]
+fn translate_one(
+    service: &Service,
+    file: Option<&PathBuf>,
+    svc_slices: &[&ParsedSlice<'_>],
+    ctx: &TranslateContext,
+    ids: &mut IdAllocator,
+) -> ServiceTranslation {
+    let mut out = ServiceTranslation::default();
+    let ns = namespace_of(service.metadata.namespace.as_ref());
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let svc = match parse_service(service, file) {
+        ServiceOutcome::Serve(svc) => svc,
+        ServiceOutcome::Skip(reason) => {
+            out.skipped.push((format!("services/{ns}/{name}"), reason));
+            return out;
+        }
+        ServiceOutcome::Invalid(problems) => {
+            out.errors
+                .extend(problems.0.into_iter().map(|(field, message)| ObjectError {
+                    file: file.cloned(),
                     kind: "services".to_owned(),
-                    namespace: info.namespace.clone(),
-                    name: info.service.clone(),
-                    field: fe.field,
-                    message: duplicate(format!(
-                        "{}: already served by {owner}",
-                        quoted(&socket(fe.addr, fe.port))
-                    )),
-                }),
-                None => {
-                    claimed.insert(key, spec.name.clone());
-                    spec.frontends.push((fe.addr, fe.port));
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    field,
+                    message,
+                }));
+            return out;
+        }
+    };
+    let pending = &mut out.pending;
+    let mut families: Vec<IpFamily> = svc
+        .cluster_ips
+        .iter()
+        .map(|(a, _)| IpFamily::of(*a))
+        .collect();
+    families.sort_unstable();
+    families.dedup();
+    let is_local = |e: &Endpoint<'_>| {
+        ctx.node_name.is_some() && e.node.is_some() && e.node == ctx.node_name.as_deref()
+    };
+    for (pi, port) in svc.ports.iter().enumerate() {
+        let label = port.name.clone().unwrap_or_else(|| port.port.to_string());
+        let base = format!("{ns}/{name}:{label}/{}", port.protocol.as_str());
+        for &family in &families {
+            let of_family = |list: &[(IpAddr, String)]| -> Vec<Frontend> {
+                list.iter()
+                    .filter(|(a, _)| IpFamily::of(*a) == family)
+                    .map(|(a, f)| Frontend {
+                        addr: *a,
+                        port: port.port,
+                        field: f.clone(),
+                    })
+                    .collect()
+            };
+            let cluster_fe = of_family(&svc.cluster_ips);
+            let mut external_fe = of_family(&svc.external_ips);
+            let lb_fe = of_family(&svc.lb_ips);
+            let lb_ips: Vec<IpAddr> = lb_fe.iter().map(|f| f.addr).collect();
+            external_fe.extend(lb_fe);
+            if let (true, Some(np)) = (svc.node_ports, port.node_port) {
+                for &a in ctx
+                    .node_addresses
+                    .iter()
+                    .filter(|a| IpFamily::of(**a) == family)
+                {
+                    external_fe.push(Frontend {
+                        addr: a,
+                        port: np,
+                        field: format!("spec.ports[{pi}].nodePort"),
+                    });
                 }
             }
+            let eps = collect_endpoints(svc_slices, family, port);
+            let cluster_set = usable(&eps, |_| true);
+            let local_set = usable(&eps, is_local);
+            let pick = |p: TrafficPolicy| match p {
+                TrafficPolicy::Cluster => &cluster_set,
+                TrafficPolicy::Local => &local_set,
+            };
+            let family_name = match family {
+                IpFamily::V4 => base.clone(),
+                IpFamily::V6 => format!("{base}/v6"),
+            };
+            let mut make = |scope: Scope, frontends: Vec<Frontend>, set: &[(IpAddr, u16)]| {
+                let name = match scope {
+                    Scope::External => format!("{family_name}/external"),
+                    Scope::All | Scope::Cluster => family_name.clone(),
+                };
+                let lb_ips: Vec<IpAddr> = lb_ips
+                    .iter()
+                    .copied()
+                    .filter(|a| frontends.iter().any(|f| f.addr == *a))
+                    .collect();
+                let source_ranges = restrict(&lb_ips, &svc.source_ranges, family);
+                let backends = backends(set, ids);
+                pending.push(Pending {
+                    spec: ServicePortSpec {
+                        id: ids.service_port(&name),
+                        name,
+                        protocol: port.protocol.number(),
+                        affinity: svc.affinity,
+                        mode: ctx.mode,
+                        frontends: Vec::new(),
+                        maglev_size: Some(maglev_size(backends.len(), ctx.maglev_min_size)),
+                        backends,
+                        source_ranges,
+                    },
+                    info: SpecInfo {
+                        namespace: svc.namespace.clone(),
+                        service: svc.name.clone(),
+                        port_name: port.name.clone(),
+                        port: port.port,
+                        file: svc.file.cloned(),
+                        family,
+                        scope,
+                        internal_traffic_policy: svc.itp,
+                        external_traffic_policy: svc.etp,
+                        load_balancer_ips: lb_ips,
+                        load_balancer_source_ranges: svc.source_ranges.clone(),
+                        traffic_distribution: svc.traffic_distribution.clone(),
+                    },
+                    frontends,
+                });
+            };
+            if external_fe.is_empty() || svc.itp == svc.etp {
+                let mut all = cluster_fe;
+                all.extend(external_fe);
+                make(Scope::All, all, pick(svc.itp));
+            } else {
+                make(Scope::Cluster, cluster_fe, pick(svc.itp));
+                make(Scope::External, external_fe, pick(svc.etp));
+            }
         }
-        out.specs.push(spec);
-        out.info.push(info);
     }
     out
 }
@@ -1151,5 +1342,80 @@ mod tests {
             }
         }
         assert_eq!(switches, [11, 21, 41, 83, 165, 328, 656]);
+    }
+
+    #[test]
+    fn service_by_service_assembles_to_the_same_translation() {
+        use serde_json::json;
+        let svc = |name: &str, ip: &str| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "ns", "name": name},
+                "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+            }))
+            .unwrap()
+        };
+        let slice = |name: &str, service: Option<&str>, kind: &str, addr: &str| -> EndpointSlice {
+            let mut labels = serde_json::Map::new();
+            if let Some(s) = service {
+                labels.insert(SERVICE_NAME_LABEL.to_owned(), json!(s));
+            }
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "ns", "name": name, "labels": labels},
+                "addressType": kind,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [addr]}]
+            }))
+            .unwrap()
+        };
+        let services = [
+            svc("b", "10.0.0.2"),
+            svc("a", "10.0.0.1"),
+            svc("c", "10.0.0.1"), // claims a's frontend
+            svc("d", "not-an-ip"),
+        ];
+        let slices = [
+            slice("b-1", Some("b"), "IPv4", "10.1.0.2"),
+            slice("a-2", Some("a"), "IPv4", "10.1.0.4"),
+            slice("a-1", Some("a"), "IPv4", "10.1.0.1"),
+            slice("c-1", Some("c"), "IPv4", "10.1.0.3"),
+            slice("bad", Some("a"), "IPv4", "nope"),
+            slice("fqdn", Some("b"), "FQDN", "x.example"),
+            slice("orphan", None, "IPv4", "10.1.0.9"),
+            slice("gone", Some("nosuch"), "IPv4", "10.1.0.8"),
+        ];
+        let ctx = TranslateContext::default();
+        let whole = translate(
+            &services
+                .iter()
+                .cloned()
+                .map(Sourced::unfiled)
+                .collect::<Vec<_>>(),
+            &slices
+                .iter()
+                .cloned()
+                .map(Sourced::unfiled)
+                .collect::<Vec<_>>(),
+            &ctx,
+            &mut IdAllocator::new(),
+        );
+        assert!(!whole.errors.is_empty() && !whole.skipped.is_empty());
+        let mut sorted_slices: Vec<&EndpointSlice> = slices.iter().collect();
+        sorted_slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let reports: Vec<SliceReport> = sorted_slices.iter().map(|s| slice_report(s)).collect();
+        let mut sorted: Vec<&Service> = services.iter().collect();
+        sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let mut ids = IdAllocator::new();
+        let parts: Vec<ServiceTranslation> = sorted
+            .iter()
+            .map(|s| {
+                let mine: Vec<&EndpointSlice> = slices
+                    .iter()
+                    .filter(|x| slice_service(x) == s.metadata.name.as_deref())
+                    .collect();
+                translate_service(s, &mine, &ctx, &mut ids)
+            })
+            .collect();
+        assert_eq!(assemble(&reports, &parts), whole);
     }
 }
