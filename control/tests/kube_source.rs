@@ -134,6 +134,41 @@ fn client_ip(t: u32) -> Affinity {
     Affinity::client_ip(t)
 }
 
+/// The `web` Service (`ClientIP`, 600 s) with one endpoint, synced, with both
+/// watches open.
+fn web_synced(server: &FakeApiServer) -> Running {
+    server.apply(service(
+        "default",
+        "web",
+        "198.51.100.10",
+        &[("http", 80)],
+        Some(600),
+    ));
+    server.apply(slice(
+        "default",
+        "web-1",
+        "web",
+        ("http", 8080),
+        &["203.0.113.1"],
+    ));
+    let run = spawn(server);
+    wait_state(
+        &run.source,
+        &[spec(
+            "default/web:http/TCP",
+            client_ip(600),
+            WEB_FE,
+            &["203.0.113.1:8080"],
+        )]
+        .into(),
+    );
+    wait_until("both watches open", || {
+        server.watch_count(Resource::Services) >= 1
+            && server.watch_count(Resource::EndpointSlices) >= 1
+    });
+    run
+}
+
 #[test]
 fn initial_sync_waits_for_both_lists_and_honours_the_selector() {
     let server = FakeApiServer::start();
@@ -619,36 +654,8 @@ fn gone_410_relists_without_losing_state() {
 #[test]
 fn apiserver_outage_keeps_state_and_recovers() {
     let mut server = FakeApiServer::start();
-    server.apply(service(
-        "default",
-        "web",
-        "198.51.100.10",
-        &[("http", 80)],
-        Some(600),
-    ));
-    server.apply(slice(
-        "default",
-        "web-1",
-        "web",
-        ("http", 8080),
-        &["203.0.113.1"],
-    ));
-    let run = spawn(&server);
+    let run = web_synced(&server);
     let src = &run.source;
-    wait_state(
-        src,
-        &[spec(
-            "default/web:http/TCP",
-            client_ip(600),
-            WEB_FE,
-            &["203.0.113.1:8080"],
-        )]
-        .into(),
-    );
-    wait_until("both watches open", || {
-        server.watch_count(Resource::Services) >= 1
-            && server.watch_count(Resource::EndpointSlices) >= 1
-    });
     assert!(src.connected());
     let lists = (
         server.list_count(Resource::Services),
@@ -833,36 +840,8 @@ fn an_invalid_object_is_reported_and_the_rest_served() {
 #[test]
 fn dropped_watches_resume_from_bookmarks_without_relisting() {
     let server = FakeApiServer::start();
-    server.apply(service(
-        "default",
-        "web",
-        "198.51.100.10",
-        &[("http", 80)],
-        Some(600),
-    ));
-    server.apply(slice(
-        "default",
-        "web-1",
-        "web",
-        ("http", 8080),
-        &["203.0.113.1"],
-    ));
-    let run = spawn(&server);
+    let run = web_synced(&server);
     let src = &run.source;
-    wait_state(
-        src,
-        &[spec(
-            "default/web:http/TCP",
-            client_ip(600),
-            WEB_FE,
-            &["203.0.113.1:8080"],
-        )]
-        .into(),
-    );
-    wait_until("both watches open", || {
-        server.watch_count(Resource::Services) >= 1
-            && server.watch_count(Resource::EndpointSlices) >= 1
-    });
     let lists = (
         server.list_count(Resource::Services),
         server.list_count(Resource::EndpointSlices),

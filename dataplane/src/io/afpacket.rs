@@ -270,11 +270,12 @@ unsafe impl Send for AfPacketBuf {}
 impl PacketBuf for AfPacketBuf {
     #[inline(always)]
     fn data(&self) -> &[u8] {
-        // SAFETY: `ptr..ptr + len` lies inside a block of a ring mapping that
-        // stays mapped while any buffer is out (the backend leaks it rather
-        // than unmap it); the block stays user-owned, so the kernel does not
-        // write it, until this buffer is returned; frames never overlap and
-        // this buffer is their only handle, borrowed here.
+        // The ring stays mapped while any buffer is out (the backend leaks it
+        // rather than unmap it), and a block stays user-owned until every
+        // buffer from it is returned.
+        // SAFETY: `ptr..ptr + len` is one frame of such a block, so the kernel
+        // does not write it meanwhile; frames never overlap and this buffer
+        // is their only handle, borrowed here.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
     }
 
