@@ -68,6 +68,13 @@ impl ConfigSource {
         self
     }
 
+    /// Sets [`TranslateContext::node_zone`].
+    #[must_use]
+    pub fn with_node_zone(mut self, zone: Option<String>) -> Self {
+        self.ctx.node_zone = zone;
+        self
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -96,6 +96,10 @@ pub struct TranslateContext {
     /// Every limpet instance serving the same cluster must use the same
     /// value, or they stop agreeing on clients' backends.
     pub maglev_min_size: usize,
+    /// This node's zone (`topology.kubernetes.io/zone`), for topology-aware
+    /// routing: cluster traffic of a Service that asks for it goes to the
+    /// endpoints hinted for this zone, as kube-proxy does.
+    pub node_zone: Option<String>,
 }
 
 impl Default for TranslateContext {
@@ -105,6 +109,7 @@ impl Default for TranslateContext {
             node_addresses: Vec::new(),
             mode: ForwardMode::Nat,
             maglev_min_size: DEFAULT_MAGLEV_MIN_SIZE,
+            node_zone: None,
         }
     }
 }
@@ -405,6 +410,10 @@ struct ParsedService<'a> {
     etp: TrafficPolicy,
     source_ranges: Vec<String>,
     traffic_distribution: Option<String>,
+    /// Topology-aware routing asked for: the `topology-mode: Auto`
+    /// annotation (or the older `topology-aware-hints`), or
+    /// `trafficDistribution: PreferClose`.
+    topology: bool,
 }
 
 enum ServiceOutcome<'a> {
@@ -673,7 +682,26 @@ fn parse_service<'a>(svc: &'a Service, file: Option<&'a PathBuf>) -> ServiceOutc
         etp,
         source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
         traffic_distribution: spec.traffic_distribution.clone(),
+        topology: wants_topology(svc),
     }))
+}
+
+/// Whether a Service asks for topology-aware routing.
+fn wants_topology(svc: &Service) -> bool {
+    let annotated = svc.metadata.annotations.as_ref().is_some_and(|a| {
+        [
+            "service.kubernetes.io/topology-mode",
+            "service.kubernetes.io/topology-aware-hints",
+        ]
+        .iter()
+        .any(|k| a.get(*k).is_some_and(|v| v.eq_ignore_ascii_case("auto")))
+    });
+    let prefer_close = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref())
+        == Some("PreferClose");
+    annotated || prefer_close
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -683,6 +711,8 @@ struct Endpoint<'a> {
     serving: bool,
     terminating: bool,
     node: Option<&'a str>,
+    /// The zones the endpoint is hinted for, if it has hints.
+    zones: Option<&'a [k8s_openapi::api::discovery::v1::ForZone]>,
 }
 
 struct SlicePort<'a> {
@@ -753,6 +783,11 @@ fn parse_slice(slice: &EndpointSlice) -> Result<Option<ParsedSlice<'_>>, Problem
                     serving: c.and_then(|c| c.serving).unwrap_or(true),
                     terminating: c.and_then(|c| c.terminating).unwrap_or(false),
                     node: ep.node_name.as_deref(),
+                    zones: ep
+                        .hints
+                        .as_ref()
+                        .and_then(|h| h.for_zones.as_deref())
+                        .filter(|z| !z.is_empty()),
                 });
             }
             None => problems.push(
@@ -802,6 +837,31 @@ fn collect_endpoints<'a>(
         }
     }
     seen.into_iter().map(|((_, port), ep)| (ep, port)).collect()
+}
+
+/// Topology-aware routing as kube-proxy applies it to cluster traffic: when
+/// the Service asks for it, this node's zone is known, every usable
+/// endpoint carries zone hints and some are hinted for this zone, only
+/// those are used. `None`: route to every usable endpoint.
+fn topology_filter(
+    wanted: bool,
+    zone: Option<&str>,
+    eps: &[(Endpoint<'_>, u16)],
+) -> Option<Vec<(IpAddr, u16)>> {
+    let zone = zone.filter(|_| wanted)?;
+    let all = usable(eps, |_| true);
+    let hinted = |e: &Endpoint<'_>| e.zones.is_some();
+    let every_usable_hinted = eps
+        .iter()
+        .filter(|(e, p)| all.contains(&(e.addr, *p)))
+        .all(|(e, _)| hinted(e));
+    if !every_usable_hinted {
+        return None;
+    }
+    let here = usable(eps, |e| {
+        e.zones.is_some_and(|z| z.iter().any(|f| f.name == zone))
+    });
+    (!here.is_empty()).then_some(here)
 }
 
 /// kube-proxy's usable set: ready, else serving and terminating.
@@ -1224,7 +1284,8 @@ fn translate_one(
                 }
             }
             let eps = collect_endpoints(svc_slices, family, port);
-            let cluster_set = usable(&eps, |_| true);
+            let cluster_set = topology_filter(svc.topology, ctx.node_zone.as_deref(), &eps)
+                .unwrap_or_else(|| usable(&eps, |_| true));
             let local_set = usable(&eps, is_local);
             let pick = |p: TrafficPolicy| match p {
                 TrafficPolicy::Cluster => &cluster_set,

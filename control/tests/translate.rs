@@ -397,3 +397,56 @@ fn dsr_mode_is_passed_through() {
     );
     assert!(t.specs.iter().all(|s| s.mode == ForwardMode::Dsr));
 }
+
+#[test]
+fn topology_hints_for_this_nodes_zone() {
+    let m = load_path(&fixture("cases/topology.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let zoned = TranslateContext {
+        node_zone: Some("zone-a".to_owned()),
+        ..ctx()
+    };
+    let t = m.translate(&zoned, &mut IdAllocator::new());
+    no_errors(&t);
+    // Every endpoint hinted, some for this zone: only those.
+    assert_eq!(
+        backs(spec(&t, "default/zoned:80/TCP")),
+        ["203.0.113.91:8080", "203.0.113.93:8080"]
+    );
+    // One endpoint without hints: kube-proxy routes to all.
+    assert_eq!(
+        backs(spec(&t, "default/partly-hinted:80/TCP")),
+        ["203.0.113.94:8080", "203.0.113.95:8080"]
+    );
+    // Hinted, but none for this zone: all.
+    assert_eq!(
+        backs(spec(&t, "default/prefer-close:80/TCP")),
+        ["203.0.113.96:8080", "203.0.113.97:8080"]
+    );
+    // Hints present, but the Service did not ask for topology: all.
+    assert_eq!(
+        backs(spec(&t, "default/not-asked:80/TCP")),
+        ["203.0.113.98:8080", "203.0.113.99:8080"]
+    );
+    // A node whose zone is unknown routes everything everywhere.
+    let t = m.translate(&ctx(), &mut IdAllocator::new());
+    assert_eq!(
+        backs(spec(&t, "default/zoned:80/TCP")),
+        [
+            "203.0.113.91:8080",
+            "203.0.113.92:8080",
+            "203.0.113.93:8080"
+        ]
+    );
+    // PreferClose with an endpoint hinted for this zone narrows too.
+    let t = m.translate(
+        &TranslateContext {
+            node_zone: Some("zone-c".to_owned()),
+            ..ctx()
+        },
+        &mut IdAllocator::new(),
+    );
+    assert_eq!(
+        backs(spec(&t, "default/prefer-close:80/TCP")),
+        ["203.0.113.97:8080"]
+    );
+}

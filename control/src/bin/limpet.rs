@@ -95,6 +95,13 @@ struct RunArgs {
     /// This node's addresses, on which NodePorts are served. Repeatable.
     #[arg(long = "node-address", value_name = "IP")]
     node_addresses: Vec<IpAddr>,
+    /// This node's zone (its `topology.kubernetes.io/zone` label). With it,
+    /// Services that ask for topology-aware routing (the `topology-mode:
+    /// Auto` annotation, or `trafficDistribution: PreferClose`) send
+    /// cluster traffic to the endpoints hinted for this zone, as kube-proxy
+    /// does.
+    #[arg(long)]
+    node_zone: Option<String>,
     /// An address limpet owns on an interface, with its prefix
     /// (e.g. 203.0.113.1/24, or lb1=203.0.113.1/24 to name the interface
     /// when --io has several; unnamed means the first). limpet answers
@@ -305,7 +312,8 @@ fn run(args: RunArgs) -> Result<(), String> {
     let source = match args.config {
         Some(path) => Source::Manifests(
             limpet_control::config::ConfigSource::new(path, mode, node_name, args.node_addresses)
-                .with_maglev_min_size(args.maglev_min_size as usize),
+                .with_maglev_min_size(args.maglev_min_size as usize)
+                .with_node_zone(args.node_zone.clone()),
         ),
         None => Source::Kubernetes(limpet_control::kube_source::KubeOptions::new(
             args.kubeconfig,
@@ -314,6 +322,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                 node_addresses: args.node_addresses,
                 mode,
                 maglev_min_size: args.maglev_min_size as usize,
+                node_zone: args.node_zone.clone(),
             },
         )),
     };
