@@ -134,9 +134,9 @@ fn client_ip(t: u32) -> Affinity {
     Affinity::client_ip(t)
 }
 
-/// The `web` Service (`ClientIP`, 600 s) with one endpoint, synced, with both
-/// watches open.
-fn web_synced(server: &FakeApiServer) -> Running {
+/// Creates the `web` Service (`ClientIP`, 600 s) and its slice with one
+/// endpoint, 203.0.113.1:8080.
+fn apply_web(server: &FakeApiServer) {
     server.apply(service(
         "default",
         "web",
@@ -151,6 +151,12 @@ fn web_synced(server: &FakeApiServer) -> Running {
         ("http", 8080),
         &["203.0.113.1"],
     ));
+}
+
+/// The `web` Service (`ClientIP`, 600 s) with one endpoint, synced, with both
+/// watches open.
+fn web_synced(server: &FakeApiServer) -> Running {
+    apply_web(server);
     let run = spawn(server);
     wait_state(
         &run.source,
@@ -253,20 +259,7 @@ fn initial_sync_waits_for_both_lists_and_honours_the_selector() {
 #[allow(clippy::too_many_lines)] // one scenario, step by step
 fn adds_updates_and_deletes_reach_the_output() {
     let server = FakeApiServer::start();
-    server.apply(service(
-        "default",
-        "web",
-        "198.51.100.10",
-        &[("http", 80)],
-        Some(600),
-    ));
-    server.apply(slice(
-        "default",
-        "web-1",
-        "web",
-        ("http", 8080),
-        &["203.0.113.1"],
-    ));
+    apply_web(&server);
     let run = spawn(&server);
     let src = &run.source;
     let (first, _) = wait_state(
@@ -754,20 +747,7 @@ fn an_invalid_object_is_reported_and_the_rest_served() {
         ("http", 8080),
         &["203.0.113.50"],
     ));
-    server.apply(service(
-        "default",
-        "web",
-        "198.51.100.10",
-        &[("http", 80)],
-        Some(600),
-    ));
-    server.apply(slice(
-        "default",
-        "web-1",
-        "web",
-        ("http", 8080),
-        &["203.0.113.1"],
-    ));
+    apply_web(&server);
     let run = spawn(&server);
     let src = &run.source;
     let web = spec(
