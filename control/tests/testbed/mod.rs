@@ -43,7 +43,17 @@ pub fn sh(cmd: &mut Command) -> String {
 }
 
 /// The testbed, torn down when dropped (even when a scenario fails).
-pub struct Testbed;
+///
+/// Its namespaces have fixed names, so it holds an exclusive lock on
+/// [`TESTBED_LOCK`] while up: test binaries, worktrees and the benchmark
+/// harness that share a machine take turns instead of tearing down each
+/// other's testbed.
+pub struct Testbed {
+    _lock: std::fs::File,
+}
+
+/// The file every user of the `lp-*` testbed locks (`flock` in scripts).
+pub const TESTBED_LOCK: &str = "/run/lock/limpet-testbed.lock";
 
 impl Testbed {
     pub fn up(backends: usize) -> Self {
@@ -51,10 +61,18 @@ impl Testbed {
     }
 
     pub fn up_with(backends: usize, extra: &[&str]) -> Self {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(TESTBED_LOCK)
+            .unwrap_or_else(|e| panic!("opening {TESTBED_LOCK}: {e}"));
+        lock.lock()
+            .unwrap_or_else(|e| panic!("locking {TESTBED_LOCK}: {e}"));
         sh(Command::new(repo().join("scripts/testbed"))
             .args(["up", "--backends", &backends.to_string()])
             .args(extra));
-        Testbed
+        Testbed { _lock: lock }
     }
 
     #[allow(clippy::unused_self)] // switching mode needs the testbed up
