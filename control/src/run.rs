@@ -870,3 +870,30 @@ pub fn parse_interface_addr(s: &str) -> Result<InterfaceAddr, String> {
     }
     Ok(InterfaceAddr { addr, prefix })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_names_its_backend_and_ports() {
+        assert_eq!(
+            parse_io("afpacket:lb0,lb1").unwrap(),
+            (IoKind::AfPacket, vec!["lb0".to_owned(), "lb1".to_owned()])
+        );
+        // PCI addresses keep their colons; virtual devices are plain names.
+        assert_eq!(
+            parse_io("dpdk:0000:3b:00.0,net_ring0").unwrap(),
+            (
+                IoKind::Dpdk,
+                vec!["0000:3b:00.0".to_owned(), "net_ring0".to_owned()]
+            )
+        );
+        assert!(
+            parse_io("dpdk:")
+                .unwrap_err()
+                .contains("PCI address or vdev")
+        );
+        assert!(parse_io("xdp:lb0").unwrap_err().contains("dpdk:PORT"));
+    }
+}
