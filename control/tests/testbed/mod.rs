@@ -189,6 +189,21 @@ pub fn none_spreads(vip: &str, first: &str) {
     );
 }
 
+/// The CPUs this process may run on, one by one (`0-1,5` is 0, 1, 5).
+pub fn allowed_cpu_list() -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in allowed_cpus().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+            cpus.extend(a..=b);
+        }
+    }
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
 /// The CPUs this process may run on, as EAL's cpu set (`0,1,5`).
 pub fn allowed_cpus() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

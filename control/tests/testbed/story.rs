@@ -4,8 +4,8 @@
 //! directory limpet watches, a running limpet, and the scenarios.
 
 use super::{
-    LIMPET, Testbed, VIP4, VIP6, allowed_cpus, clientip_sticks, http, must_be_root, none_spreads,
-    sh, stop,
+    LIMPET, Testbed, VIP4, VIP6, allowed_cpu_list, allowed_cpus, clientip_sticks, http,
+    must_be_root, none_spreads, sh, stop,
 };
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -145,7 +145,18 @@ impl Io {
     pub fn args(self, ifaces: &[&str], workers: u16) -> Vec<String> {
         let vdev = match self {
             Io::AfPacket => {
-                return vec!["--io".into(), format!("afpacket:{}", ifaces.join(","))];
+                // Each worker pinned, round robin over the CPUs the test may
+                // use, as an operator dedicates cores.
+                let cpus = allowed_cpu_list();
+                let pins: Vec<String> = (0..usize::from(workers))
+                    .map(|i| cpus[i % cpus.len()].to_string())
+                    .collect();
+                return vec![
+                    "--io".into(),
+                    format!("afpacket:{}", ifaces.join(",")),
+                    "--cpus".into(),
+                    pins.join(","),
+                ];
             }
             Io::DpdkAfPacket => "net_af_packet",
             Io::DpdkAfXdp => "net_af_xdp",
