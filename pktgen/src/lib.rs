@@ -18,6 +18,8 @@
 //! range 198.18.0.0/15 or from `2001:db8::/32`.
 
 mod checksum;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 mod rng;
 pub mod send;
 pub mod sink;
