@@ -44,6 +44,13 @@ scripts/dpdk-setup
 cargo clippy -p limpet-dataplane --features dpdk --all-targets --locked -- -D warnings
 cargo test -p limpet-dpdk-sys --locked
 cargo test -p limpet-dataplane --features dpdk --test dpdk --locked
+# pktgen over DPDK ports: net_ring in process, and send -> sink as two
+# processes over net_memif; the DPDK benchmark's smoke run (not asserted).
+cargo clippy -p limpet-pktgen -p limpet-bench --features limpet-pktgen/dpdk,limpet-bench/dpdk \
+    --all-targets --locked -- -D warnings
+cargo test -p limpet-pktgen --features dpdk --lib --locked dpdk
+cargo test -p limpet-pktgen --features dpdk --test dpdk_memif --locked
+cargo run -p limpet-bench --features dpdk --bin limpet-dpdk-bench --locked -- --quick
 if [ -f bench/src/main.rs ] && grep -q -- '--quick' bench/src/main.rs; then
     echo "== benchmark smoke run (figures only, not asserted)"
     cargo run --release --locked -p limpet-bench -- --quick

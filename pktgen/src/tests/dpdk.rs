@@ -4,11 +4,14 @@
 //! the port's queue is full; the sink counts what a ring port receives.
 //! Needs libdpdk-dev (`scripts/dpdk-setup`); run with
 //! `cargo test -p limpet-pktgen --features dpdk dpdk`.
+#![allow(clippy::many_single_char_names)]
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use limpet_dataplane::io::dpdk::{DpdkBuf, DpdkIo, Eal, EalConfig, Mempool, Port, PortConfig, Ring};
 use limpet_dataplane::io::BURST;
+use limpet_dataplane::io::dpdk::{
+    DpdkBuf, DpdkIo, Eal, EalConfig, Mempool, Port, PortConfig, Ring,
+};
 
 use super::oracle::check;
 use super::send::{expected, plan};
@@ -56,7 +59,9 @@ fn ring_port(d: &Dpdk, name: &str, tx_slots: u32) -> RingPort {
 
 #[test]
 fn dpdk_sender_sends_what_the_generator_builds() {
-    let d = dpdk().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let d = dpdk()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // A TX ring of 64 slots holds 63 frames: the sender must keep what the
     // full queue refuses and offer it again, in order.
     let ring = ring_port(&d, "pktgen_send", 64);
@@ -88,8 +93,8 @@ fn dpdk_sender_sends_what_the_generator_builds() {
                         let want = reference.next_frame(checked + 1).to_vec();
                         assert_eq!(f, want, "frame {checked} ({proto:?}, v6 {v6})");
                         let info = parse_frame(&f).unwrap();
-                        let syn = proto == Proto::Tcp
-                            && f[info.payload_offset - 20 + 13] & 0x02 != 0;
+                        let syn =
+                            proto == Proto::Tcp && f[info.payload_offset - 20 + 13] & 0x02 != 0;
                         check(&expected(&p, &f, syn), &f);
                         assert_eq!(read_stamp(&f, 0).unwrap().seq, checked);
                         checked += 1;
@@ -105,7 +110,11 @@ fn dpdk_sender_sends_what_the_generator_builds() {
         }
         assert_eq!((built, sent, checked), (total, total, total));
         assert!(held > 0, "the full queue was never hit");
-        assert!(generator.new_connections() > 50, "{}", generator.new_connections());
+        assert!(
+            generator.new_connections() > 50,
+            "{}",
+            generator.new_connections()
+        );
         assert_eq!(sender.io().stats.tx, total);
     }
     assert_eq!(d.pool.in_use(), 0, "every mbuf went back to the pool");
@@ -113,7 +122,9 @@ fn dpdk_sender_sends_what_the_generator_builds() {
 
 #[test]
 fn dpdk_sink_counts_what_the_port_receives() {
-    let d = dpdk().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let d = dpdk()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let ring = ring_port(&d, "pktgen_sink", 1024);
     let p = plan(Proto::Udp, false);
     let mut generator = Generator::new(&p).unwrap();
