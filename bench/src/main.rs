@@ -103,6 +103,15 @@ struct Cli {
     /// Seed for client order and new-connection traffic.
     #[arg(long, default_value_t = 0x6c69_6d70)]
     seed: u64,
+    /// Scaling run: the traffic scenarios on these worker counts (e.g.
+    /// `1,2,4,8`), all workers at once, each pinned to its own CPU; prints
+    /// aggregate Mpps and the efficiency against one worker.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    workers: Vec<usize>,
+    /// Scaling run: worker i is pinned to the i-th CPU of this list (pick
+    /// one CPU per physical core); CPUs 1, 2, ... when absent.
+    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+    cpus: Vec<usize>,
 }
 
 /// Run-wide facts every line carries.
@@ -177,8 +186,15 @@ struct Rounds {
     io: Vec<f64>,
 }
 
-fn run_traffic(t: &Traffic, seed: u64, env: &Env) -> Value {
-    let setup = Instant::now();
+/// A worker with a scenario's connections opened, and the frames to time.
+struct Prepared {
+    worker: Worker<MemoryIo, ManualClock>,
+    frames: Frames,
+    flows: usize,
+    opened: u64,
+}
+
+fn prepare(t: &Traffic, seed: u64) -> Prepared {
     let clients = match t.fam {
         Fam::V4 => ClientSet::v4(t.clients).expect("IPv4 clients"),
         Fam::V6 => ClientSet::v6(t.clients),
@@ -191,19 +207,24 @@ fn run_traffic(t: &Traffic, seed: u64, env: &Env) -> Value {
     if t.flows_per_client > 0 {
         let set = FlowSet::new(clients, t.flows_per_client, vip).expect("flow set");
         let flows = set.len();
-        let (mut w, _clock) = worker(t.fam, BACKENDS, flows.max(1024), t.clients.max(1024));
+        let (mut worker, _clock) = worker(t.fam, BACKENDS, flows.max(1024), t.clients.max(1024));
         // Open every flow with its SYN, untimed, in one random order...
         let syn = Frames::from_flows(set.shuffled(seed ^ 1), Flow::first_packet);
-        let opened = feed_all(&mut w, &syn);
+        let opened = feed_all(&mut worker, &syn);
         drop(syn);
         // ...then time its ACKs in another. One untimed pass first moves
         // every flow to established and warms the pristine array.
-        let ack = Frames::from_flows(set.shuffled(seed ^ 2), Flow::packet);
-        feed_all(&mut w, &ack);
-        finish(t, env, setup, w, &ack, flows, opened)
+        let frames = Frames::from_flows(set.shuffled(seed ^ 2), Flow::packet);
+        feed_all(&mut worker, &frames);
+        Prepared {
+            worker,
+            frames,
+            flows,
+            opened,
+        }
     } else {
         let flows = t.clients + timed_packets;
-        let (mut w, _clock) = worker(t.fam, BACKENDS, flows.max(1024), t.clients.max(1024));
+        let (mut worker, _clock) = worker(t.fam, BACKENDS, flows.max(1024), t.clients.max(1024));
         // Every client opens one connection untimed (from port 1000, which
         // the timed traffic never uses), so the timed SYNs are new
         // connections of clients with a live affinity entry.
@@ -211,14 +232,101 @@ fn run_traffic(t: &Traffic, seed: u64, env: &Env) -> Value {
             .and_then(|s| s.with_first_port(1000))
             .expect("warm-up set");
         let warm = Frames::from_flows(warm.iter(), Flow::first_packet);
-        let opened = feed_all(&mut w, &warm);
+        let opened = feed_all(&mut worker, &warm);
         drop(warm);
         // Timed: SYNs of distinct new connections, each client cycling
         // through its own source ports from 1024.
         let conns = NewConnections::new(clients, vip, seed).expect("connections");
-        let syn = Frames::from_flows(conns.take(timed_packets), Flow::first_packet);
-        finish(t, env, setup, w, &syn, flows, opened)
+        let frames = Frames::from_flows(conns.take(timed_packets), Flow::first_packet);
+        Prepared {
+            worker,
+            frames,
+            flows,
+            opened,
+        }
     }
+}
+
+fn run_traffic(t: &Traffic, seed: u64, env: &Env) -> Value {
+    let setup = Instant::now();
+    let p = prepare(t, seed);
+    finish(t, env, setup, p.worker, &p.frames, p.flows, p.opened)
+}
+
+/// Runs `t` on `n` workers at once, each on its own thread pinned to CPU
+/// `cpus[i]` (CPU `i + 1` past the list's end), each with its own tables and its own shuffle of the
+/// whole working set (shared-nothing, as RSS gives each worker its own
+/// clients; every worker keeps the one-worker table size, so the curve
+/// shows what cores sharing memory bandwidth and the last-level cache
+/// cost, not a working set shrinking with `n`). A round starts on a
+/// barrier and lasts until the slowest worker is done; the aggregate is
+/// every worker's packets over that time.
+fn run_scaling(t: &Traffic, n: usize, cpus: &[usize], seed: u64, env: &Env) -> Value {
+    let start = std::sync::Barrier::new(n);
+    let per = t.packets_per_round;
+    let results: Vec<(Vec<f64>, WorkerStats, bool)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let start = &start;
+                scope.spawn(move || {
+                    let cpu = cpus.get(i).copied().unwrap_or(i + 1);
+                    let pinned = limpet_dataplane::io::pin_current_thread(cpu).is_ok();
+                    let mut p = prepare(t, seed.wrapping_add(i as u64 * 0x9e37_79b9));
+                    let before = p.worker.stats();
+                    let mut cursor = 0;
+                    let mut rounds = Vec::with_capacity(t.rounds);
+                    for _ in 0..t.rounds {
+                        start.wait();
+                        let took = run_pipeline(&mut p.worker, &p.frames, &mut cursor, per);
+                        rounds.push(took.as_nanos() as f64);
+                    }
+                    (rounds, delta(&before, &p.worker.stats()), pinned)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scaling worker"))
+            .collect()
+    });
+    let aggregate: Vec<f64> = (0..t.rounds)
+        .map(|r| {
+            let slowest = results.iter().map(|w| w.0[r]).fold(0.0, f64::max);
+            (n * per) as f64 * 1000.0 / slowest
+        })
+        .collect();
+    let per_worker: Vec<f64> = results
+        .iter()
+        .map(|w| round3(per as f64 * 1000.0 / median(&w.0)))
+        .collect();
+    let drops: u64 = results.iter().map(|w| w.1.total_drops()).sum();
+    let tx: u64 = results.iter().map(|w| w.1.tx_packets).sum();
+    let mpps = median(&aggregate);
+    eprintln!(
+        "{:<14} workers {n:>2}: {mpps:>7.2} Mpps aggregate ({:.2} per worker)",
+        t.name,
+        mpps / n as f64
+    );
+    let mut v = json!({
+        "scenario": format!("{}-scaling", t.name),
+        "workers": n,
+        "mpps": round3(mpps),
+        "mpps_per_worker_mean": round3(mpps / n as f64),
+        "mpps_each_worker": per_worker,
+        "aggregate_mpps_rounds": aggregate.iter().map(|&x| round3(x)).collect::<Vec<_>>(),
+        "cpus": (0..n).map(|i| cpus.get(i).copied().unwrap_or(i + 1)).collect::<Vec<_>>(),
+        "pinned": results.iter().all(|w| w.2),
+        "packets_per_round_per_worker": per,
+        "rounds": t.rounds,
+        "clients_per_worker": t.clients,
+        "flows_per_client": t.flows_per_client,
+        "family": t.fam.name(),
+        "ok": drops == 0 && tx == (n * per * t.rounds) as u64,
+        "method": "n threads, one worker each over its own MemoryIo and tables, rounds started \
+                   together on a barrier; aggregate = all packets / slowest worker's time",
+    });
+    env.tag(&mut v);
+    v
 }
 
 /// The tables of the scenario's family, as allocated.
@@ -626,6 +734,31 @@ fn main() {
         if cli.quick { "; --quick sizes" } else { "" }
     );
     for s in scenarios {
+        if !cli.workers.is_empty() {
+            if s == Scenario::MaglevBuild {
+                continue;
+            }
+            let mut t = traffic(s, cli.quick);
+            if let Some(p) = cli.packets {
+                t.packets_per_round = p.max(1);
+            }
+            if let Some(r) = cli.rounds {
+                t.rounds = r.max(1);
+            }
+            let mut one = None;
+            for &n in &cli.workers {
+                let mut v = run_scaling(&t, n.max(1), &cli.cpus, cli.seed, &env);
+                let mpps = v["mpps"].as_f64().unwrap_or(0.0);
+                if n == 1 {
+                    one = Some(mpps);
+                }
+                if let Some(one) = one {
+                    v["efficiency_vs_one_worker"] = json!(round3(mpps / (one * n as f64)));
+                }
+                println!("{v}");
+            }
+            continue;
+        }
         let v = if s == Scenario::MaglevBuild {
             run_maglev(cli.rounds.unwrap_or(if cli.quick { 3 } else { 15 }), &env)
         } else {

@@ -68,6 +68,9 @@ pub struct RunOptions {
     /// The interfaces limpet drives, in port order.
     pub links: Vec<Link>,
     pub workers: usize,
+    /// CPUs to pin workers to, worker i on `cpus[i]`; empty leaves them
+    /// to the scheduler.
+    pub cpus: Vec<usize>,
     pub mac: Option<MacAddr>,
     pub admin: SocketAddr,
     pub worker: WorkerConfig,
@@ -173,15 +176,25 @@ fn spawn_neighbour_thread(
         .expect("spawning the neighbour thread")
 }
 
+/// Starts worker `index` on its own thread, pinned to `cpu` when given;
+/// returns once the thread is running there (or could not be pinned).
 fn spawn_worker(
     index: usize,
     mut worker: Worker<AfPacketIo, MonotonicClock>,
     idle: Idle,
+    cpu: Option<usize>,
     stop: Arc<AtomicBool>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
+) -> Result<JoinHandle<()>, RunError> {
+    let (pinned_tx, pinned_rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
         .name(format!("limpet-worker-{index}"))
         .spawn(move || {
+            let pinned = cpu.map_or(Ok(()), limpet_dataplane::io::pin_current_thread);
+            let failed = pinned.is_err();
+            let _ = pinned_tx.send(pinned);
+            if failed {
+                return;
+            }
             let mut last_health = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if worker.poll() == 0 {
@@ -201,7 +214,15 @@ fn spawn_worker(
                 }
             }
         })
-        .expect("spawning a worker thread")
+        .map_err(|e| RunError::Other(format!("starting worker {index}: {e}")))?;
+    match pinned_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(RunError::Other(format!(
+            "pinning worker {index} to CPU {}: {e}",
+            cpu.unwrap_or_default()
+        ))),
+        Err(_) => Err(RunError::Other(format!("worker {index} died starting"))),
+    }
 }
 
 /// Where each backend is reached: its MAC and the link (port) it resolved
@@ -418,9 +439,13 @@ fn start_workers(
         )?
         .with_updates(snap_rx, retired_tx.clone())
         .with_commands(cmd_rx);
-        workers
-            .handles
-            .push(spawn_worker(i, worker, opts.idle, Arc::clone(stop)));
+        workers.handles.push(spawn_worker(
+            i,
+            worker,
+            opts.idle,
+            opts.cpus.get(i).copied(),
+            Arc::clone(stop),
+        )?);
         workers.publish.push(snap_tx);
         workers.commands.push(cmd_tx);
     }

@@ -82,6 +82,11 @@ struct RunArgs {
     /// group, steered by client address) and tables.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
+    /// Pin worker i to the i-th CPU of this list (e.g. `--cpus 2,3`), so
+    /// each poll-mode worker owns a core; give one CPU per worker. Without
+    /// it the scheduler places them.
+    #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
+    cpus: Vec<usize>,
     /// How packets reach backends: `nat` rewrites the destination to the
     /// endpoint and translates replies back (kube-proxy's model); `dsr`
     /// only rewrites the destination MAC (the endpoint holds the service
@@ -301,6 +306,13 @@ fn affinity(
 
 fn run(args: RunArgs) -> Result<(), String> {
     let interfaces = parse_io(&args.io)?;
+    if !args.cpus.is_empty() && args.cpus.len() != usize::from(args.workers) {
+        return Err(format!(
+            "--cpus names {} CPUs for {} workers: give one per worker",
+            args.cpus.len(),
+            args.workers
+        ));
+    }
     let node_name = args.node_name.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
@@ -330,6 +342,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         source,
         links: links(interfaces, args.addresses, args.gateways)?,
         workers: usize::from(args.workers),
+        cpus: args.cpus,
         mac: args.mac,
         admin: args.admin,
         worker: WorkerConfig {
