@@ -6,11 +6,14 @@
 //!
 //! EAL set-up (cores, vdevs) is the caller's: see `pktgen send --io dpdk`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use limpet_dataplane::io::dpdk::{DpdkBuf, DpdkIo, Mempool};
 use limpet_dataplane::io::{BURST, PacketBuf, PacketIo};
 
+use crate::arp::{ARP_FRAME_LEN, Prefix, reply_to};
+use crate::parse_frame;
 use crate::send::Generator;
 use crate::sink::Sink;
 
@@ -74,18 +77,80 @@ impl DpdkSender {
     }
 }
 
-/// Receives a burst from every port of `io` into `sink` (port index `i`
-/// is backend `i`), at receive time `now_ns`; returns how many.
+/// Answers ARP requests for the addresses a sink stands in for, from the
+/// MAC address of the port each arrived on (see [`crate::arp`]).
+#[derive(Debug)]
+pub struct ArpResponder {
+    pool: Arc<Mempool>,
+    /// Per port index: its MAC address.
+    macs: Vec<[u8; 6]>,
+    prefixes: Vec<Prefix>,
+    replies: Vec<DpdkBuf>,
+    /// Requests answered.
+    pub answered: u64,
+}
+
+impl ArpResponder {
+    pub fn new(pool: Arc<Mempool>, macs: Vec<[u8; 6]>, prefixes: Vec<Prefix>) -> Self {
+        Self {
+            pool,
+            macs,
+            prefixes,
+            replies: Vec::with_capacity(BURST),
+            answered: 0,
+        }
+    }
+}
+
+/// Which sink backend a received frame counts for.
+#[derive(Debug, Clone, Copy)]
+pub enum BackendOf<'a> {
+    /// The port it arrived on: port index `i` is backend `i`.
+    Port,
+    /// Its destination address: backend `i` is `addrs[i]` (a NAT load
+    /// balancer's backends all behind one port); frames to other
+    /// addresses count for backend `addrs.len()` (name it "other").
+    Destination(&'a [IpAddr]),
+}
+
+/// Receives a burst from every port of `io` into `sink` at receive time
+/// `now_ns`, each frame counted for the backend `by` says, answering ARP
+/// requests with `arp` if given; returns how many frames arrived.
 pub fn receive_burst(
     io: &mut DpdkIo,
     burst: &mut Vec<DpdkBuf>,
     sink: &mut Sink,
     now_ns: u64,
+    by: BackendOf<'_>,
+    mut arp: Option<&mut ArpResponder>,
 ) -> usize {
     let n = io.rx_burst(burst);
+    let mut reply = [0u8; ARP_FRAME_LEN];
     for buf in burst.iter() {
-        sink.record(usize::from(buf.port()), buf.data(), now_ns);
+        let port = usize::from(buf.port());
+        let backend = match by {
+            BackendOf::Port => port,
+            BackendOf::Destination(addrs) => parse_frame(buf.data())
+                .ok()
+                .and_then(|f| addrs.iter().position(|&a| a == f.dst))
+                .unwrap_or(addrs.len()),
+        };
+        sink.record(backend, buf.data(), now_ns);
+        if let Some(arp) = arp.as_deref_mut()
+            && let Some(&mac) = arp.macs.get(port)
+            && reply_to(buf.data(), mac, &arp.prefixes, &mut reply)
+            && let Some(mut out) = arp.pool.mbuf_from(&reply)
+        {
+            out.set_port(buf.port());
+            arp.replies.push(out);
+            arp.answered += 1;
+        }
     }
     io.free_burst(burst);
+    if let Some(arp) = arp
+        && !arp.replies.is_empty()
+    {
+        io.tx_burst(&mut arp.replies);
+    }
     n
 }

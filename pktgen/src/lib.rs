@@ -17,6 +17,7 @@
 //! Addresses follow the project rule: clients come from the benchmarking
 //! range 198.18.0.0/15 or from `2001:db8::/32`.
 
+pub mod arp;
 mod checksum;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;

@@ -166,7 +166,7 @@ struct SendArgs {
     json: Option<PathBuf>,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct SinkArgs {
     /// IFACE or IFACE=BACKEND (label; default the interface name);
     /// repeatable. With `--io dpdk`: DPDK port names.
@@ -186,6 +186,17 @@ struct SinkArgs {
     /// Payloads carry stamps (`pktgen send --stamp`): measure latency.
     #[arg(long)]
     stamp: bool,
+    /// Answer ARP requests for addresses in this prefix (repeatable, e.g.
+    /// the backends' 203.0.113.0/24) from the port's MAC, as the backends
+    /// this sink stands in for would: limpet resolves backends itself.
+    /// `--io dpdk` only (on kernel interfaces the kernel answers).
+    #[arg(long = "answer-arp", value_name = "PREFIX")]
+    answer_arp: Vec<limpet_pktgen::arp::Prefix>,
+    /// Count frames per destination address instead of per interface:
+    /// one backend per address given (repeatable), for a NAT load
+    /// balancer's backends that all sit behind one DPDK port. `--io dpdk`.
+    #[arg(long = "backend-addr", value_name = "IP")]
+    backend_addrs: Vec<std::net::IpAddr>,
     /// Also count frames addressed to other MACs (a bridge floods unknown
     /// destinations to every port, which would look like a client reaching
     /// several backends).
@@ -371,7 +382,7 @@ mod with_dpdk {
     };
     use limpet_dataplane::io::BURST;
     use limpet_dataplane::io::dpdk::{DpdkIo, Eal, EalConfig, Mempool, Port, PortConfig};
-    use limpet_pktgen::dpdk::{DpdkSender, receive_burst};
+    use limpet_pktgen::dpdk::{ArpResponder, BackendOf, DpdkSender, receive_burst};
     use limpet_pktgen::sink::Sink;
     use std::sync::Arc;
 
@@ -471,13 +482,29 @@ mod with_dpdk {
             .iter()
             .map(|s| s.split_once('=').map_or(s.as_str(), |(i, _)| i))
             .collect();
-        let DpdkEnv {
-            ports,
-            pool: _pool,
-            _eal,
-        } = ports(&a.dpdk, &names)?;
+        let DpdkEnv { ports, pool, _eal } = ports(&a.dpdk, &names)?;
         let macs: Vec<Option<[u8; 6]>> = ports.iter().map(|p| p.mac().ok()).collect();
-        let acc = super::with_macs(a, &macs);
+        let acc = if a.backend_addrs.is_empty() {
+            super::with_macs(a, &macs)
+        } else {
+            // One backend per address (and "other"), all behind the ports.
+            let labels: Vec<String> = a
+                .backend_addrs
+                .iter()
+                .map(ToString::to_string)
+                .chain(["other".to_owned()])
+                .collect();
+            let by_addr = SinkArgs {
+                ifaces: labels,
+                ..a.clone()
+            };
+            super::with_macs(&by_addr, &vec![macs[0]; a.backend_addrs.len() + 1])
+        };
+        let by = if a.backend_addrs.is_empty() {
+            BackendOf::Port
+        } else {
+            BackendOf::Destination(&a.backend_addrs)
+        };
         let mut io = DpdkIo::new(&ports, 0).map_err(|e| e.to_string())?;
         let mut burst = Vec::with_capacity(BURST);
         let drops = || {
@@ -488,8 +515,12 @@ mod with_dpdk {
                 .sum::<u64>()
         };
         let before = drops();
+        let mut arp = (!a.answer_arp.is_empty()).then(|| {
+            let macs = macs.iter().map(|m| m.unwrap_or([0; 6])).collect();
+            ArpResponder::new(Arc::clone(&pool), macs, a.answer_arp.clone())
+        });
         let mut receive = |acc: &mut Sink| {
-            if receive_burst(&mut io, &mut burst, acc, realtime_nanos()) == 0 {
+            if receive_burst(&mut io, &mut burst, acc, realtime_nanos(), by, arp.as_mut()) == 0 {
                 std::hint::spin_loop();
             }
             Ok(())
@@ -599,6 +630,9 @@ fn sink(a: &SinkArgs) -> Result<(), String> {
         .collect();
     if a.io == IoKind::Dpdk {
         return sink_dpdk(a);
+    }
+    if !a.answer_arp.is_empty() || !a.backend_addrs.is_empty() {
+        return Err("--answer-arp and --backend-addr need --io dpdk".to_owned());
     }
     let macs: Vec<Option<[u8; 6]>> = names.iter().map(|i| iface_mac(i)).collect();
     let acc = with_macs(a, &macs);

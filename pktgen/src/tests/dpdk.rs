@@ -15,7 +15,8 @@ use limpet_dataplane::io::dpdk::{
 
 use super::oracle::check;
 use super::send::{expected, plan};
-use crate::dpdk::{DpdkSender, receive_burst};
+use crate::arp::Prefix;
+use crate::dpdk::{ArpResponder, BackendOf, DpdkSender, receive_burst};
 use crate::send::Generator;
 use crate::sink::{BackendSpec, Filter, Sink};
 use crate::{Proto, parse_frame, read_stamp};
@@ -146,10 +147,10 @@ fn dpdk_sink_counts_what_the_port_receives() {
         let buf = d.pool.mbuf_from(generator.next_frame(0)).unwrap();
         assert!(ring.rx.push(buf).is_ok());
         if i % 100 == 99 {
-            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000);
-            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000);
-            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000);
-            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000);
+            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000, BackendOf::Port, None);
+            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000, BackendOf::Port, None);
+            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000, BackendOf::Port, None);
+            received += receive_burst(&mut io, &mut burst, &mut sink, 1_000, BackendOf::Port, None);
         }
     }
     assert_eq!(received, frames);
@@ -162,4 +163,67 @@ fn dpdk_sink_counts_what_the_port_receives() {
     drop(io);
     drop(ring);
     assert_eq!(d.pool.in_use(), 0, "every mbuf went back to the pool");
+}
+
+#[test]
+fn dpdk_sink_answers_arp_for_its_backends() {
+    let d = dpdk()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ring = ring_port(&d, "pktgen_arp", 1024);
+    let mut io = DpdkIo::new(&[Arc::clone(&ring.port)], 0).unwrap();
+    let mut sink = Sink::new(
+        vec![BackendSpec {
+            name: "be1".to_owned(),
+            mac: None,
+        }],
+        Filter::default(),
+    );
+    let mac = [2, 0xbb, 0, 0, 0, 1];
+    let prefixes = vec!["203.0.113.0/24".parse::<Prefix>().unwrap()];
+    let mut arp = ArpResponder::new(Arc::clone(&d.pool), vec![mac], prefixes);
+    // Who has 203.0.113.11 (ours) and 198.51.100.1 (not ours)? Tell 203.0.113.1.
+    let request = |target: [u8; 4]| {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0x11, 0x11, 0x11, 0x11, 0x11, 0x08, 0x06]);
+        f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        f.extend_from_slice(&[
+            2, 0x11, 0x11, 0x11, 0x11, 0x11, 203, 0, 113, 1, 0, 0, 0, 0, 0, 0,
+        ]);
+        f.extend_from_slice(&target);
+        f.resize(60, 0);
+        f
+    };
+    for target in [[203, 0, 113, 11], [198, 51, 100, 1]] {
+        assert!(
+            ring.rx
+                .push(d.pool.mbuf_from(&request(target)).unwrap())
+                .is_ok()
+        );
+    }
+    let mut burst = Vec::with_capacity(BURST);
+    assert_eq!(
+        receive_burst(
+            &mut io,
+            &mut burst,
+            &mut sink,
+            0,
+            BackendOf::Port,
+            Some(&mut arp)
+        ),
+        2
+    );
+    assert_eq!(arp.answered, 1);
+    let reply = ring.tx.pop().expect("an ARP reply").to_vec();
+    assert!(
+        ring.tx.pop().is_none(),
+        "only the request for our prefix is answered"
+    );
+    assert_eq!(&reply[..6], &[2, 0x11, 0x11, 0x11, 0x11, 0x11]);
+    assert_eq!(&reply[6..12], &mac);
+    assert_eq!(&reply[20..22], &[0, 2], "an ARP reply");
+    assert_eq!(&reply[22..32], &[2, 0xbb, 0, 0, 0, 1, 203, 0, 113, 11]);
+    drop(io);
+    drop(ring);
+    assert_eq!(d.pool.in_use(), 0);
 }
