@@ -41,9 +41,12 @@ echo "== tests"
 cargo test --workspace --locked
 echo "== DPDK backend (libdpdk-dev; --no-huge --no-pci, virtual devices)"
 scripts/dpdk-setup
-cargo clippy -p limpet-dataplane --features dpdk --all-targets --locked -- -D warnings
+cargo clippy -p limpet-dataplane -p limpet-control --features dpdk --all-targets --locked -- -D warnings
 cargo test -p limpet-dpdk-sys --locked
 cargo test -p limpet-dataplane --features dpdk --test dpdk --locked
+# limpet run --io dpdk:... on the testbed (net_af_packet, net_af_xdp) and
+# between two limpets over memif and virtio_user/vhost-user (root).
+cargo test -p limpet-control --features dpdk --test e2e_dpdk --test dpdk_vdevs --locked
 # pktgen over DPDK ports: net_ring in process, and send -> sink as two
 # processes over net_memif; the DPDK benchmark's smoke run (not asserted).
 cargo clippy -p limpet-pktgen -p limpet-bench --features limpet-pktgen/dpdk,limpet-bench/dpdk \

@@ -405,6 +405,71 @@ const WORKER_METRICS: [Field; 18] = [
     ),
 ];
 
+/// The I/O backend's per-worker counters and the ports' link state and
+/// device counters (DPDK), in the same exposition format.
+fn render_io_metrics(
+    out: &mut String,
+    reports: &[WorkerReport],
+    ports: &[crate::state::PortMetrics],
+) {
+    let mut metric =
+        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
+            let _ = writeln!(
+                out,
+                "# HELP limpet_{name} {help}\n# TYPE limpet_{name} {kind}"
+            );
+            for (labels, value) in rows {
+                let _ = writeln!(out, "limpet_{name}{labels} {value}");
+            }
+        };
+    let mut io = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        for (name, value) in &r.io {
+            io.push((
+                format!("{{worker=\"{i}\",counter=\"{name}\"}}"),
+                *value as f64,
+            ));
+        }
+    }
+    if !io.is_empty() {
+        metric(
+            "io_total",
+            "counter",
+            "The I/O backend's own counters per worker (DPDK: rx, tx, tx_full, steered_out, steered_in, steer_full, slow_passed, ...).",
+            &mut io.into_iter(),
+        );
+    }
+    if !ports.is_empty() {
+        let label = |p: &crate::state::PortMetrics| format!("port=\"{}\"", p.name);
+        metric(
+            "port_link_up",
+            "gauge",
+            "1 if the port's link is up.",
+            &mut ports
+                .iter()
+                .map(|p| (format!("{{{}}}", label(p)), f64::from(u8::from(p.link_up)))),
+        );
+        metric(
+            "port_link_speed_mbps",
+            "gauge",
+            "The port's link speed as its driver reports it.",
+            &mut ports
+                .iter()
+                .map(|p| (format!("{{{}}}", label(p)), f64::from(p.speed_mbps))),
+        );
+        metric(
+            "port_xstat",
+            "untyped",
+            "The port driver's extended statistics (rte_eth_xstats), by name.",
+            &mut ports.iter().flat_map(|p| {
+                p.xstats
+                    .iter()
+                    .map(move |(name, v)| (format!("{{{},stat=\"{name}\"}}", label(p)), *v as f64))
+            }),
+        );
+    }
+}
+
 /// Prometheus text exposition of every worker's counters.
 pub fn render_metrics(shared: &Shared) -> Result<String, String> {
     let reports: Vec<WorkerReport> = ask_all(shared, |reply| Command::Report { reply })?;
@@ -490,6 +555,7 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
             },
         )),
     );
+    render_io_metrics(&mut out, &reports, &state.ports);
     Ok(out)
 }
 

@@ -6,6 +6,8 @@ pub mod client;
 pub mod compile;
 pub mod config;
 pub mod demo;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod ids;
 pub mod kube_source;
 pub mod manifest;

@@ -1,10 +1,14 @@
 //! `limpet run`: the long-running process. Threads:
 //!
-//! - one poll-mode worker per `--workers`, each with its own `AF_PACKET`
-//!   sockets (joined in a fanout group) and tables;
-//! - the neighbour thread: answers ARP / neighbour solicitations for the
-//!   addresses limpet serves and resolves backends' MAC addresses over a
-//!   raw socket that only sees ARP and `ICMPv6`;
+//! - one poll-mode worker per `--workers`, each with its own tables and
+//!   its own I/O: `AF_PACKET` sockets joined in a fanout group, or (with
+//!   the `dpdk` feature, [`crate::dpdk`]) one queue pair per DPDK port, on
+//!   its own EAL lcore;
+//! - one neighbour thread per interface: answers ARP / neighbour
+//!   solicitations for the addresses limpet serves and resolves backends'
+//!   MAC addresses, over a [`NeighbourWire`]: a raw socket that only sees
+//!   ARP and `ICMPv6` (`AF_PACKET`), or rings to and from the workers
+//!   (DPDK, where only the workers see the wire);
 //! - the admin API (loopback HTTP);
 //! - the control loop (this thread): loads the configuration, watches it
 //!   (file notification and SIGHUP), compiles snapshots and publishes them
@@ -15,12 +19,14 @@
 use crate::compile::SnapshotCompiler;
 use crate::config::{ConfigError, ConfigSource};
 use crate::kube_source::{KubeOptions, KubeSource, KubeUpdate};
+use crate::state::PortMetrics;
 use crate::state::Shared;
 use crate::translate::Translation;
 use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
 use limpet_dataplane::affinity::BackendId;
 use limpet_dataplane::clock::MonotonicClock;
 use limpet_dataplane::command::Command;
+use limpet_dataplane::io::PacketIo;
 use limpet_dataplane::io::afpacket::{AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket};
 use limpet_dataplane::neighbour::{Handled, InterfaceAddr, NeighbourCounters, Neighbours};
 use limpet_dataplane::pipeline::{Worker, WorkerConfig};
@@ -61,10 +67,23 @@ pub struct Link {
     pub gateway: Option<IpAddr>,
 }
 
+/// Which packet I/O drives the links.
+#[derive(Debug, Clone)]
+pub enum IoBackend {
+    /// `AF_PACKET` rings on kernel interfaces (`Link::iface` is the
+    /// interface name).
+    AfPacket,
+    /// DPDK ports (`Link::iface` is the port's name: a PCI address or a
+    /// virtual device's name), with EAL set up from these options.
+    #[cfg(feature = "dpdk")]
+    Dpdk(crate::dpdk::DpdkOptions),
+}
+
 /// Everything `limpet run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub source: Source,
+    pub io: IoBackend,
     /// The interfaces limpet drives, in port order.
     pub links: Vec<Link>,
     pub workers: usize,
@@ -89,6 +108,9 @@ pub enum RunError {
         #[source]
         source: limpet_dataplane::io::afpacket::AfPacketError,
     },
+    #[cfg(feature = "dpdk")]
+    #[error("DPDK: {0}")]
+    Dpdk(#[from] limpet_dataplane::io::dpdk::DpdkError),
     #[error("--io names no interface")]
     NoInterface,
     #[error("building worker tables: {0}")]
@@ -113,9 +135,29 @@ struct L2Report {
     counters: NeighbourCounters,
 }
 
+/// How a link's neighbour thread reaches the wire: ARP and `ICMPv6`
+/// neighbour frames in, any frame out.
+pub trait NeighbourWire: Send + 'static {
+    /// Sends one frame.
+    fn send(&self, frame: &[u8]) -> Result<(), String>;
+    /// Receives one frame into `buf`, waiting up to `timeout`; its length,
+    /// or `None` if nothing came.
+    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, String>;
+}
+
+impl NeighbourWire for RawSocket {
+    fn send(&self, frame: &[u8]) -> Result<(), String> {
+        RawSocket::send(self, frame).map_err(|e| e.to_string())
+    }
+
+    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, String> {
+        RawSocket::recv(self, buf, timeout).map_err(|e| e.to_string())
+    }
+}
+
 fn spawn_neighbour_thread(
     link: usize,
-    socket: RawSocket,
+    socket: Box<dyn NeighbourWire>,
     mut neighbours: Neighbours,
     updates: Receiver<L2Update>,
     reports: Sender<L2Report>,
@@ -176,6 +218,49 @@ fn spawn_neighbour_thread(
         .expect("spawning the neighbour thread")
 }
 
+/// What the worker loop needs of an I/O backend beyond [`PacketIo`].
+pub trait WorkerIo: PacketIo + Send + 'static {
+    /// Waits a little for packets (`--idle wait`).
+    fn idle_wait(&mut self);
+    /// Trouble the backend found since the last call.
+    fn health(&mut self) -> Result<(), String>;
+}
+
+impl WorkerIo for AfPacketIo {
+    fn idle_wait(&mut self) {
+        // Errors surface through `health`.
+        let _ = self.wait(Some(Duration::from_millis(1)));
+    }
+
+    fn health(&mut self) -> Result<(), String> {
+        AfPacketIo::health(self).map_err(|e| e.to_string())
+    }
+}
+
+/// A worker's poll loop, until `stop`.
+pub fn worker_loop<I: WorkerIo>(
+    index: usize,
+    worker: &mut Worker<I, MonotonicClock>,
+    idle: Idle,
+    stop: &AtomicBool,
+) {
+    let mut last_health = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if worker.poll() == 0 {
+            match idle {
+                Idle::Spin => std::hint::spin_loop(),
+                Idle::Wait => worker.io_mut().idle_wait(),
+            }
+        }
+        if last_health.elapsed() > Duration::from_secs(1) {
+            last_health = Instant::now();
+            if let Err(e) = worker.io_mut().health() {
+                error!(worker = index, "interface trouble: {e}");
+            }
+        }
+    }
+}
+
 /// Starts worker `index` on its own thread, pinned to `cpu` when given;
 /// returns once the thread is running there (or could not be pinned).
 fn spawn_worker(
@@ -192,26 +277,8 @@ fn spawn_worker(
             let pinned = cpu.map_or(Ok(()), limpet_dataplane::io::pin_current_thread);
             let failed = pinned.is_err();
             let _ = pinned_tx.send(pinned);
-            if failed {
-                return;
-            }
-            let mut last_health = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                if worker.poll() == 0 {
-                    match idle {
-                        Idle::Spin => std::hint::spin_loop(),
-                        Idle::Wait => {
-                            // Errors surface through `health` below.
-                            let _ = worker.io_mut().wait(Some(Duration::from_millis(1)));
-                        }
-                    }
-                }
-                if last_health.elapsed() > Duration::from_secs(1) {
-                    last_health = Instant::now();
-                    if let Err(e) = worker.io_mut().health() {
-                        error!(worker = index, "interface trouble: {e}");
-                    }
-                }
+            if !failed {
+                worker_loop(index, &mut worker, idle, &stop);
             }
         })
         .map_err(|e| RunError::Other(format!("starting worker {index}: {e}")))?;
@@ -277,6 +344,18 @@ struct Control {
     /// Per link: what its neighbour thread resolved.
     resolved: Vec<HashMap<IpAddr, Option<MacAddr>>>,
     compiler: SnapshotCompiler,
+    /// The backend's port probe, and when it last ran.
+    ports: Option<Box<dyn FnMut() -> Vec<PortMetrics>>>,
+}
+
+impl Control {
+    /// Refreshes the ports' link state and counters for `/metrics`.
+    fn probe_ports(&mut self) {
+        if let Some(probe) = &mut self.ports {
+            let ports = probe();
+            self.shared.lock().ports = ports;
+        }
+    }
 }
 
 impl Control {
@@ -377,25 +456,84 @@ fn record_backends(shared: &Shared, specs: &[ServicePortSpec]) {
     }
 }
 
-/// The running workers: their threads and the channels to them.
-struct Workers {
-    handles: Vec<JoinHandle<()>>,
-    publish: Vec<Sender<Arc<Snapshot>>>,
-    commands: Vec<Sender<Command>>,
-    retired: Receiver<Arc<Snapshot>>,
+/// The running workers of a backend, the channels to them, and the rest
+/// of what `run` drives: one neighbour wire per link, the MAC limpet sends
+/// from, and the ports' state for `/metrics`.
+pub struct Workers {
+    /// Each waits for one worker to finish (after `stop`).
+    pub joins: Vec<Box<dyn FnOnce() + Send>>,
+    pub publish: Vec<Sender<Arc<Snapshot>>>,
+    pub commands: Vec<Sender<Command>>,
+    pub retired: Receiver<Arc<Snapshot>>,
+    pub wires: Vec<Box<dyn NeighbourWire>>,
+    pub mac: MacAddr,
+    /// Reads link state and device counters (off the packet path).
+    pub ports: Option<Box<dyn FnMut() -> Vec<PortMetrics>>>,
+    /// What must outlive the workers (a DPDK backend's ports, pools and
+    /// EAL), dropped after they are joined.
+    pub keep: Option<Box<dyn std::any::Any>>,
+}
+
+impl Workers {
+    /// No workers yet; `worker_channels` adds each one's channels.
+    pub fn new(mac: MacAddr) -> (Self, Sender<Arc<Snapshot>>) {
+        let (retired_tx, retired) = bounded::<Arc<Snapshot>>(64);
+        (
+            Self {
+                joins: Vec::new(),
+                publish: Vec::new(),
+                commands: Vec::new(),
+                retired,
+                wires: Vec::new(),
+                mac,
+                ports: None,
+                keep: None,
+            },
+            retired_tx,
+        )
+    }
+
+    /// A worker over `io` on an empty snapshot, wired to the control loop.
+    pub fn add<I: WorkerIo>(
+        &mut self,
+        io: I,
+        config: &WorkerConfig,
+        retired: &Sender<Arc<Snapshot>>,
+    ) -> Result<Worker<I, MonotonicClock>, RunError> {
+        let (snap_tx, snap_rx) = bounded(16);
+        let (cmd_tx, cmd_rx) = bounded::<Command>(64);
+        let mut config = config.clone();
+        config.mac = self.mac;
+        let worker = Worker::new(
+            io,
+            MonotonicClock::new(),
+            config,
+            Arc::new(Snapshot::default()),
+        )?
+        .with_updates(snap_rx, retired.clone())
+        .with_commands(cmd_rx);
+        self.publish.push(snap_tx);
+        self.commands.push(cmd_tx);
+        Ok(worker)
+    }
 }
 
 /// Opens one set of sockets per worker (all of them before any thread
 /// starts, so a bad interface fails cleanly) and starts the workers on an
 /// empty snapshot.
-fn start_workers(
-    opts: &RunOptions,
-    mac: MacAddr,
-    stop: &Arc<AtomicBool>,
-) -> Result<Workers, RunError> {
+fn start_afpacket(opts: &RunOptions, stop: &Arc<AtomicBool>) -> Result<Workers, RunError> {
+    let mut sockets = Vec::with_capacity(opts.links.len());
+    for link in &opts.links {
+        let raw = RawSocket::open_neighbour(&link.iface).map_err(|source| RunError::Io {
+            iface: link.iface.clone(),
+            source,
+        })?;
+        sockets.push(raw);
+    }
+    // limpet sends from one MAC on every port: the first interface's,
+    // unless --mac says otherwise.
+    let mac = opts.mac.unwrap_or_else(|| sockets[0].mac());
     let ifaces: Vec<&str> = opts.links.iter().map(|l| l.iface.as_str()).collect();
-    let mut worker_config = opts.worker.clone();
-    worker_config.mac = mac;
     // Several workers share each interface in a fanout group steered by
     // client address: a connection's packets and its replies (which come
     // back from the backend) then reach the same worker, which holds the
@@ -420,35 +558,24 @@ fn start_workers(
         })?;
         ios.push(io);
     }
-    let (retired_tx, retired) = bounded::<Arc<Snapshot>>(64);
-    let empty = Arc::new(Snapshot::default());
-    let mut workers = Workers {
-        handles: Vec::new(),
-        publish: Vec::new(),
-        commands: Vec::new(),
-        retired,
-    };
+    let (mut workers, retired) = Workers::new(mac);
     for (i, io) in ios.into_iter().enumerate() {
-        let (snap_tx, snap_rx) = bounded(16);
-        let (cmd_tx, cmd_rx) = bounded::<Command>(64);
-        let worker = Worker::new(
-            io,
-            MonotonicClock::new(),
-            worker_config.clone(),
-            Arc::clone(&empty),
-        )?
-        .with_updates(snap_rx, retired_tx.clone())
-        .with_commands(cmd_rx);
-        workers.handles.push(spawn_worker(
+        let worker = workers.add(io, &opts.worker, &retired)?;
+        let handle = spawn_worker(
             i,
             worker,
             opts.idle,
             opts.cpus.get(i).copied(),
             Arc::clone(stop),
-        )?);
-        workers.publish.push(snap_tx);
-        workers.commands.push(cmd_tx);
+        )?;
+        workers.joins.push(Box::new(move || {
+            let _ = handle.join();
+        }));
     }
+    workers.wires = sockets
+        .into_iter()
+        .map(|s| Box::new(s) as Box<dyn NeighbourWire>)
+        .collect();
     Ok(workers)
 }
 
@@ -490,25 +617,28 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         Source::Kubernetes(kube) => (Live::Kubernetes(KubeSource::spawn(kube.clone())?), None),
     };
 
-    let mut sockets = Vec::with_capacity(opts.links.len());
-    for link in &opts.links {
-        let raw = RawSocket::open_neighbour(&link.iface).map_err(|source| RunError::Io {
-            iface: link.iface.clone(),
-            source,
-        })?;
-        sockets.push(raw);
-    }
-    // limpet sends from one MAC on every port: the first interface's,
-    // unless --mac says otherwise.
-    let mac = opts.mac.unwrap_or_else(|| sockets[0].mac());
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = start_workers(opts, mac, &stop)?;
-    let mut handles = workers.handles;
+    let workers = match &opts.io {
+        IoBackend::AfPacket => start_afpacket(opts, &stop)?,
+        #[cfg(feature = "dpdk")]
+        IoBackend::Dpdk(dpdk) => crate::dpdk::start(opts, dpdk, &stop)?,
+    };
+    let Workers {
+        joins,
+        publish,
+        commands,
+        retired,
+        wires,
+        mac,
+        ports,
+        keep,
+    } = workers;
+    let mut handles = Vec::new();
 
-    let shared = Arc::new(Shared::new(workers.commands));
+    let shared = Arc::new(Shared::new(commands));
     let (report_tx, report_rx) = bounded(64);
     let mut l2 = Vec::with_capacity(opts.links.len());
-    for (i, (link, raw)) in opts.links.iter().zip(sockets).enumerate() {
+    for (i, (link, raw)) in opts.links.iter().zip(wires).enumerate() {
         let (tx, rx) = unbounded();
         let neighbours = Neighbours::new(mac, link.addresses.clone(), link.gateway);
         handles.push(spawn_neighbour_thread(
@@ -525,7 +655,8 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
 
     let mut control = Control {
         shared: Arc::clone(&shared),
-        publish: workers.publish,
+        publish,
+        ports,
         resolved: vec![HashMap::new(); l2.len()],
         l2,
         specs: Vec::new(),
@@ -536,12 +667,19 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         control.first_publish(&report_rx)?;
     }
 
-    let result = control_loop(&mut control, &mut live, &report_rx, &workers.retired);
+    let result = control_loop(&mut control, &mut live, &report_rx, &retired);
     info!("stopping");
     stop.store(true, Ordering::Relaxed);
+    for join in joins {
+        join();
+    }
     for h in handles {
         let _ = h.join();
     }
+    // The workers and neighbour threads are gone: ports, pools and EAL
+    // may go now.
+    drop(control);
+    drop(keep);
     result
 }
 
@@ -619,6 +757,8 @@ fn control_loop(
     let signals = signal_channel()?;
     let mut pending_reload: Option<Instant> = None;
     let ticker = tick(Duration::from_millis(100));
+    let mut probed = Instant::now();
+    control.probe_ports();
     loop {
         select! {
             recv(reload) -> _ => pending_reload = Some(Instant::now()),
@@ -644,6 +784,10 @@ fn control_loop(
             },
             recv(retired) -> old => drop(old),
             recv(ticker) -> _ => {}
+        }
+        if probed.elapsed() >= Duration::from_secs(1) {
+            probed = Instant::now();
+            control.probe_ports();
         }
         if let Live::Kubernetes(k) = live {
             // Not ready while the API server is out of reach: the workers
@@ -707,22 +851,38 @@ fn signal_channel() -> Result<Receiver<Signal>, RunError> {
     Ok(rx)
 }
 
-/// Parses `--io afpacket:IFACE[,IFACE2]`.
-pub fn parse_io(spec: &str) -> Result<Vec<String>, String> {
-    let Some(list) = spec.strip_prefix("afpacket:") else {
+/// The kind of backend `--io` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    AfPacket,
+    Dpdk,
+}
+
+/// Parses `--io afpacket:IFACE[,IFACE2]` or `--io dpdk:PORT[,PORT2]`
+/// (a port is a PCI address such as `0000:3b:00.0` or a virtual device's
+/// name such as `net_af_packet0`).
+pub fn parse_io(spec: &str) -> Result<(IoKind, Vec<String>), String> {
+    let (kind, list) = if let Some(list) = spec.strip_prefix("afpacket:") {
+        (IoKind::AfPacket, list)
+    } else if let Some(list) = spec.strip_prefix("dpdk:") {
+        (IoKind::Dpdk, list)
+    } else {
         return Err(format!(
-            "unknown I/O backend in {spec:?}: expected afpacket:IFACE[,IFACE2]"
+            "unknown I/O backend in {spec:?}: expected afpacket:IFACE[,IFACE2] or dpdk:PORT[,PORT2]"
         ));
     };
-    let ifaces: Vec<String> = list
+    let names: Vec<String> = list
         .split(',')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    if ifaces.is_empty() {
-        return Err("afpacket: needs at least one interface name".into());
+    if names.is_empty() {
+        return Err(match kind {
+            IoKind::AfPacket => "afpacket: needs at least one interface name".into(),
+            IoKind::Dpdk => "dpdk: needs at least one port (PCI address or vdev name)".into(),
+        });
     }
-    Ok(ifaces)
+    Ok((kind, names))
 }
 
 /// Parses an `ADDRESS/PREFIX` given to `--address`.
@@ -737,4 +897,31 @@ pub fn parse_interface_addr(s: &str) -> Result<InterfaceAddr, String> {
         return Err(format!("{s:?}: prefix longer than {max}"));
     }
     Ok(InterfaceAddr { addr, prefix })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_names_its_backend_and_ports() {
+        assert_eq!(
+            parse_io("afpacket:lb0,lb1").unwrap(),
+            (IoKind::AfPacket, vec!["lb0".to_owned(), "lb1".to_owned()])
+        );
+        // PCI addresses keep their colons; virtual devices are plain names.
+        assert_eq!(
+            parse_io("dpdk:0000:3b:00.0,net_ring0").unwrap(),
+            (
+                IoKind::Dpdk,
+                vec!["0000:3b:00.0".to_owned(), "net_ring0".to_owned()]
+            )
+        );
+        assert!(
+            parse_io("dpdk:")
+                .unwrap_err()
+                .contains("PCI address or vdev")
+        );
+        assert!(parse_io("xdp:lb0").unwrap_err().contains("dpdk:PORT"));
+    }
 }

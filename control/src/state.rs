@@ -21,6 +21,16 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
 }
 
+/// One port's state as its driver reports it (DPDK ports), for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortMetrics {
+    pub name: String,
+    pub link_up: bool,
+    pub speed_mbps: u32,
+    /// The driver's extended counters (`rte_eth_xstats`), by name.
+    pub xstats: Vec<(String, u64)>,
+}
+
 /// The control plane's view, behind one mutex (off the packet path).
 #[derive(Debug)]
 pub struct ControlState {
@@ -39,6 +49,9 @@ pub struct ControlState {
     pub neighbour_counters: NeighbourCounters,
     /// Backends left out of the snapshot because their MAC is unknown.
     pub unresolved_backends: usize,
+    /// The ports' link state and device counters, refreshed every second
+    /// (empty for backends without them).
+    pub ports: Vec<PortMetrics>,
 }
 
 impl Default for ControlState {
@@ -52,6 +65,7 @@ impl Default for ControlState {
             neighbours: Vec::new(),
             neighbour_counters: NeighbourCounters::default(),
             unresolved_backends: 0,
+            ports: Vec::new(),
         }
     }
 }

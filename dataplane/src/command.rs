@@ -41,13 +41,15 @@ impl AffinityFilter {
 }
 
 /// A worker's counters and table sizes at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerReport {
     pub stats: WorkerStats,
     pub affinity_entries: usize,
     pub affinity_capacity: usize,
     pub flow_entries: usize,
     pub flow_capacity: usize,
+    /// The I/O backend's own counters (`PacketIo::counters`).
+    pub io: Vec<(&'static str, u64)>,
 }
 
 /// A request to a worker; each carries where to send the answer.

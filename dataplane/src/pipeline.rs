@@ -406,6 +406,11 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                             + self.v6.affinity.capacity(),
                         flow_entries: self.v4.flows.len() + self.v6.flows.len(),
                         flow_capacity: self.v4.flows.capacity() + self.v6.flows.capacity(),
+                        io: {
+                            let mut io = Vec::new();
+                            self.io.counters(&mut io);
+                            io
+                        },
                     });
                 }
             }
@@ -549,8 +554,8 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         self.stats.tx_packets += self.io.tx_burst(&mut self.tx) as u64;
         self.io.free_burst(&mut self.dropped);
         // The slow path (ARP, ND, ICMP) is served by the I/O layer's
-        // control plane; until one is attached these are counted and freed.
-        self.io.free_burst(&mut self.slow);
+        // control plane: the backend frees these or passes them on.
+        self.io.slow_burst(&mut self.slow);
     }
 
     /// Runs `poll` until `stop` says so.

@@ -18,7 +18,7 @@ use limpet_dataplane::clock::ManualClock;
 use limpet_dataplane::io::PacketIo;
 use limpet_dataplane::io::dpdk::{
     DpdkBuf, DpdkError, DpdkIo, Eal, EalConfig, Mempool, Port, PortConfig, Ring, RssMode,
-    symmetric_rss_key,
+    SteeringMesh, symmetric_rss_key,
 };
 use limpet_dataplane::pipeline::{Worker, WorkerConfig};
 use limpet_dataplane::snapshot::Snapshot;
@@ -295,4 +295,132 @@ fn a_worker_on_a_worker_lcore_forwards() {
     stop.store(true, Ordering::Relaxed);
     d.eal.wait(1).unwrap();
     assert!(done.load(Ordering::SeqCst), "the worker returned");
+}
+
+/// The source and destination of an IPv4 TCP frame, read with etherparse.
+fn endpoints(frame: &[u8]) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(NetSlice::Ipv4(v4)) = p.net else {
+        panic!("not IPv4")
+    };
+    let Some(TransportSlice::Tcp(tcp)) = p.transport else {
+        panic!("not TCP")
+    };
+    let h = v4.header();
+    (
+        (h.source_addr(), tcp.source_port()).into(),
+        (h.destination_addr(), tcp.destination_port()).into(),
+    )
+}
+
+#[test]
+fn two_workers_keep_each_client_on_one_worker_and_translate_nat_replies_from_either_queue() {
+    let d = dpdk();
+    let rx = [
+        Ring::new(&d.eal, "steer_rx0", 1024).unwrap(),
+        Ring::new(&d.eal, "steer_rx1", 1024).unwrap(),
+    ];
+    let tx = [
+        Ring::new(&d.eal, "steer_tx0", 1024).unwrap(),
+        Ring::new(&d.eal, "steer_tx1", 1024).unwrap(),
+    ];
+    let id = d
+        .eal
+        .port_from_rings("steer", &[&rx[0], &rx[1]], &[&tx[0], &tx[1]])
+        .unwrap();
+    // net_ring has no RSS: packets stay on the queue they were put on, as
+    // a one-armed port (or any port without client-address RSS) would
+    // scatter them. Software steering has to put them right.
+    assert!(!d.eal.supports_rss(id, RssMode::ClientIsSource).unwrap());
+    let config = PortConfig {
+        queues: 2,
+        rss: RssMode::Off,
+        ..PortConfig::default()
+    };
+    let port = Arc::new(Port::start(&d.eal, id, &config, &[Arc::clone(&d.pool)]).unwrap());
+    let mesh = Arc::new(SteeringMesh::new(&d.eal, "steer_mesh", 2, 256).unwrap());
+    let mut workers: Vec<_> = (0..2u16)
+        .map(|q| {
+            let io = DpdkIo::new(&[Arc::clone(&port)], q)
+                .unwrap()
+                .with_steering(Arc::clone(&mesh), usize::from(q))
+                .unwrap();
+            let mut w = Worker::new(
+                io,
+                ManualClock::new(1000),
+                worker_config(),
+                Arc::new(Snapshot::default()),
+            )
+            .unwrap();
+            // The swap tells the I/O the service addresses to steer by.
+            w.set_snapshot(snapshot());
+            w
+        })
+        .collect();
+    let settle = |workers: &mut Vec<Worker<DpdkIo, ManualClock>>| {
+        let mut quiet = 0;
+        while quiet < 4 {
+            let n: usize = workers.iter_mut().map(Worker::poll).sum();
+            quiet = if n == 0 { quiet + 1 } else { 0 };
+        }
+    };
+    let clients: Vec<std::net::Ipv4Addr> = (1..=64).map(|c| [198, 18, 1, c].into()).collect();
+    let owner = |c: std::net::Ipv4Addr| (u32::from(c) % 2) as usize;
+    // SYNs, each on the queue the client does *not* hash to half the time.
+    for (i, &c) in clients.iter().enumerate() {
+        let syn = inbound(PacketSpec::tcp(std::net::IpAddr::V4(c), ip(VIP4), 40000, 80).flags(SYN));
+        inject(&rx[(i / 2) % 2], &syn.build());
+    }
+    settle(&mut workers);
+    for (q, ring) in tx.iter().enumerate() {
+        while let Some(out) = ring.pop() {
+            let (src, dst) = endpoints(&out.to_vec());
+            let std::net::IpAddr::V4(client) = src.ip() else {
+                unreachable!()
+            };
+            assert_eq!(dst, (ip(BE4), 9376).into());
+            assert_eq!(q, owner(client), "{client}'s SYN left by worker {q}");
+        }
+    }
+    // Each client is known to its owner only.
+    for w in &workers {
+        assert_eq!(w.affinity_v4().len(), 32);
+        assert_eq!(w.stats().new_flows, 32);
+    }
+    // Replies from the backend, on the queue opposite to the owner: the
+    // backend's address says nothing of the client, only the destination
+    // does.
+    for &c in &clients {
+        let reply = PacketSpec::tcp(ip(BE4), std::net::IpAddr::V4(c), 9376, 40000)
+            .flags(SYN | limpet_pktgen::ACK)
+            .src_mac(common::backend_mac(ip(BE4)))
+            .dst_mac(LIMPET_MAC);
+        inject(&rx[1 - owner(c)], &reply.build());
+    }
+    settle(&mut workers);
+    let mut translated = 0;
+    for (q, ring) in tx.iter().enumerate() {
+        while let Some(out) = ring.pop() {
+            let (src, dst) = endpoints(&out.to_vec());
+            let std::net::IpAddr::V4(client) = dst.ip() else {
+                unreachable!()
+            };
+            assert_eq!(src, (ip(VIP4), 80).into(), "reply to {client} untranslated");
+            assert_eq!(q, owner(client), "reply to {client} left by worker {q}");
+            translated += 1;
+        }
+    }
+    assert_eq!(translated, clients.len(), "every reply translated");
+    let handed: u64 = workers.iter().map(|w| w.io().stats.steered_out).sum();
+    let taken: u64 = workers.iter().map(|w| w.io().stats.steered_in).sum();
+    // Half the SYNs and every reply arrived on the wrong queue.
+    assert_eq!(handed, 32 + 64);
+    assert_eq!(taken, handed);
+    assert_eq!(
+        workers.iter().map(|w| w.io().stats.steer_full).sum::<u64>(),
+        0
+    );
+    drop(workers);
+    drop(port);
 }

@@ -3,7 +3,9 @@
 #![allow(clippy::doc_markdown)]
 
 use clap::{Args, Parser, Subcommand};
-use limpet_control::run::{Idle, Link, RunOptions, Source, parse_interface_addr, parse_io};
+use limpet_control::run::{
+    Idle, IoBackend, IoKind, Link, RunOptions, Source, parse_interface_addr, parse_io,
+};
 use limpet_dataplane::flow::FlowTimeouts;
 use limpet_dataplane::neighbour::InterfaceAddr;
 use limpet_dataplane::pipeline::WorkerConfig;
@@ -73,18 +75,28 @@ struct RunArgs {
     /// reports not ready.
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
-    /// Packet I/O: `afpacket:IFACE` drives interface IFACE with AF_PACKET
-    /// rings. limpet owns the interface: it answers ARP/ND itself and does
-    /// not use the kernel's IP stack on it.
+    /// Packet I/O. `afpacket:IFACE[,IFACE2]` drives kernel interfaces with
+    /// AF_PACKET rings. `dpdk:PORT[,PORT2]` drives DPDK ports, each named
+    /// by PCI address (0000:3b:00.0, bound to vfio-pci) or by the name of a
+    /// virtual device given with --vdev (net_af_packet0, net_af_xdp0,
+    /// net_memif0, virtio_user0, net_ring0, net_null0); needs a limpet
+    /// built with `--features dpdk`. Two ports: list the client-facing one
+    /// first. limpet owns its ports: it answers ARP/ND itself and does not
+    /// use the kernel's IP stack on them.
     #[arg(long = "io", value_name = "BACKEND")]
     io: String,
-    /// Number of poll-mode workers; each gets its own sockets (one fanout
-    /// group, steered by client address) and tables.
+    /// Number of poll-mode workers, each with its own tables. AF_PACKET:
+    /// one socket per worker in a fanout group steered by client address.
+    /// DPDK: one RX/TX queue pair per worker on every port, each worker on
+    /// its own EAL lcore; a client's packets reach one worker through RSS
+    /// on the client address where the ports can, by software steering
+    /// between workers otherwise.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
-    /// Pin worker i to the i-th CPU of this list (e.g. `--cpus 2,3`), so
-    /// each poll-mode worker owns a core; give one CPU per worker. Without
-    /// it the scheduler places them.
+    /// AF_PACKET: pin worker i to the i-th CPU of this list (e.g.
+    /// `--cpus 2,3`), so each poll-mode worker owns a core; give one CPU per
+    /// worker. Without it the scheduler places them. (DPDK workers run on
+    /// EAL lcores: see --dpdk-cores / --dpdk-lcores.)
     #[arg(long, value_delimiter = ',', value_name = "CPU,...")]
     cpus: Vec<usize>,
     /// How packets reach backends: `nat` rewrites the destination to the
@@ -149,6 +161,60 @@ struct RunArgs {
     /// What workers do when there is no traffic.
     #[arg(long, value_enum, default_value_t = Idle::Spin)]
     idle: Idle,
+    #[command(flatten)]
+    dpdk: DpdkArgs,
+}
+
+/// EAL settings for `--io dpdk:...`, in limpet's own words.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "DPDK (--io dpdk:...)")]
+struct DpdkArgs {
+    /// The cores EAL uses (its `-l`: `2-4` or `2,4,6`). The first is the
+    /// main lcore (control thread, admin API, neighbour threads); each
+    /// worker gets one of the rest, in order, pinned there. Default: every
+    /// core.
+    #[arg(long, value_name = "LIST", conflicts_with = "dpdk_lcores")]
+    dpdk_cores: Option<String>,
+    /// An lcore-to-CPU map instead (EAL's `--lcores`, e.g. `0@0,1@2,2@4`
+    /// or `(0-2)@0` to run three lcores on CPU 0 on a small host).
+    #[arg(long, value_name = "MAP")]
+    dpdk_lcores: Option<String>,
+    /// Memory EAL preallocates, in MiB (its `-m`). Default with
+    /// --dpdk-no-huge: 512.
+    #[arg(long, value_name = "MIB")]
+    dpdk_memory: Option<u32>,
+    /// Run on ordinary pages (no hugepages): virtual devices, tests,
+    /// small hosts. On bare metal set hugepages up with
+    /// scripts/dpdk-setup --hugepages N instead.
+    #[arg(long)]
+    dpdk_no_huge: bool,
+    /// A virtual device for EAL (`--vdev`), repeatable: e.g.
+    /// `net_af_packet0,iface=eth1`, `net_af_xdp0,iface=eth1`,
+    /// `net_memif0,role=server,socket=/run/limpet.memif`,
+    /// `virtio_user0,path=/dev/vhost-net,queues=2,iface=tap0`. Name its
+    /// port in --io (`dpdk:net_af_packet0`).
+    #[arg(long = "vdev", value_name = "DEVICE[,ARGS]")]
+    vdevs: Vec<String>,
+    /// A PCI device EAL may use (its `-a` allow list), repeatable. Without
+    /// any, and with only virtual devices named in --io, PCI is not
+    /// scanned at all.
+    #[arg(long = "pci", value_name = "ADDRESS")]
+    pci: Vec<String>,
+    /// Prefix of EAL's runtime files, for DPDK's multi-process tools
+    /// (dpdk-proc-info). Without it EAL keeps no shared files
+    /// (`--in-memory`, or `--no-shconf` with --dpdk-no-huge).
+    #[arg(long, value_name = "NAME")]
+    dpdk_file_prefix: Option<String>,
+    /// Mbufs in each pool. Default: enough for every queue and ring.
+    #[arg(long, value_name = "N")]
+    dpdk_mbufs: Option<u32>,
+    /// Descriptors in each RX and each TX queue.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    dpdk_descriptors: u16,
+    /// Any other EAL argument, passed as given (repeatable), e.g.
+    /// `--dpdk-eal=--log-level=pmd.net.af_xdp:debug`.
+    #[arg(long = "dpdk-eal", value_name = "ARG", allow_hyphen_values = true)]
+    dpdk_eal: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -304,8 +370,70 @@ fn affinity(
     }
 }
 
+/// The I/O backend `--io` names, with its settings.
+#[cfg_attr(feature = "dpdk", allow(clippy::unnecessary_wraps))]
+fn io_backend(kind: IoKind, ports: &[String], args: &RunArgs) -> Result<IoBackend, String> {
+    match kind {
+        IoKind::AfPacket => Ok(IoBackend::AfPacket),
+        #[cfg(feature = "dpdk")]
+        IoKind::Dpdk => {
+            let d = &args.dpdk;
+            let mut eal = limpet_dataplane::io::dpdk::EalConfig {
+                cores: d.dpdk_cores.clone(),
+                memory_mb: d.dpdk_memory.or(d.dpdk_no_huge.then_some(512)),
+                no_huge: d.dpdk_no_huge,
+                // PCI addresses have colons; virtual devices' names do not.
+                no_pci: d.pci.is_empty() && ports.iter().all(|p| !p.contains(':')),
+                pci_allow: d.pci.clone(),
+                vdevs: d.vdevs.clone(),
+                file_prefix: d.dpdk_file_prefix.clone(),
+                log_level: Some("notice".to_owned()),
+                ..Default::default()
+            };
+            if let Some(map) = &d.dpdk_lcores {
+                eal.extra.push(format!("--lcores={map}"));
+            }
+            // No shared runtime files unless asked for a prefix. `--in-memory`
+            // (hugepages without files) cannot go with `--no-huge`, which
+            // has no hugepage files anyway.
+            if d.dpdk_file_prefix.is_none() {
+                if d.dpdk_no_huge {
+                    eal.no_shconf = true;
+                } else {
+                    eal.extra.push("--in-memory".to_owned());
+                }
+            }
+            eal.extra.extend(d.dpdk_eal.iter().cloned());
+            Ok(IoBackend::Dpdk(limpet_control::dpdk::DpdkOptions {
+                eal,
+                mbufs: d.dpdk_mbufs,
+                rx_descriptors: d.dpdk_descriptors,
+                tx_descriptors: d.dpdk_descriptors,
+                ..Default::default()
+            }))
+        }
+        #[cfg(not(feature = "dpdk"))]
+        IoKind::Dpdk => {
+            let _ = (ports, args);
+            Err(
+                "this limpet was built without DPDK: build it with `--features dpdk` \
+                 (needs libdpdk-dev, scripts/dpdk-setup)"
+                    .to_owned(),
+            )
+        }
+    }
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
-    let interfaces = parse_io(&args.io)?;
+    let (kind, interfaces) = parse_io(&args.io)?;
+    let io = io_backend(kind, &interfaces, &args)?;
+    if !args.cpus.is_empty() && !matches!(kind, IoKind::AfPacket) {
+        return Err(
+            "--cpus pins AF_PACKET workers; DPDK workers run on the EAL \
+                    lcores --dpdk-cores / --dpdk-lcores give"
+                .to_owned(),
+        );
+    }
     if !args.cpus.is_empty() && args.cpus.len() != usize::from(args.workers) {
         return Err(format!(
             "--cpus names {} CPUs for {} workers: give one per worker",
@@ -340,6 +468,7 @@ fn run(args: RunArgs) -> Result<(), String> {
     };
     let opts = RunOptions {
         source,
+        io,
         links: links(interfaces, args.addresses, args.gateways)?,
         workers: usize::from(args.workers),
         cpus: args.cpus,

@@ -3,6 +3,8 @@
 //! addresses in lp-client, and what they saw.
 #![allow(dead_code)]
 
+pub mod story;
+
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -185,4 +187,13 @@ pub fn none_spreads(vip: &str, first: &str) {
         set.len() >= 2,
         "None affinity: 16 requests from {first} reached only {set:?}"
     );
+}
+
+/// The CPUs this process may run on, as EAL's cpu set (`0,1,5`).
+pub fn allowed_cpus() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map_or_else(|| "0".to_owned(), |l| l.trim().to_owned())
 }

@@ -76,7 +76,7 @@
 //! Interfaces should have GRO/LRO off: a coalesced frame longer than a TX
 //! slot cannot be sent and is counted as `tx_too_long`.
 
-mod bpf;
+pub(crate) mod bpf;
 mod raw;
 mod sys;
 

@@ -41,12 +41,24 @@
 //! same key and the same indirection table (programmed identically on every
 //! port), so both directions of a connection meet at one queue index, that
 //! is one worker. A port that cannot hash one address alone is refused
-//! with [`DpdkError::Rss`] rather than silently splitting connections. A
-//! one-armed `nat` deployment with several workers needs per-frontend
-//! `rte_flow` rules (destination is a frontend: hash the source; otherwise
-//! the destination) installed from [`PacketIo::serve_frontends`]; that is
-//! not written yet, so run one-armed `nat` with a single queue or with
-//! [`RssMode::Pair`] and DSR.
+//! with [`DpdkError::Rss`] rather than silently splitting connections.
+//!
+//! **Software steering.** A one-armed `nat` port (clients and backends on
+//! one wire) cannot be told which address is the client's by a hash type:
+//! that depends on whether the destination is a frontend. Nor can ports
+//! without RSS (`net_ring`, `net_af_packet`, `net_memif`). There the port
+//! runs with [`RssMode::Off`] and [`DpdkIo::with_steering`] fixes things up
+//! in software: each worker, after receiving a burst, computes the owner of
+//! every IP packet from its client address with the very hash the
+//! `AF_PACKET` backend's fanout program uses ([`super::steer`]), keeps its
+//! own, and hands the others to their owner over a [`SteeringMesh`]: one
+//! single-producer/single-consumer `rte_ring` per ordered pair of workers,
+//! so no ring has two writers or two readers and nothing locks; the mbuf
+//! pointers move, the packets do not. Each worker drains the rings aimed at
+//! it before polling its own queues, so its burst mixes both. A full ring
+//! drops and counts (`steer_full`) rather than blocking. Frames with no
+//! client (ARP, ND) stay on the worker that received them and go to the
+//! neighbour thread through [`SlowPath`].
 //!
 //! # Offloads
 //!
@@ -293,6 +305,22 @@ impl Eal {
         Ok(id)
     }
 
+    /// Whether port `id` can spread packets over several queues the way
+    /// `mode` asks (false for [`RssMode::Off`], which needs nothing).
+    pub fn supports_rss(&self, id: u16, mode: RssMode) -> Result<bool, DpdkError> {
+        let mut info = sys::rte_eth_dev_info::default();
+        // SAFETY: any port id may be asked about; a valid out-pointer.
+        check("rte_eth_dev_info_get", unsafe {
+            sys::rte_eth_dev_info_get(id, &raw mut info)
+        })?;
+        let config = PortConfig {
+            queues: 2,
+            rss: mode,
+            ..PortConfig::default()
+        };
+        Ok(mode != RssMode::Off && rss_types(id, &config, &info).is_ok())
+    }
+
     /// The NUMA socket of the calling thread's lcore, or of the first core.
     pub fn socket_count(&self) -> u32 {
         // SAFETY: EAL is up.
@@ -502,9 +530,25 @@ unsafe impl Sync for Ring {}
 impl Ring {
     /// A ring of `size` slots (a power of two; it holds `size - 1`).
     pub fn new(eal: &Eal, name: &str, size: u32) -> Result<Self, DpdkError> {
+        Self::with_flags(eal, name, size, 0)
+    }
+
+    /// A ring of `size` slots with one producer thread and one consumer
+    /// thread (`RING_F_SP_ENQ | RING_F_SC_DEQ`: no compare-and-swap loop
+    /// on either end). The caller keeps to one of each.
+    pub fn new_spsc(eal: &Eal, name: &str, size: u32) -> Result<Self, DpdkError> {
+        Self::with_flags(eal, name, size, sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ)
+    }
+
+    /// A ring many threads may enqueue to and one dequeues from.
+    pub fn new_mpsc(eal: &Eal, name: &str, size: u32) -> Result<Self, DpdkError> {
+        Self::with_flags(eal, name, size, sys::RING_F_SC_DEQ)
+    }
+
+    fn with_flags(eal: &Eal, name: &str, size: u32, flags: u32) -> Result<Self, DpdkError> {
         let c = cstring(name)?;
         // SAFETY: a valid name; EAL is up.
-        let p = unsafe { sys::rte_ring_create(c.as_ptr(), size, sys::SOCKET_ID_ANY, 0) };
+        let p = unsafe { sys::rte_ring_create(c.as_ptr(), size, sys::SOCKET_ID_ANY, flags) };
         let ptr = NonNull::new(p).ok_or_else(|| {
             let errno = sys::rte_errno();
             DpdkError::Call {
@@ -517,6 +561,36 @@ impl Ring {
             ptr,
             _eal: Arc::clone(&eal.inner),
         })
+    }
+
+    /// Enqueues as many of the owned mbufs `objs` as fit, in order;
+    /// returns how many (those now belong to the ring).
+    #[inline]
+    fn enqueue_raw(&self, objs: &[*mut sys::rte_mbuf]) -> usize {
+        // SAFETY: a live ring; `objs.len()` object pointers.
+        (unsafe {
+            sys::rte_ring_enqueue_burst(
+                self.ptr.as_ptr(),
+                objs.as_ptr().cast::<*mut c_void>(),
+                objs.len() as u32,
+                std::ptr::null_mut(),
+            )
+        }) as usize
+    }
+
+    /// Dequeues up to `out.len()` mbufs into `out`; returns how many (now
+    /// owned by the caller).
+    #[inline]
+    fn dequeue_raw(&self, out: &mut [*mut sys::rte_mbuf]) -> usize {
+        // SAFETY: a live ring; room for `out.len()` pointers.
+        (unsafe {
+            sys::rte_ring_dequeue_burst(
+                self.ptr.as_ptr(),
+                out.as_mut_ptr().cast::<*mut c_void>(),
+                out.len() as u32,
+                std::ptr::null_mut(),
+            )
+        }) as usize
     }
 
     /// Enqueues `buf` (as a port would receive it); gives it back if full.
@@ -648,6 +722,11 @@ pub enum RssMode {
     ClientIsSource,
     /// Over the destination address only: the backend-facing port.
     ClientIsDestination,
+    /// No RSS: each packet lands on whichever queue the driver puts it
+    /// (queue 0 on most; the kernel's flow hash for `net_af_packet` with
+    /// `qpairs`). For ports that cannot hash the client address alone:
+    /// [`DpdkIo::with_steering`] then hands each packet to its owner.
+    Off,
 }
 
 /// The symmetric Toeplitz key: `0x6d5a` repeated (`len` bytes, 40 or the
@@ -662,7 +741,7 @@ pub fn symmetric_rss_key(len: usize) -> Vec<u8> {
 fn rss_types(id: u16, config: &PortConfig, info: &sys::rte_eth_dev_info) -> Result<u64, DpdkError> {
     let q = config.queues;
     let side = match config.rss {
-        RssMode::Pair => 0,
+        RssMode::Pair | RssMode::Off => 0,
         RssMode::ClientIsSource => sys::RTE_ETH_RSS_L3_SRC_ONLY,
         RssMode::ClientIsDestination => sys::RTE_ETH_RSS_L3_DST_ONLY,
     };
@@ -805,7 +884,8 @@ impl Port {
             usize::from(info.hash_key_size)
         };
         let mut key = symmetric_rss_key(key_len);
-        if q > 1 {
+        let rss = q > 1 && config.rss != RssMode::Off;
+        if rss {
             let hf = rss_types(id, config, &info)?;
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
@@ -874,7 +954,7 @@ impl Port {
             _pool: Arc::clone(pool),
             _eal: Arc::clone(&eal.inner),
         };
-        if q > 1 && info.reta_size > 0 {
+        if rss && info.reta_size > 0 {
             port.spread_reta(info.reta_size)?;
         }
         Ok(port)
@@ -1006,6 +1086,7 @@ impl Drop for Port {
 /// Counters of one worker's I/O.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DpdkIoStats {
+    /// Frames received from this worker's queues (before steering).
     pub rx: u64,
     pub tx: u64,
     /// Frames the TX queue had no room for, freed.
@@ -1013,6 +1094,110 @@ pub struct DpdkIoStats {
     /// Frames sent to a port this worker does not have, freed.
     pub tx_bad_port: u64,
     pub freed: u64,
+    /// Frames handed to the worker owning their client ([`SteeringMesh`]).
+    pub steered_out: u64,
+    /// Frames other workers handed to this one.
+    pub steered_in: u64,
+    /// Frames to hand over that the owner's ring had no room for, freed.
+    pub steer_full: u64,
+    /// Slow-path frames (ARP, ND) passed to the neighbour thread.
+    pub slow_passed: u64,
+    /// Slow-path frames the neighbour thread's ring had no room for, freed.
+    pub slow_full: u64,
+    /// Frames the neighbour thread made that this worker sent.
+    pub control_sent: u64,
+}
+
+impl DpdkIoStats {
+    /// Every counter, named as the admin API exports it.
+    pub fn named(&self) -> [(&'static str, u64); 11] {
+        [
+            ("rx", self.rx),
+            ("tx", self.tx),
+            ("tx_full", self.tx_full),
+            ("tx_bad_port", self.tx_bad_port),
+            ("freed", self.freed),
+            ("steered_out", self.steered_out),
+            ("steered_in", self.steered_in),
+            ("steer_full", self.steer_full),
+            ("slow_passed", self.slow_passed),
+            ("slow_full", self.slow_full),
+            ("control_sent", self.control_sent),
+        ]
+    }
+}
+
+/// Software steering between workers (see the module documentation): one
+/// single-producer/single-consumer `rte_ring` per ordered pair of workers,
+/// `ring(from, to)` written only by worker `from` and read only by worker
+/// `to`. Created once, before the workers start; nothing on the packet
+/// path locks or allocates.
+#[derive(Debug)]
+pub struct SteeringMesh {
+    workers: usize,
+    /// `workers * workers` rings, row = producer; the diagonal is unused
+    /// (`None`).
+    rings: Vec<Option<Ring>>,
+}
+
+impl SteeringMesh {
+    /// Rings of `size` slots (a power of two) between `workers` workers,
+    /// named `{prefix}_{from}_{to}`.
+    pub fn new(eal: &Eal, prefix: &str, workers: usize, size: u32) -> Result<Self, DpdkError> {
+        let mut rings = Vec::with_capacity(workers * workers);
+        for from in 0..workers {
+            for to in 0..workers {
+                rings.push(if from == to {
+                    None
+                } else {
+                    Some(Ring::new_spsc(eal, &format!("{prefix}_{from}_{to}"), size)?)
+                });
+            }
+        }
+        Ok(Self { workers, rings })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    #[inline]
+    fn ring(&self, from: usize, to: usize) -> Option<&Ring> {
+        self.rings.get(from * self.workers + to)?.as_ref()
+    }
+}
+
+/// One worker's end of the mesh.
+#[derive(Debug)]
+struct Steering {
+    mesh: Arc<SteeringMesh>,
+    me: usize,
+    client: super::steer::ClientSteering,
+    /// Per owner, the mbufs of this poll to hand over (capacity `BURST`
+    /// each, allocated once: one poll receives at most `BURST`).
+    stage: Vec<Vec<*mut sys::rte_mbuf>>,
+}
+
+/// The two rings between the workers and the neighbour thread of one port
+/// (only workers see a DPDK port's traffic, and only they may send on its
+/// queues): ARP / ND frames the pipeline leaves to the slow path go up
+/// `to_control` (any worker may enqueue), and the replies and requests the
+/// neighbour thread makes come down `to_wire`, sent by the one worker that
+/// was given `sends` (see [`DpdkIo::with_slow_path`]).
+#[derive(Debug)]
+pub struct SlowPath {
+    pub to_control: Ring,
+    pub to_wire: Ring,
+}
+
+impl SlowPath {
+    /// Rings of 1024 slots named `{prefix}_up` and `{prefix}_down`.
+    pub fn new(eal: &Eal, prefix: &str) -> Result<Self, DpdkError> {
+        Ok(Self {
+            to_control: Ring::new_mpsc(eal, &format!("{prefix}_up"), 1024)?,
+            to_wire: Ring::new_spsc(eal, &format!("{prefix}_down"), 1024)?,
+        })
+    }
 }
 
 /// One worker's I/O: queue `queue` of every port. Port `i` of the list is
@@ -1025,6 +1210,11 @@ pub struct DpdkIo {
     next: usize,
     scratch: [*mut sys::rte_mbuf; BURST],
     pub stats: DpdkIoStats,
+    steering: Option<Steering>,
+    /// Per port index, its rings to the neighbour thread; whether this
+    /// worker sends what comes down them.
+    slow: Vec<Arc<SlowPath>>,
+    sends_control: bool,
 }
 
 // SAFETY: the raw pointers in `scratch` are only meaningful during one
@@ -1063,11 +1253,151 @@ impl DpdkIo {
             next: 0,
             scratch: [std::ptr::null_mut(); BURST],
             stats: DpdkIoStats::default(),
+            steering: None,
+            slow: Vec::new(),
+            sends_control: false,
         })
+    }
+
+    /// Makes this worker worker `me` of `mesh`: every received IP packet
+    /// whose client another worker owns is handed to that worker, and what
+    /// others hand over is received here (see the module documentation).
+    /// Every worker of the mesh must be given it, each with its own `me`.
+    pub fn with_steering(mut self, mesh: Arc<SteeringMesh>, me: usize) -> Result<Self, DpdkError> {
+        if me >= mesh.workers {
+            return Err(DpdkError::Invalid(format!(
+                "worker {me} of a steering mesh of {}",
+                mesh.workers
+            )));
+        }
+        let stage = (0..mesh.workers)
+            .map(|_| Vec::with_capacity(BURST))
+            .collect();
+        self.steering = Some(Steering {
+            mesh,
+            me,
+            client: super::steer::ClientSteering::default(),
+            stage,
+        });
+        Ok(self)
+    }
+
+    /// Passes slow-path frames arriving on port index `i` up `paths[i]`;
+    /// with `sends`, also sends what comes down every `paths[i].to_wire`
+    /// out of port `i` (give that to exactly one worker).
+    #[must_use]
+    pub fn with_slow_path(mut self, paths: Vec<Arc<SlowPath>>, sends: bool) -> Self {
+        self.slow = paths;
+        self.sends_control = sends;
+        self
     }
 
     pub fn ports(&self) -> &[Arc<Port>] {
         &self.ports
+    }
+
+    /// Sends the frames the neighbour threads queued for the wire.
+    fn send_control_frames(&mut self) {
+        for i in 0..self.slow.len().min(self.ports.len()) {
+            if self.slow[i].to_wire.is_empty() {
+                continue;
+            }
+            let n = self.slow[i].to_wire.dequeue_raw(&mut self.scratch);
+            self.stats.control_sent += n as u64;
+            self.send_scratch(i, n);
+        }
+    }
+
+    /// Receives into `burst` from every port, round robin, up to `room`
+    /// packets in all; without steering, straight into `burst`.
+    #[inline]
+    fn rx_ports(&mut self, burst: &mut Vec<DpdkBuf>, room: usize) -> usize {
+        let mut total = 0;
+        let ports = self.ports.len();
+        for k in 0..ports {
+            if total == room {
+                break;
+            }
+            let index = (self.next + k) % ports;
+            let id = self.ports[index].id;
+            // SAFETY: our queue of a started port; room for `room - total`.
+            let n = usize::from(unsafe {
+                sys::rte_eth_rx_burst(
+                    id,
+                    self.queue,
+                    self.scratch.as_mut_ptr(),
+                    (room - total) as u16,
+                )
+            });
+            total += n;
+            for j in 0..n {
+                let Some(mbuf) = NonNull::new(self.scratch[j]) else {
+                    continue;
+                };
+                let mut buf = DpdkBuf { mbuf };
+                buf.set_port(index as u16);
+                match &mut self.steering {
+                    Some(st) => match st.client.owner(buf.data(), st.mesh.workers) {
+                        Some(owner) if owner != st.me => st.stage[owner].push(buf.into_raw()),
+                        _ => burst.push(buf),
+                    },
+                    None => burst.push(buf),
+                }
+            }
+        }
+        self.next = (self.next + 1) % ports.max(1);
+        self.stats.rx += total as u64;
+        total
+    }
+
+    /// Hands the staged packets to their owners; frees what does not fit.
+    fn hand_over(&mut self) {
+        let Some(st) = &mut self.steering else {
+            return;
+        };
+        for (owner, staged) in st.stage.iter_mut().enumerate() {
+            if staged.is_empty() {
+                continue;
+            }
+            let Some(ring) = st.mesh.ring(st.me, owner) else {
+                continue;
+            };
+            let n = ring.enqueue_raw(staged);
+            self.stats.steered_out += n as u64;
+            if n < staged.len() {
+                let rest = &mut staged[n..];
+                // SAFETY: mbufs the ring did not take are still ours.
+                unsafe { sys::rte_pktmbuf_free_bulk(rest.as_mut_ptr(), rest.len() as u32) };
+                self.stats.steer_full += rest.len() as u64;
+            }
+            staged.clear();
+        }
+    }
+
+    /// Receives what other workers handed over, up to `room` packets.
+    fn take_handed(&mut self, burst: &mut Vec<DpdkBuf>, room: usize) -> usize {
+        let Some(st) = &self.steering else {
+            return 0;
+        };
+        let mut total = 0;
+        for from in 0..st.mesh.workers {
+            if total == room {
+                break;
+            }
+            let Some(ring) = st.mesh.ring(from, st.me) else {
+                continue;
+            };
+            let n = ring.dequeue_raw(&mut self.scratch[..room - total]);
+            for &m in &self.scratch[..n] {
+                if let Some(mbuf) = NonNull::new(m) {
+                    // The port index was set by the worker that received it.
+                    burst.push(DpdkBuf { mbuf });
+                }
+            }
+            total += n;
+        }
+        self.stats.steered_in += total as u64;
+        total
     }
 
     /// Sends `n` mbufs from `scratch` out of port index `port`, freeing
@@ -1108,37 +1438,21 @@ impl PacketIo for DpdkIo {
 
     #[inline]
     fn rx_burst(&mut self, burst: &mut Vec<DpdkBuf>) -> usize {
-        let room = (burst.capacity() - burst.len()).min(BURST);
-        let mut total = 0;
-        let ports = self.ports.len();
-        for k in 0..ports {
-            if total == room {
-                break;
-            }
-            let index = (self.next + k) % ports;
-            let id = self.ports[index].id;
-            // SAFETY: our queue of a started port; room for `room - total`.
-            let n = usize::from(unsafe {
-                sys::rte_eth_rx_burst(
-                    id,
-                    self.queue,
-                    self.scratch.as_mut_ptr(),
-                    (room - total) as u16,
-                )
-            });
-            for &m in &self.scratch[..n] {
-                let Some(mbuf) = NonNull::new(m) else {
-                    continue;
-                };
-                let mut buf = DpdkBuf { mbuf };
-                buf.set_port(index as u16);
-                burst.push(buf);
-            }
-            total += n;
+        if self.sends_control {
+            self.send_control_frames();
         }
-        self.next = (self.next + 1) % ports.max(1);
-        self.stats.rx += total as u64;
-        total
+        let start = burst.len();
+        let room = (burst.capacity() - start).min(BURST);
+        if self.steering.is_none() {
+            self.rx_ports(burst, room);
+            return burst.len() - start;
+        }
+        // Handed-over packets first: they were received earlier, and a
+        // worker busy with its own queue must not starve its rings.
+        let handed = self.take_handed(burst, room);
+        self.rx_ports(burst, room - handed);
+        self.hand_over();
+        burst.len() - start
     }
 
     #[inline]
@@ -1186,5 +1500,33 @@ impl PacketIo for DpdkIo {
         }
         // SAFETY: `n` owned mbufs.
         unsafe { sys::rte_pktmbuf_free_bulk(self.scratch.as_mut_ptr(), n as u32) };
+    }
+
+    fn slow_burst(&mut self, burst: &mut Vec<DpdkBuf>) {
+        if self.slow.is_empty() {
+            self.free_burst(burst);
+            return;
+        }
+        for buf in burst.drain(..) {
+            let Some(path) = self.slow.get(usize::from(buf.port())) else {
+                self.stats.freed += 1;
+                continue; // `buf` frees its mbuf
+            };
+            if path.to_control.push(buf).is_ok() {
+                self.stats.slow_passed += 1;
+            } else {
+                self.stats.slow_full += 1; // given back and freed
+            }
+        }
+    }
+
+    fn serve_frontends(&mut self, frontends: &[std::net::IpAddr]) {
+        if let Some(st) = &mut self.steering {
+            st.client.set_frontends(frontends);
+        }
+    }
+
+    fn counters(&self, out: &mut Vec<(&'static str, u64)>) {
+        out.extend(self.stats.named());
     }
 }

@@ -8,6 +8,7 @@ pub mod afpacket;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod memory;
+pub mod steer;
 
 pub use memory::{MemoryIo, MemoryPacket};
 
@@ -47,11 +48,26 @@ pub trait PacketIo {
     /// Returns packets to the backend unsent and empties `burst`.
     fn free_burst(&mut self, burst: &mut Vec<Self::Buf>);
 
+    /// Takes the packets the pipeline leaves to the slow path (ARP,
+    /// neighbour discovery, ICMP for limpet itself) and empties `burst`.
+    /// Backends whose control plane sees the wire on its own (`AF_PACKET`:
+    /// the kernel gives its raw neighbour socket a copy) just free them;
+    /// the DPDK backend, where only the workers see the wire, hands them
+    /// to its neighbour thread.
+    fn slow_burst(&mut self, burst: &mut Vec<Self::Buf>) {
+        self.free_burst(burst);
+    }
+
     /// Told, at a snapshot swap, every address services are reached at.
     /// Backends that spread traffic over several workers use it to keep
     /// both directions of a `nat` connection on one worker (see
     /// `afpacket`'s client fanout). Rare, so it may make a system call.
     fn serve_frontends(&mut self, _frontends: &[std::net::IpAddr]) {}
+
+    /// The backend's own counters (named, for the admin API), appended to
+    /// `out`. Called at burst boundaries when the control plane asks; may
+    /// allocate.
+    fn counters(&self, _out: &mut Vec<(&'static str, u64)>) {}
 }
 
 /// Asks the CPU to start loading the cache line holding `value`.

@@ -1,0 +1,168 @@
+//! Software steering by client address: which worker owns a packet's
+//! connection when the device cannot be told (no RSS over one address).
+//!
+//! Under `nat` a connection's two directions share neither the address
+//! pair (`client -> vip` one way, `backend -> client` the other) nor a
+//! port. What they share is the *client* address, so that is what picks
+//! the worker: if the destination is a frontend (a service address) the
+//! client is the source; otherwise the packet is a reply and the client is
+//! the destination. The owner is the low 32 bits of the client address
+//! (the last word for IPv6) modulo the number of workers: exactly what the
+//! `AF_PACKET` backend's cBPF fanout program computes (see
+//! `afpacket::fanout_client_program`), so both backends put a client on
+//! the same worker index. Anything else (ARP, unknown ethertypes) has no
+//! owner and stays where it arrived.
+//!
+//! Safe code over frame bytes; the DPDK backend uses it to hand packets to
+//! their owner over single-producer rings.
+
+use std::net::IpAddr;
+
+/// The frontends (service addresses) of the current snapshot, sorted for
+/// a binary search on the packet path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientSteering {
+    v4: Vec<u32>,
+    v6: Vec<u128>,
+}
+
+impl ClientSteering {
+    /// Steering for `frontends`. Allocates: call at a snapshot swap.
+    pub fn new(frontends: &[IpAddr]) -> Self {
+        let mut s = Self::default();
+        s.set_frontends(frontends);
+        s
+    }
+
+    /// Replaces the frontends. Allocates: call at a snapshot swap.
+    pub fn set_frontends(&mut self, frontends: &[IpAddr]) {
+        self.v4.clear();
+        self.v6.clear();
+        for a in frontends {
+            match a {
+                IpAddr::V4(a) => self.v4.push(u32::from(*a)),
+                IpAddr::V6(a) => self.v6.push(u128::from(*a)),
+            }
+        }
+        self.v4.sort_unstable();
+        self.v4.dedup();
+        self.v6.sort_unstable();
+        self.v6.dedup();
+    }
+
+    /// The low 32 bits of the frame's client address, or `None` for a
+    /// frame that is not IPv4 or IPv6 (one 802.1Q / 802.1ad tag skipped),
+    /// or too short to say.
+    #[inline]
+    pub fn client_key(&self, frame: &[u8]) -> Option<u32> {
+        let mut l3 = 14;
+        let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+        if ethertype == 0x8100 || ethertype == 0x88a8 {
+            ethertype = u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]);
+            l3 = 18;
+        }
+        match ethertype {
+            0x0800 => {
+                let ip = frame.get(l3 + 12..l3 + 20)?;
+                let src = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
+                let dst = u32::from_be_bytes([ip[4], ip[5], ip[6], ip[7]]);
+                Some(if self.v4.binary_search(&dst).is_ok() {
+                    src
+                } else {
+                    dst
+                })
+            }
+            0x86dd => {
+                let ip = frame.get(l3 + 8..l3 + 40)?;
+                let mut dst = [0u8; 16];
+                dst.copy_from_slice(&ip[16..32]);
+                let dst = u128::from_be_bytes(dst);
+                let low = if self.v6.binary_search(&dst).is_ok() {
+                    &ip[12..16]
+                } else {
+                    &ip[28..32]
+                };
+                Some(u32::from_be_bytes([low[0], low[1], low[2], low[3]]))
+            }
+            _ => None,
+        }
+    }
+
+    /// The worker (of `workers`) owning the frame's connection, or `None`
+    /// if it has no client (see [`ClientSteering::client_key`]).
+    #[inline]
+    pub fn owner(&self, frame: &[u8], workers: usize) -> Option<usize> {
+        let key = self.client_key(frame)?;
+        Some(key as usize % workers.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::afpacket::bpf::{fanout_client_program, interp};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn v4_frame(src: Ipv4Addr, dst: Ipv4Addr, vlan: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        if vlan {
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+        }
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    fn v6_frame(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x86, 0xdd]);
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[8..24].copy_from_slice(&src.octets());
+        ip[24..40].copy_from_slice(&dst.octets());
+        f.extend_from_slice(&ip);
+        f
+    }
+
+    #[test]
+    fn both_directions_of_a_nat_connection_have_one_owner_as_the_fanout_program_says() {
+        let vip4 = Ipv4Addr::new(192, 0, 2, 10);
+        let vip6: Ipv6Addr = "2001:db8:5::10".parse().unwrap();
+        let frontends = [IpAddr::V4(vip4), IpAddr::V6(vip6)];
+        let steer = ClientSteering::new(&frontends);
+        let prog = fanout_client_program(&frontends).unwrap();
+        let backend = Ipv4Addr::new(203, 0, 113, 11);
+        let back6: Ipv6Addr = "2001:db8:be::11".parse().unwrap();
+        for c in 0..=255u8 {
+            let client = Ipv4Addr::new(198, 18, 1, c);
+            for vlan in [false, true] {
+                let fwd = v4_frame(client, vip4, vlan);
+                let reply = v4_frame(backend, client, vlan);
+                assert_eq!(steer.client_key(&fwd), Some(u32::from(client)));
+                assert_eq!(steer.client_key(&reply), Some(u32::from(client)));
+                assert_eq!(steer.client_key(&fwd), interp::run(&prog, &fwd));
+                for workers in 1..=4 {
+                    assert_eq!(steer.owner(&fwd, workers), steer.owner(&reply, workers));
+                }
+            }
+            let client6: Ipv6Addr = format!("2001:db8:c1::{c:x}").parse().unwrap();
+            let fwd = v6_frame(client6, vip6);
+            let reply = v6_frame(back6, client6);
+            assert_eq!(steer.client_key(&fwd), steer.client_key(&reply));
+            assert_eq!(steer.client_key(&fwd), interp::run(&prog, &fwd));
+        }
+        // Not IP, or cut short: no owner.
+        assert_eq!(steer.owner(&[0u8; 10], 2), None);
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(steer.owner(&arp, 2), None);
+        assert_eq!(
+            steer.client_key(&v4_frame(backend, vip4, false)[..30]),
+            None
+        );
+    }
+}
