@@ -47,6 +47,13 @@ cargo test -p limpet-dataplane --features dpdk --test dpdk --locked
 # limpet run --io dpdk:... on the testbed (net_af_packet, net_af_xdp) and
 # between two limpets over memif and virtio_user/vhost-user (root).
 cargo test -p limpet-control --features dpdk --test e2e_dpdk --test dpdk_vdevs --locked
+# pktgen over DPDK ports: net_ring in process, and send -> sink as two
+# processes over net_memif; the DPDK benchmark's smoke run (not asserted).
+cargo clippy -p limpet-pktgen -p limpet-bench --features limpet-pktgen/dpdk,limpet-bench/dpdk \
+    --all-targets --locked -- -D warnings
+cargo test -p limpet-pktgen --features dpdk --lib --locked dpdk
+cargo test -p limpet-pktgen --features dpdk --test dpdk_memif --locked
+cargo run -p limpet-bench --features dpdk --bin limpet-dpdk-bench --locked -- --quick
 if [ -f bench/src/main.rs ] && grep -q -- '--quick' bench/src/main.rs; then
     echo "== benchmark smoke run (figures only, not asserted)"
     cargo run --release --locked -p limpet-bench -- --quick

@@ -111,6 +111,23 @@ pub fn service(fam: Fam, backends_n: usize) -> ServicePortSpec {
     }
 }
 
+/// A benchmark worker's settings: sending from [`LIMPET_MAC`], tables of
+/// `fam` sized as given, the other family's tables small (never used).
+pub fn worker_config(fam: Fam, flow_capacity: usize, affinity_capacity: usize) -> WorkerConfig {
+    let (v4, v6) = match fam {
+        Fam::V4 => ((flow_capacity, affinity_capacity), (1024, 1024)),
+        Fam::V6 => ((1024, 1024), (flow_capacity, affinity_capacity)),
+    };
+    WorkerConfig {
+        mac: MacAddr(LIMPET_MAC),
+        flow_capacity: v4.0,
+        affinity_capacity: v4.1,
+        flow_capacity_v6: Some(v6.0),
+        affinity_capacity_v6: Some(v6.1),
+        ..WorkerConfig::default()
+    }
+}
+
 /// A worker over an in-memory NIC of [`POOL`] buffers, its clock stopped at
 /// [`START`] (so nothing expires while it runs).
 pub fn worker(
@@ -120,19 +137,7 @@ pub fn worker(
     affinity_capacity: usize,
 ) -> (Worker<MemoryIo, ManualClock>, ManualClock) {
     let clock = ManualClock::new(START);
-    // The other family's tables are never used: keep them small.
-    let (v4, v6) = match fam {
-        Fam::V4 => ((flow_capacity, affinity_capacity), (1024, 1024)),
-        Fam::V6 => ((1024, 1024), (flow_capacity, affinity_capacity)),
-    };
-    let config = WorkerConfig {
-        mac: MacAddr(LIMPET_MAC),
-        flow_capacity: v4.0,
-        affinity_capacity: v4.1,
-        flow_capacity_v6: Some(v6.0),
-        affinity_capacity_v6: Some(v6.1),
-        ..WorkerConfig::default()
-    };
+    let config = worker_config(fam, flow_capacity, affinity_capacity);
     let snapshot = Arc::new(Snapshot::build(1, vec![service(fam, backends_n)]).expect("snapshot"));
     let worker = Worker::new(MemoryIo::new(POOL), clock.clone(), config, snapshot).expect("worker");
     (worker, clock)
@@ -361,4 +366,27 @@ pub fn median(xs: &[f64]) -> f64 {
     } else {
         f64::midpoint(v[n / 2 - 1], v[n / 2])
     }
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for the JSON lines.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The one-minute load average, for the JSON lines.
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -17,7 +17,10 @@
 //! Addresses follow the project rule: clients come from the benchmarking
 //! range 198.18.0.0/15 or from `2001:db8::/32`.
 
+pub mod arp;
 mod checksum;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 mod rng;
 pub mod send;
 pub mod sink;

@@ -79,6 +79,8 @@
 //! on the main thread and moved to its worker; each queue is polled by that
 //! one worker only, which DPDK requires.
 
+mod burst;
+
 use super::{BURST, PacketBuf, PacketIo};
 use limpet_dpdk_sys as sys;
 use std::ffi::{CStr, CString, c_char, c_void};

@@ -12,6 +12,14 @@
 //! Sending copies each burst of prebuilt frames into `AfPacketIo`'s mmap TX
 //! ring with one kick per burst (`AfPacketIo::tx_frames`); receiving uses
 //! its `TPACKET_V3` RX ring, promiscuous.
+//!
+//! With `--io dpdk` (built with the `dpdk` feature) `--iface` names DPDK
+//! ports instead (`net_memif0`, `virtio_user0`, a PCI address), created
+//! with `--vdev`: frames are written straight into mbufs, and pktgen and
+//! limpet can run as two processes over `net_memif` at full speed:
+//!
+//!     pktgen send --io dpdk --vdev net_memif0,role=server,socket=/run/lp.sock \
+//!         --iface net_memif0 --dst-mac 02:11:11:11:11:11 --vip 192.0.2.10:80 ...
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -60,11 +68,46 @@ impl From<ProtoArg> for Proto {
     }
 }
 
+/// Which packet I/O drives the interfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IoKind {
+    /// Linux `AF_PACKET` rings on network interfaces.
+    Afpacket,
+    /// DPDK ports (build with `--features dpdk`); `--iface` names ports.
+    Dpdk,
+}
+
+/// DPDK settings (`--io dpdk`).
+#[derive(clap::Args, Debug, Clone)]
+struct DpdkArgs {
+    /// A DPDK virtual device to create (repeatable), e.g.
+    /// `net_memif0,role=server,socket=/run/limpet-memif.sock`.
+    #[arg(long = "vdev")]
+    vdevs: Vec<String>,
+    /// The CPU pktgen's one lcore runs on.
+    #[arg(long, default_value_t = 0)]
+    dpdk_cpu: usize,
+    /// EAL memory in MiB (no hugepages unless EAL arguments ask).
+    #[arg(long, default_value_t = 256)]
+    dpdk_memory_mb: u32,
+    /// Seconds to wait for the port's link (a memif peer) before giving up.
+    #[arg(long, default_value_t = 30.0)]
+    link_timeout: f64,
+    /// More EAL arguments, after `--`.
+    #[arg(last = true)]
+    eal: Vec<String>,
+}
+
 #[derive(clap::Args, Debug)]
 struct SendArgs {
-    /// Interface to send from.
+    /// Interface to send from (with `--io dpdk`: a DPDK port name).
     #[arg(long)]
     iface: String,
+    /// Packet I/O.
+    #[arg(long, value_enum, default_value = "afpacket")]
+    io: IoKind,
+    #[command(flatten)]
+    dpdk: DpdkArgs,
     /// Destination MAC (the load balancer's interface), aa:bb:cc:dd:ee:ff.
     #[arg(long, value_parser = parse_mac)]
     dst_mac: [u8; 6],
@@ -123,12 +166,17 @@ struct SendArgs {
     json: Option<PathBuf>,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct SinkArgs {
     /// IFACE or IFACE=BACKEND (label; default the interface name);
-    /// repeatable.
+    /// repeatable. With `--io dpdk`: DPDK port names.
     #[arg(long = "iface", required = true)]
     ifaces: Vec<String>,
+    /// Packet I/O.
+    #[arg(long, value_enum, default_value = "afpacket")]
+    io: IoKind,
+    #[command(flatten)]
+    dpdk: DpdkArgs,
     /// Count only this protocol.
     #[arg(long, value_enum)]
     proto: Option<ProtoArg>,
@@ -138,6 +186,17 @@ struct SinkArgs {
     /// Payloads carry stamps (`pktgen send --stamp`): measure latency.
     #[arg(long)]
     stamp: bool,
+    /// Answer ARP requests for addresses in this prefix (repeatable, e.g.
+    /// the backends' 203.0.113.0/24) from the port's MAC, as the backends
+    /// this sink stands in for would: limpet resolves backends itself.
+    /// `--io dpdk` only (on kernel interfaces the kernel answers).
+    #[arg(long = "answer-arp", value_name = "PREFIX")]
+    answer_arp: Vec<limpet_pktgen::arp::Prefix>,
+    /// Count frames per destination address instead of per interface:
+    /// one backend per address given (repeatable), for a NAT load
+    /// balancer's backends that all sit behind one DPDK port. `--io dpdk`.
+    #[arg(long = "backend-addr", value_name = "IP")]
+    backend_addrs: Vec<std::net::IpAddr>,
     /// Also count frames addressed to other MACs (a bridge floods unknown
     /// destinations to every port, which would look like a client reaching
     /// several backends).
@@ -263,24 +322,226 @@ fn generator_for(a: &SendArgs, our_mac: [u8; 6]) -> Result<(Plan, Generator), St
     Ok((plan, generator))
 }
 
+/// Hands `n` frames of `generator` to the interface, waiting for room;
+/// returns (sent, failed). Stops early at the deadline, on a stop request
+/// or on an interface error (kept in `last_error`).
+type Transmit<'a> = dyn FnMut(&mut Generator, usize, &AtomicBool, Option<Instant>, &mut Option<String>) -> (u64, u64)
+    + 'a;
+
 fn send(a: &SendArgs) -> Result<(), String> {
-    let our_mac = RawSocket::open(&a.iface).map_err(|e| e.to_string())?.mac();
-    let mut io = AfPacketIo::open(
-        &[a.iface.as_str()],
-        &AfPacketOptions {
-            promisc: false,
-            ..AfPacketOptions::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let (plan, mut generator) = generator_for(a, our_mac.0)?;
+    match a.io {
+        IoKind::Afpacket => {
+            let our_mac = RawSocket::open(&a.iface).map_err(|e| e.to_string())?.mac();
+            let mut io = AfPacketIo::open(
+                &[a.iface.as_str()],
+                &AfPacketOptions {
+                    promisc: false,
+                    ..AfPacketOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let mut burst = vec![[0u8; 2048]; BURST];
+            let mut transmit = |generator: &mut Generator,
+                                n: usize,
+                                stop: &AtomicBool,
+                                deadline: Option<Instant>,
+                                last_error: &mut Option<String>| {
+                let mut lens = [0usize; BURST];
+                for (i, len) in lens.iter_mut().enumerate().take(n) {
+                    let frame = generator.next_frame(realtime_nanos());
+                    burst[i][..frame.len()].copy_from_slice(frame);
+                    *len = frame.len();
+                }
+                offer(&mut io, &burst, &lens[..n], stop, deadline, last_error)
+            };
+            send_loop(a, our_mac.0, &mut transmit)
+        }
+        IoKind::Dpdk => send_dpdk(a),
+    }
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn send_dpdk(_: &SendArgs) -> Result<(), String> {
+    Err(NO_DPDK.to_owned())
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn sink_dpdk(_: &SinkArgs) -> Result<(), String> {
+    Err(NO_DPDK.to_owned())
+}
+
+#[cfg(not(feature = "dpdk"))]
+const NO_DPDK: &str =
+    "this pktgen was built without DPDK: cargo build --release -p limpet-pktgen --features dpdk";
+
+#[cfg(feature = "dpdk")]
+mod with_dpdk {
+    use super::{
+        AtomicBool, DpdkArgs, Duration, Generator, Instant, Ordering, SendArgs, SinkArgs,
+        realtime_nanos, send_loop, sink_loop, sink_report,
+    };
+    use limpet_dataplane::io::BURST;
+    use limpet_dataplane::io::dpdk::{DpdkIo, Eal, EalConfig, Mempool, Port, PortConfig};
+    use limpet_pktgen::dpdk::{ArpResponder, BackendOf, DpdkSender, receive_burst};
+    use limpet_pktgen::sink::Sink;
+    use std::sync::Arc;
+
+    /// EAL, the mbuf pool and the ports pktgen drives (dropped in that
+    /// order reversed: ports, pool, EAL).
+    struct DpdkEnv {
+        ports: Vec<Arc<Port>>,
+        pool: Arc<Mempool>,
+        _eal: Eal,
+    }
+
+    /// EAL up with `d`'s settings, a pool, and the ports named, started
+    /// and (within `d.link_timeout`) with their link up.
+    fn ports(d: &DpdkArgs, names: &[&str]) -> Result<DpdkEnv, String> {
+        let vdevs: Vec<&str> = d.vdevs.iter().map(String::as_str).collect();
+        let mut config = EalConfig::virtual_only(&d.dpdk_cpu.to_string(), &vdevs);
+        config.memory_mb = Some(d.dpdk_memory_mb);
+        config.extra.push("--no-telemetry".to_owned());
+        config.extra.extend(d.eal.iter().cloned());
+        let eal = Eal::init(&config).map_err(|e| e.to_string())?;
+        let pool = Arc::new(
+            Mempool::new(&eal, "pktgen_mbufs", 16_383, 256, -1).map_err(|e| e.to_string())?,
+        );
+        let mut out = Vec::new();
+        for name in names {
+            let id = eal.port_by_name(name).map_err(|e| {
+                format!(
+                    "{e} (create it with --vdev; EAL has {} ports)",
+                    eal.port_count()
+                )
+            })?;
+            let port = Port::start(&eal, id, &PortConfig::default(), &[Arc::clone(&pool)])
+                .map_err(|e| e.to_string())?;
+            out.push(Arc::new(port));
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(d.link_timeout.max(0.0));
+        for port in &out {
+            let mut told = false;
+            while !port.link().map_err(|e| e.to_string())?.up {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "{}: link down after {} s",
+                        port.name(),
+                        d.link_timeout
+                    ));
+                }
+                if !told {
+                    eprintln!("pktgen: waiting for {}'s link (a memif peer?)", port.name());
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(DpdkEnv {
+            ports: out,
+            pool,
+            _eal: eal,
+        })
+    }
+
+    pub(super) fn send_dpdk(a: &SendArgs) -> Result<(), String> {
+        let DpdkEnv { ports, pool, _eal } = ports(&a.dpdk, &[a.iface.as_str()])?;
+        let our_mac = ports[0].mac().map_err(|e| e.to_string())?;
+        let io = DpdkIo::new(&ports, 0).map_err(|e| e.to_string())?;
+        let mut sender = DpdkSender::new(io, pool);
+        let mut transmit = |generator: &mut Generator,
+                            n: usize,
+                            stop: &AtomicBool,
+                            deadline: Option<Instant>,
+                            _: &mut Option<String>| {
+            let (mut built, mut sent) = (0, 0);
+            while sent < n {
+                let (b, s) = sender.send(generator, n - built, realtime_nanos);
+                built += b;
+                sent += s;
+                if b + s == 0 {
+                    if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
+                    {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            (sent as u64, (built - sent) as u64)
+        };
+        let result = send_loop(a, our_mac, &mut transmit);
+        // Frames the port took may still sit in its ring; a memif peer
+        // drops what is left there when this end disconnects, so give it a
+        // moment to read them before the port closes.
+        std::thread::sleep(Duration::from_millis(200));
+        result
+    }
+
+    pub(super) fn sink_dpdk(a: &SinkArgs) -> Result<(), String> {
+        let names: Vec<&str> = a
+            .ifaces
+            .iter()
+            .map(|s| s.split_once('=').map_or(s.as_str(), |(i, _)| i))
+            .collect();
+        let DpdkEnv { ports, pool, _eal } = ports(&a.dpdk, &names)?;
+        let macs: Vec<Option<[u8; 6]>> = ports.iter().map(|p| p.mac().ok()).collect();
+        let acc = if a.backend_addrs.is_empty() {
+            super::with_macs(a, &macs)
+        } else {
+            // One backend per address (and "other"), all behind the ports.
+            let labels: Vec<String> = a
+                .backend_addrs
+                .iter()
+                .map(ToString::to_string)
+                .chain(["other".to_owned()])
+                .collect();
+            let by_addr = SinkArgs {
+                ifaces: labels,
+                ..a.clone()
+            };
+            super::with_macs(&by_addr, &vec![macs[0]; a.backend_addrs.len() + 1])
+        };
+        let by = if a.backend_addrs.is_empty() {
+            BackendOf::Port
+        } else {
+            BackendOf::Destination(&a.backend_addrs)
+        };
+        let mut io = DpdkIo::new(&ports, 0).map_err(|e| e.to_string())?;
+        let mut burst = Vec::with_capacity(BURST);
+        let drops = || {
+            ports
+                .iter()
+                .filter_map(|p| p.stats().ok())
+                .map(|s| s.rx_missed + s.rx_nombuf)
+                .sum::<u64>()
+        };
+        let before = drops();
+        let mut arp = (!a.answer_arp.is_empty()).then(|| {
+            let macs = macs.iter().map(|m| m.unwrap_or([0; 6])).collect();
+            ArpResponder::new(Arc::clone(&pool), macs, a.answer_arp.clone())
+        });
+        let mut receive = |acc: &mut Sink| {
+            if receive_burst(&mut io, &mut burst, acc, realtime_nanos(), by, arp.as_mut()) == 0 {
+                std::hint::spin_loop();
+            }
+            Ok(())
+        };
+        let (acc, elapsed) = sink_loop(a, &names, acc, &mut receive)?;
+        sink_report(a, &acc, drops() - before, elapsed)
+    }
+}
+
+#[cfg(feature = "dpdk")]
+use with_dpdk::{send_dpdk, sink_dpdk};
+
+/// The sending loop, whatever the I/O: pacing, deadline, count, report.
+fn send_loop(a: &SendArgs, our_mac: [u8; 6], transmit: &mut Transmit<'_>) -> Result<(), String> {
+    let (plan, mut generator) = generator_for(a, our_mac)?;
     let stop = stop_flag()?;
     let start = Instant::now();
     let deadline = a.duration.map(|d| start + Duration::from_secs_f64(d));
     let limit = a.count.unwrap_or(u64::MAX);
     let mut pacer = a.rate.map(|r| Pacer::new(r, BURST as u32, 0));
     let (mut sent, mut errors) = (0u64, 0u64);
-    let mut burst = vec![[0u8; 2048]; BURST];
     let mut first_tx_ns = None;
     let mut last_error = None;
     let attempts = |sent: u64, errors: u64| sent + errors;
@@ -306,22 +567,9 @@ fn send(a: &SendArgs) -> Result<(), String> {
             }
             None => want,
         };
-        let mut lens = [0usize; BURST];
-        for (i, len) in lens.iter_mut().enumerate().take(n as usize) {
-            let ts = realtime_nanos();
-            first_tx_ns.get_or_insert(ts);
-            let frame = generator.next_frame(ts);
-            burst[i][..frame.len()].copy_from_slice(frame);
-            *len = frame.len();
-        }
-        let (taken, failed) = offer(
-            &mut io,
-            &burst,
-            &lens[..n as usize],
-            &stop,
-            deadline,
-            &mut last_error,
-        );
+        first_tx_ns.get_or_insert_with(realtime_nanos);
+        let (taken, failed) =
+            transmit(&mut generator, n as usize, &stop, deadline, &mut last_error);
         sent += taken;
         errors += failed;
     }
@@ -350,46 +598,57 @@ fn send(a: &SendArgs) -> Result<(), String> {
     emit(&report.table(), &json, a.json.as_ref())
 }
 
-fn sink(a: &SinkArgs) -> Result<(), String> {
-    let mut names = Vec::new();
+/// A sink whose backends are `a`'s interfaces, counting frames sent to
+/// `macs[i]` only (any MAC where `None`).
+fn with_macs(a: &SinkArgs, macs: &[Option<[u8; 6]>]) -> Sink {
     let mut backends = Vec::new();
-    for spec in &a.ifaces {
+    for (spec, mac) in a.ifaces.iter().zip(macs) {
         let (iface, label) = spec.split_once('=').unwrap_or((spec, spec));
-        names.push(iface.to_owned());
-        let mac = if a.any_mac { None } else { iface_mac(iface) };
         if mac.is_none() && !a.any_mac {
             eprintln!("pktgen: {iface}: MAC unknown, counting frames to any MAC");
         }
         backends.push(BackendSpec {
             name: label.to_owned(),
-            mac,
+            mac: if a.any_mac { None } else { *mac },
         });
     }
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let opts = AfPacketOptions {
-        promisc: true,
-        ..AfPacketOptions::default()
-    };
-    let mut io = AfPacketIo::open(&refs, &opts).map_err(|e| e.to_string())?;
-    let mut acc = Sink::new(
+    Sink::new(
         backends,
         Filter {
             proto: a.proto.map(Into::into),
             dst_port: a.dst_port,
             stamped: a.stamp,
         },
-    );
-    let stop = stop_flag()?;
-    let start = Instant::now();
-    let deadline = a.duration.map(|d| start + Duration::from_secs_f64(d));
+    )
+}
+
+fn sink(a: &SinkArgs) -> Result<(), String> {
+    let names: Vec<&str> = a
+        .ifaces
+        .iter()
+        .map(|s| s.split_once('=').map_or(s.as_str(), |(i, _)| i))
+        .collect();
+    if a.io == IoKind::Dpdk {
+        return sink_dpdk(a);
+    }
+    if !a.answer_arp.is_empty() || !a.backend_addrs.is_empty() {
+        return Err("--answer-arp and --backend-addr need --io dpdk".to_owned());
+    }
+    let macs: Vec<Option<[u8; 6]>> = names.iter().map(|i| iface_mac(i)).collect();
+    let acc = with_macs(a, &macs);
+    let opts = AfPacketOptions {
+        promisc: true,
+        ..AfPacketOptions::default()
+    };
+    let mut io = AfPacketIo::open(&names, &opts).map_err(|e| e.to_string())?;
     let mut burst = Vec::with_capacity(BURST);
-    let mut last_health = start;
-    eprintln!("pktgen: sink on {} ready", names.join(","));
-    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+    let mut last_health = Instant::now();
+    let mut receive = |acc: &mut Sink| -> Result<(), String> {
         if io.rx_burst(&mut burst) == 0 {
-            io.wait(Some(Duration::from_millis(20)))
-                .map_err(|e| e.to_string())?;
-            continue;
+            return io
+                .wait(Some(Duration::from_millis(20)))
+                .map(drop)
+                .map_err(|e| e.to_string());
         }
         let now = realtime_nanos();
         for buf in &burst {
@@ -402,9 +661,33 @@ fn sink(a: &SinkArgs) -> Result<(), String> {
                 eprintln!("pktgen: {e}");
             }
         }
+        Ok(())
+    };
+    let (acc, elapsed) = sink_loop(a, &names, acc, &mut receive)?;
+    sink_report(a, &acc, io.stats().rx_dropped_by_kernel, elapsed)
+}
+
+/// The receiving loop, whatever the I/O: until the duration or a signal.
+/// Returns the accounts and the seconds it ran.
+fn sink_loop(
+    a: &SinkArgs,
+    names: &[&str],
+    mut acc: Sink,
+    receive: &mut dyn FnMut(&mut Sink) -> Result<(), String>,
+) -> Result<(Sink, f64), String> {
+    let stop = stop_flag()?;
+    let start = Instant::now();
+    let deadline = a.duration.map(|d| start + Duration::from_secs_f64(d));
+    eprintln!("pktgen: sink on {} ready", names.join(","));
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        receive(&mut acc)?;
     }
-    let drops = io.stats().rx_dropped_by_kernel;
-    let report = acc.tally(drops).report(start.elapsed().as_secs_f64());
+    Ok((acc, start.elapsed().as_secs_f64()))
+}
+
+/// Writes the sink's report; `drops` are frames the interface dropped.
+fn sink_report(a: &SinkArgs, acc: &Sink, drops: u64, elapsed_s: f64) -> Result<(), String> {
+    let report = acc.tally(drops).report(elapsed_s);
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     emit(&report.table(), &json, a.json.as_ref())
 }

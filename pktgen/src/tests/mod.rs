@@ -1,5 +1,7 @@
 //! Tests that check pktgen's frames against etherparse.
 
+#[cfg(feature = "dpdk")]
+mod dpdk;
 mod frames;
 mod oracle;
 mod props;

@@ -14,7 +14,7 @@ use crate::{
     parse_frame, read_stamp,
 };
 
-fn plan(proto: Proto, v6: bool) -> Plan {
+pub(super) fn plan(proto: Proto, v6: bool) -> Plan {
     let (first, vips): (IpAddr, Vec<SocketAddr>) = if v6 {
         (
             "2001:db8:c1::1".parse().unwrap(),
@@ -45,7 +45,7 @@ fn plan(proto: Proto, v6: bool) -> Plan {
 }
 
 /// The spec a generated frame must match, checked by etherparse.
-fn expected(p: &Plan, frame: &[u8], open: bool) -> PacketSpec {
+pub(super) fn expected(p: &Plan, frame: &[u8], open: bool) -> PacketSpec {
     let info = parse_frame(frame).unwrap();
     let s = PacketSpec::between(
         p.proto,
