@@ -10,11 +10,14 @@
 //! - Nothing is published until **both** initial lists are complete
 //!   ([`KubeUpdate::Synced`]); a half-listed cluster would otherwise look
 //!   like services with no endpoints, and their traffic would be dropped.
-//! - Afterwards every add, update or delete leads to a new full state
-//!   ([`KubeUpdate::Changed`]). Events are coalesced: the first event of a
-//!   burst opens a window of [`KubeOptions::debounce`] and one translation
-//!   covers everything that arrived in it; a state equal to the last one
-//!   published is not published again.
+//! - Afterwards every add, update or delete leads to a
+//!   [`KubeUpdate::Changed`] carrying only the service ports it changed
+//!   ([`TranslationDelta`]), so a change costs the same whatever the size
+//!   of the cluster. Coalescing is leading-edge: a change is sent at once,
+//!   with whatever arrived with it; while the consumer has not taken the
+//!   last update (it is building and publishing a snapshot), further
+//!   changes are gathered into the next one. A change that leaves every
+//!   translation as it was sends nothing.
 //! - Errors (API server unreachable, a watch dropped, `410 Gone`) are
 //!   retried with exponential backoff ([`BackoffOptions`], client-go's
 //!   parameters by default). The stores keep the last known objects
@@ -31,11 +34,11 @@
 
 use crate::ids::IdAllocator;
 use crate::translate::{
-    ServiceTranslation, SliceReport, TranslateContext, Translation, assemble, slice_report,
-    slice_service, translate_service,
+    Assembly, ServiceTranslation, SliceReport, TranslateContext, Translation, TranslationDelta,
+    slice_report, slice_service, translate_service,
 };
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
@@ -43,7 +46,7 @@ use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,8 +98,6 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     pub ctx: TranslateContext,
     pub backoff: BackoffOptions,
-    /// The coalescing window (see the module documentation).
-    pub debounce: Duration,
 }
 
 impl KubeOptions {
@@ -106,32 +107,18 @@ impl KubeOptions {
             kubeconfig,
             ctx,
             backoff: BackoffOptions::default(),
-            debounce: Duration::from_millis(30),
         }
     }
 }
 
-/// A full state of the cluster, translated.
+/// What the source sends: the cluster's state once, then its changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KubeUpdate {
     /// The first state, once both initial lists have completed.
     Synced(Translation),
-    /// A later state, after changes; never equal to the previous one.
-    Changed(Translation),
-}
-
-impl KubeUpdate {
-    pub fn translation(&self) -> &Translation {
-        match self {
-            KubeUpdate::Synced(t) | KubeUpdate::Changed(t) => t,
-        }
-    }
-
-    pub fn into_translation(self) -> Translation {
-        match self {
-            KubeUpdate::Synced(t) | KubeUpdate::Changed(t) => t,
-        }
-    }
+    /// What changed since the previous update (never nothing); apply it to
+    /// the state so far ([`Translation::apply`]).
+    Changed(TranslationDelta),
 }
 
 /// Why the source could not start.
@@ -464,9 +451,9 @@ fn meta_key(meta: &kube::api::ObjectMeta) -> Key {
 }
 
 /// The cluster translated service by service: a change re-translates only
-/// the services whose `Service` or slices changed, and the full
-/// [`Translation`] is assembled from the parts (what `translate` gives for
-/// the whole cluster). Objects are the stores' own, shared, never copied.
+/// the services whose `Service` or slices changed, and the [`Assembly`]
+/// says which service ports that changed. Objects are the stores' own,
+/// shared, never copied.
 #[derive(Default)]
 struct Incremental {
     /// Every slice, with the service it is labelled for.
@@ -475,8 +462,8 @@ struct Incremental {
     reports: BTreeMap<Key, SliceReport>,
     /// Each service's slices, by slice name.
     members: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
-    /// Each service's translation, in (namespace, name) order.
-    parts: BTreeMap<Key, ServiceTranslation>,
+    /// Each service's translation, put together.
+    assembly: Assembly,
 }
 
 impl Incremental {
@@ -525,57 +512,69 @@ impl Incremental {
         }
     }
 
-    /// Re-translates one service (`None`: deleted). Whether its part
-    /// changed.
-    fn service(
-        &mut self,
-        key: Key,
+    /// Translates one service (`None`: deleted) with its slices.
+    fn translate(
+        &self,
         obj: Option<&Service>,
+        key: &Key,
         ctx: &TranslateContext,
         ids: &mut IdAllocator,
-    ) -> bool {
-        let Some(obj) = obj else {
-            return self.parts.remove(&key).is_some();
-        };
+    ) -> Option<ServiceTranslation> {
+        let obj = obj?;
         let slices: Vec<&EndpointSlice> = self
             .members
-            .get(&key)
+            .get(key)
             .map(|m| m.values().map(AsRef::as_ref).collect())
             .unwrap_or_default();
-        let part = translate_service(obj, &slices, ctx, ids);
-        if self.parts.get(&key) == Some(&part) {
-            return false;
-        }
-        self.parts.insert(key, part);
-        true
+        Some(translate_service(obj, &slices, ctx, ids))
     }
 
-    /// Everything again from the stores' contents.
+    /// Everything again from the stores' contents (a relist): the slices
+    /// are re-read, every service re-translated, and the delta covers the
+    /// services whose translation differs. `None`: nothing changed.
     fn rebuild(
+        &mut self,
         services: &Store<Service>,
         slices: &Store<EndpointSlice>,
         ctx: &TranslateContext,
         ids: &mut IdAllocator,
-    ) -> Self {
-        let mut new = Incremental::default();
+    ) -> Option<TranslationDelta> {
+        let old_reports = std::mem::take(&mut self.reports);
+        self.slices.clear();
+        self.members.clear();
         let mut ignored = BTreeSet::new();
         for s in slices.state() {
-            new.slice(meta_key(&s.metadata), Some(s), &mut ignored);
+            self.slice(meta_key(&s.metadata), Some(s), &mut ignored);
         }
         let mut all: Vec<(Key, Arc<Service>)> = services
             .state()
             .into_iter()
             .map(|s| (meta_key(&s.metadata), s))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, svc) in all {
-            new.service(key, Some(&svc), ctx, ids);
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let listed: HashSet<&Key> = all.iter().map(|(k, _)| k).collect();
+        let gone: Vec<Key> = self
+            .assembly
+            .parts()
+            .map(|(k, _)| k)
+            .filter(|k| !listed.contains(k))
+            .cloned()
+            .collect();
+        let mut parts = Vec::with_capacity(all.len() + gone.len());
+        for (key, svc) in &all {
+            let part = self.translate(Some(svc), key, ctx, ids);
+            parts.push((key.clone(), part));
         }
-        new
+        parts.extend(gone.into_iter().map(|k| (k, None)));
+        let delta = self.assembly.update(parts);
+        if delta.is_none() && old_reports == self.reports {
+            return None;
+        }
+        Some(self.finish(delta.unwrap_or_default()))
     }
 
-    /// Applies the objects changed since the last window; whether the
-    /// translation changed.
+    /// Applies the objects changed since the last update. `None`: nothing
+    /// changed.
     fn apply(
         &mut self,
         changed_services: Vec<ObjectRef<Service>>,
@@ -584,12 +583,12 @@ impl Incremental {
         slices: &Store<EndpointSlice>,
         ctx: &TranslateContext,
         ids: &mut IdAllocator,
-    ) -> bool {
-        let mut changed = false;
+    ) -> Option<TranslationDelta> {
+        let mut reports_changed = false;
         let mut dirty: BTreeSet<Key> = BTreeSet::new();
         for r in changed_slices {
             let key = key_of(r.namespace.as_deref(), &r.name);
-            changed |= self.slice(key, slices.get(&r), &mut dirty);
+            reports_changed |= self.slice(key, slices.get(&r), &mut dirty);
         }
         let mut found: HashMap<Key, Option<Arc<Service>>> = HashMap::new();
         for r in changed_services {
@@ -597,18 +596,25 @@ impl Incremental {
             found.insert(key.clone(), services.get(&r));
             dirty.insert(key);
         }
+        let mut parts = Vec::with_capacity(dirty.len());
         for key in dirty {
             let obj = match found.remove(&key) {
                 Some(o) => o,
                 None => services.get(&ObjectRef::new(&key.1).within(&key.0)),
             };
-            changed |= self.service(key, obj.as_deref(), ctx, ids);
+            let part = self.translate(obj.as_deref(), &key, ctx, ids);
+            parts.push((key, part));
         }
-        changed
+        let delta = self.assembly.update(parts);
+        if delta.is_none() && !reports_changed {
+            return None;
+        }
+        Some(self.finish(delta.unwrap_or_default()))
     }
 
-    fn translation(&self) -> Translation {
-        assemble(self.reports.values(), self.parts.values())
+    fn finish(&self, mut delta: TranslationDelta) -> TranslationDelta {
+        self.assembly.finish(&mut delta, self.reports.values());
+        delta
     }
 }
 
@@ -638,10 +644,13 @@ async fn run(
     let mut svc_progress = Progress::<Service>::new("services");
     let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices");
     let mut state: Option<Incremental> = None;
-    let mut deadline: Option<tokio::time::Instant> = None;
+    // Stores changed since the last update sent.
+    let mut dirty = false;
+    // The last update is still queued: look again then.
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
-        let window = async {
-            match deadline {
+        let wait = async {
+            match retry {
                 Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             }
@@ -649,59 +658,90 @@ async fn run(
         tokio::select! {
             _ = &mut stop => return,
             item = events.next() => {
-                let changed = match item {
-                    None => return,
-                    Some(Ok(signal)) => svc_progress.signal(signal, &status),
-                    Some(Err(signal)) => slice_progress.signal(signal, &status),
-                };
-                if changed && deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + opts.debounce);
+                let Some(item) = item else { return };
+                dirty |= take(item, &mut svc_progress, &mut slice_progress, &status);
+                // Whatever else has already arrived goes into the same update.
+                while let Some(Some(item)) = events.next().now_or_never() {
+                    dirty |= take(item, &mut svc_progress, &mut slice_progress, &status);
                 }
             }
-            () = window => {
-                deadline = None;
-                if !(svc_progress.synced && slice_progress.synced) {
-                    continue;
-                }
-                let relisted = svc_progress.relisted || slice_progress.relisted;
-                svc_progress.relisted = false;
-                slice_progress.relisted = false;
-                let changed_services = std::mem::take(&mut svc_progress.dirty);
-                let changed_slices = std::mem::take(&mut slice_progress.dirty);
-                let first = state.is_none();
-                let changed = match &mut state {
-                    Some(st) if !relisted => st.apply(
+            () = wait => retry = None,
+        }
+        if !dirty || retry.is_some() {
+            continue;
+        }
+        if !tx.is_empty() {
+            // The consumer is still busy with the last update: what
+            // arrives meanwhile is coalesced into the next one.
+            retry = Some(tokio::time::Instant::now() + RETRY);
+            continue;
+        }
+        dirty = false;
+        if !(svc_progress.synced && slice_progress.synced) {
+            continue;
+        }
+        let relisted = svc_progress.relisted || slice_progress.relisted;
+        svc_progress.relisted = false;
+        slice_progress.relisted = false;
+        let changed_services = std::mem::take(&mut svc_progress.dirty);
+        let changed_slices = std::mem::take(&mut slice_progress.dirty);
+        let update = match &mut state {
+            None => {
+                let mut st = Incremental::default();
+                let delta = st
+                    .rebuild(&services, &slices, &opts.ctx, &mut ids)
+                    .unwrap_or_default();
+                state = Some(st);
+                let t = Translation {
+                    specs: delta.specs,
+                    info: delta.info,
+                    errors: delta.errors,
+                    skipped: delta.skipped,
+                };
+                info!(
+                    specs = t.specs.len(),
+                    errors = t.errors.len(),
+                    "Kubernetes state synced"
+                );
+                status.synced.store(true, Ordering::Relaxed);
+                KubeUpdate::Synced(t)
+            }
+            Some(st) => {
+                let delta = if relisted {
+                    st.rebuild(&services, &slices, &opts.ctx, &mut ids)
+                } else {
+                    st.apply(
                         changed_services,
                         changed_slices,
                         &services,
                         &slices,
                         &opts.ctx,
                         &mut ids,
-                    ),
-                    _ => {
-                        let new = Incremental::rebuild(&services, &slices, &opts.ctx, &mut ids);
-                        let changed = state.as_ref().is_none_or(|old| {
-                            old.parts != new.parts || old.reports != new.reports
-                        });
-                        state = Some(new);
-                        changed
-                    }
+                    )
                 };
-                let Some(st) = state.as_ref().filter(|_| changed) else {
-                    continue;
-                };
-                let t = st.translation();
-                let update = if first {
-                    info!(specs = t.specs.len(), errors = t.errors.len(), "Kubernetes state synced");
-                    status.synced.store(true, Ordering::Relaxed);
-                    KubeUpdate::Synced(t)
-                } else {
-                    KubeUpdate::Changed(t)
-                };
-                if tx.send(update).is_err() {
-                    return;
-                }
+                let Some(delta) = delta else { continue };
+                KubeUpdate::Changed(delta)
             }
+        };
+        if tx.send(update).is_err() {
+            return;
         }
+    }
+}
+
+/// How soon to look again whether the consumer took the last update.
+const RETRY: Duration = Duration::from_millis(1);
+
+/// Feeds one watcher event to its resource's progress; whether a store
+/// changed.
+fn take(
+    item: Result<Signal<Service>, Signal<EndpointSlice>>,
+    services: &mut Progress<Service>,
+    slices: &mut Progress<EndpointSlice>,
+    status: &Status,
+) -> bool {
+    match item {
+        Ok(signal) => services.signal(signal, status),
+        Err(signal) => slices.signal(signal, status),
     }
 }
