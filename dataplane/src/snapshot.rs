@@ -291,8 +291,42 @@ pub struct Snapshot {
     ports: Vec<Arc<ServicePort>>,
     frontends: FrontendMap,
     by_id: HashMap<ServicePortId, u32>,
-    /// Every frontend address, sorted and deduplicated.
-    frontend_addrs: Vec<IpAddr>,
+    /// Every frontend address, sorted and deduplicated; shared with the
+    /// previous snapshot while unchanged.
+    frontend_addrs: Arc<[IpAddr]>,
+    lineage: Lineage,
+}
+
+/// Where a snapshot comes from. Snapshots derived one from another
+/// ([`Snapshot::with_changes`]) share a lineage, and each knows the last
+/// generation of it that cut an affinity timeout, so a worker tells whether
+/// a newer snapshot shortens affinity without comparing every port.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lineage {
+    /// 0: unknown (an empty default snapshot).
+    id: u64,
+    last_cut: u64,
+}
+
+impl Lineage {
+    fn fresh() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            last_cut: 0,
+        }
+    }
+}
+
+/// Whether entries under `old`'s affinity expire sooner under `new`'s.
+fn cuts_affinity(old: Affinity, new: Option<Affinity>) -> bool {
+    let Affinity::ClientIp { timeout: was, .. } = old else {
+        return false;
+    };
+    match new {
+        Some(Affinity::ClientIp { timeout, .. }) => timeout < was,
+        _ => true,
+    }
 }
 
 /// A port's frontends as lookup keys.
@@ -354,11 +388,11 @@ fn index_of(spec: &ServicePortSpec, addr: IpAddr, i: usize) -> u32 {
 }
 
 /// Every frontend address, sorted and deduplicated.
-fn addrs_of(frontends: &FrontendMap) -> Vec<IpAddr> {
+fn addrs_of(frontends: &FrontendMap) -> Arc<[IpAddr]> {
     let mut addrs: Vec<IpAddr> = frontends.keys().map(|f| f.addr).collect();
     addrs.sort_unstable();
     addrs.dedup();
-    addrs
+    addrs.into()
 }
 
 impl Snapshot {
@@ -383,6 +417,7 @@ impl Snapshot {
             frontends,
             by_id,
             frontend_addrs,
+            lineage: Lineage::fresh(),
         })
     }
 
@@ -391,7 +426,8 @@ impl Snapshot {
     /// other port is shared as it is; the lookup maps are copied and
     /// patched rather than rebuilt (a copy of plain entries, not a
     /// rehash). On error (a frontend conflict, mixed families, an id
-    /// twice in `changed`) nothing is built.
+    /// twice in `changed`) nothing is built. `generation` must be greater
+    /// than this snapshot's.
     pub fn with_changes(
         &self,
         generation: u64,
@@ -402,6 +438,7 @@ impl Snapshot {
         let mut frontends = self.frontends.clone();
         let mut by_id = self.by_id.clone();
         let mut addrs_changed = false;
+        let mut cut = false;
         let mut changed_ids = std::collections::HashSet::with_capacity(changed.len());
         for port in &changed {
             check_families(&port.spec)?;
@@ -419,6 +456,7 @@ impl Snapshot {
             if let Some(&i) = by_id.get(&id) {
                 let old = &ports[i as usize].spec;
                 addrs_changed |= !old.frontends.is_empty();
+                cut |= cuts_affinity(old.affinity, None);
                 for key in frontend_keys(old) {
                     frontends.remove(&key);
                 }
@@ -428,6 +466,7 @@ impl Snapshot {
         for port in &changed {
             if let Some(&i) = by_id.get(&port.spec.id) {
                 let old = &ports[i as usize].spec;
+                cut |= cuts_affinity(old.affinity, Some(port.spec.affinity));
                 addrs_changed |= old.frontends.len() != port.spec.frontends.len()
                     || old
                         .frontends
@@ -469,14 +508,23 @@ impl Snapshot {
         let frontend_addrs = if addrs_changed {
             addrs_of(&frontends)
         } else {
-            self.frontend_addrs.clone()
+            Arc::clone(&self.frontend_addrs)
         };
+        let mut lineage = if self.lineage.id == 0 {
+            Lineage::fresh()
+        } else {
+            self.lineage
+        };
+        if cut {
+            lineage.last_cut = generation;
+        }
         Ok(Self {
             generation,
             ports,
             frontends,
             by_id,
             frontend_addrs,
+            lineage,
         })
     }
 
@@ -556,8 +604,17 @@ impl Snapshot {
 
     /// Whether some service port's affinity entries expire sooner under
     /// this snapshot than under `older`: a cut `timeoutSeconds`, or
-    /// `ClientIP` turned off. Costs one lookup per service port.
+    /// `ClientIP` turned off (conservatively: also when a cut between the
+    /// two was undone since). Free for a snapshot derived from `older`
+    /// through [`with_changes`](Self::with_changes); otherwise one lookup
+    /// per service port.
     pub fn shortens_affinity_of(&self, older: &Snapshot) -> bool {
+        if self.lineage.id != 0
+            && self.lineage.id == older.lineage.id
+            && self.generation > older.generation
+        {
+            return self.lineage.last_cut > older.generation;
+        }
         older.ports.iter().any(|p| {
             let Affinity::ClientIp { timeout: was, .. } = p.spec.affinity else {
                 return false;
@@ -569,6 +626,13 @@ impl Snapshot {
     /// Every address a service is reached at, sorted.
     pub fn frontend_addrs(&self) -> &[IpAddr] {
         &self.frontend_addrs
+    }
+
+    /// Whether both snapshots are reached at the same addresses (free when
+    /// one was derived from the other without changing them).
+    pub fn same_frontend_addrs(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.frontend_addrs, &other.frontend_addrs)
+            || self.frontend_addrs == other.frontend_addrs
     }
 
     pub fn ports(&self) -> &[Arc<ServicePort>] {
@@ -707,6 +771,20 @@ mod tests {
             second.with_changes(3, vec![clash], &[]),
             Err(SnapshotError::FrontendConflict { .. })
         ));
+        // Shortening affinity is known from the lineage, as a full
+        // comparison would say.
+        let mut cut = specs[2].clone();
+        cut.affinity = Affinity::client_ip(60);
+        let third = second
+            .with_changes(3, vec![Arc::new(ServicePort::compile(cut).unwrap())], &[])
+            .unwrap();
+        assert!(third.shortens_affinity_of(&second) && third.shortens_affinity_of(&first));
+        // Ports with `ClientIP` removed count as cuts.
+        assert!(second.shortens_affinity_of(&first));
+        assert!(third.same_frontend_addrs(&second));
+        let fourth = third.with_changes(4, Vec::new(), &[]).unwrap();
+        assert!(!fourth.shortens_affinity_of(&third));
+        assert!(fourth.shortens_affinity_of(&second));
         // Removing everything leaves an empty view.
         let empty = second.with_changes(3, Vec::new(), &[2, 3, 4, 6]).unwrap();
         assert!(empty.ports().is_empty() && empty.frontend_addrs().is_empty());
