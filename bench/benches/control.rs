@@ -288,7 +288,10 @@ fn main() {
     );
     let mut compiler = SnapshotCompiler::new();
     let compile_start = Instant::now();
-    let (snapshot, _) = compiler.compile(t.specs).expect("compile");
+    // At start-up limpet builds the tables on the cores no worker spins on;
+    // this benchmark's worker is polled by this thread.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let (snapshot, _) = compiler.compile_on(t.specs, threads).expect("compile");
     let compiled = compile_start.elapsed();
     let total = start.elapsed();
     println!(
@@ -297,10 +300,11 @@ fn main() {
             "figure": "initial_sync",
             "services": SERVICES, "endpoints": ENDPOINTS, "endpoint_slices": slice_count,
             "service_ports": specs_n, "maglev_min_size": maglev_min,
-            "list_translate_ms": ms(synced), "compile_ms": ms(compiled), "total_ms": ms(total),
+            "list_translate_ms": ms(synced), "compile_ms": ms(compiled), "compile_threads": threads,
+            "total_ms": ms(total),
             "goal_ms": 1000,
             "api_server_load_s": load_s,
-            "path": "fake API server (child process, HTTP) -> KubeSource (kube-rs watcher, pages of 500) -> translate -> SnapshotCompiler::compile",
+            "path": "fake API server (child process, HTTP) -> KubeSource (kube-rs watcher, pages of 500) -> translate -> SnapshotCompiler::compile_on (scoped threads)",
         })
     );
 

@@ -38,7 +38,8 @@ impl SnapshotCompiler {
         &self.last
     }
 
-    /// The compiled port for `spec`: the last snapshot's if it is the same.
+    /// The compiled port for `spec`; `None` if the last snapshot's is the
+    /// same.
     fn port(
         &self,
         spec: ServicePortSpec,
@@ -62,16 +63,38 @@ impl SnapshotCompiler {
         &mut self,
         specs: Vec<ServicePortSpec>,
     ) -> Result<(Arc<Snapshot>, CompileStats), SnapshotError> {
+        self.compile_on(specs, 1)
+    }
+
+    /// [`compile`](Self::compile) with the new ports' Maglev tables built
+    /// on up to `threads` threads (scoped: they end before this returns).
+    /// For start-up, on cores no worker uses: a whole cluster's tables at
+    /// once.
+    pub fn compile_on(
+        &mut self,
+        specs: Vec<ServicePortSpec>,
+        threads: usize,
+    ) -> Result<(Arc<Snapshot>, CompileStats), SnapshotError> {
         let mut stats = CompileStats::default();
-        let mut ports = Vec::with_capacity(specs.len());
+        let mut ports: Vec<Option<Arc<ServicePort>>> = Vec::with_capacity(specs.len());
+        let mut fresh: Vec<(usize, ServicePortSpec)> = Vec::new();
         for spec in specs {
-            let id = spec.id;
-            let port = match self.port(spec, &mut stats)? {
-                Some(p) => p,
-                None => Arc::clone(self.last.port_arc(id).expect("reused port")),
-            };
-            ports.push(port);
+            match self.last.port_arc(spec.id) {
+                Some(old) if old.spec == spec => {
+                    stats.reused += 1;
+                    ports.push(Some(Arc::clone(old)));
+                }
+                _ => {
+                    fresh.push((ports.len(), spec));
+                    ports.push(None);
+                }
+            }
         }
+        stats.compiled = fresh.len();
+        for (i, port) in compile_all(fresh, threads)? {
+            ports[i] = Some(port);
+        }
+        let ports = ports.into_iter().map(|p| p.expect("compiled")).collect();
         let snapshot = Arc::new(Snapshot::new(self.generation() + 1, ports)?);
         self.last = Arc::clone(&snapshot);
         Ok((snapshot, stats))
@@ -105,6 +128,44 @@ impl SnapshotCompiler {
         self.last = Arc::clone(&snapshot);
         Ok((snapshot, stats))
     }
+}
+
+/// Compiles `(position, spec)`s, on up to `threads` scoped threads when
+/// there are enough to share.
+fn compile_all(
+    specs: Vec<(usize, ServicePortSpec)>,
+    threads: usize,
+) -> Result<Vec<(usize, Arc<ServicePort>)>, SnapshotError> {
+    let one = |chunk: Vec<(usize, ServicePortSpec)>| {
+        chunk
+            .into_iter()
+            .map(|(i, s)| Ok((i, Arc::new(ServicePort::compile(s)?))))
+            .collect::<Result<Vec<_>, SnapshotError>>()
+    };
+    let threads = threads.clamp(1, 16);
+    if threads == 1 || specs.len() < 256 {
+        return one(specs);
+    }
+    // Interleaved, so big tables spread over the threads.
+    let mut chunks: Vec<Vec<(usize, ServicePortSpec)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (k, item) in specs.into_iter().enumerate() {
+        chunks[k % threads].push(item);
+    }
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || one(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

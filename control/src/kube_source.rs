@@ -687,22 +687,8 @@ async fn run(
         let changed_slices = std::mem::take(&mut slice_progress.dirty);
         let update = match &mut state {
             None => {
-                let mut st = Incremental::default();
-                let delta = st
-                    .rebuild(&services, &slices, &opts.ctx, &mut ids)
-                    .unwrap_or_default();
+                let (st, t) = first_state(&services, &slices, &opts.ctx, &mut ids);
                 state = Some(st);
-                let t = Translation {
-                    specs: delta.specs,
-                    info: delta.info,
-                    errors: delta.errors,
-                    skipped: delta.skipped,
-                };
-                info!(
-                    specs = t.specs.len(),
-                    errors = t.errors.len(),
-                    "Kubernetes state synced"
-                );
                 status.synced.store(true, Ordering::Relaxed);
                 KubeUpdate::Synced(t)
             }
@@ -727,6 +713,31 @@ async fn run(
             return;
         }
     }
+}
+
+/// The whole cluster translated, once both initial lists are complete.
+fn first_state(
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    ctx: &TranslateContext,
+    ids: &mut IdAllocator,
+) -> (Incremental, Translation) {
+    let started = std::time::Instant::now();
+    let mut st = Incremental::default();
+    let delta = st.rebuild(services, slices, ctx, ids).unwrap_or_default();
+    let t = Translation {
+        specs: delta.specs,
+        info: delta.info,
+        errors: delta.errors,
+        skipped: delta.skipped,
+    };
+    info!(
+        specs = t.specs.len(),
+        errors = t.errors.len(),
+        translate_ms = started.elapsed().as_millis() as u64,
+        "Kubernetes state synced"
+    );
+    (st, t)
 }
 
 /// How soon to look again whether the consumer took the last update.

@@ -343,6 +343,12 @@ impl Control {
     /// Compiles and publishes a snapshot of every spec with the current
     /// MACs.
     fn publish(&mut self) -> Result<(), RunError> {
+        self.publish_on(1)
+    }
+
+    /// [`publish`](Self::publish), building Maglev tables on up to
+    /// `threads` threads.
+    fn publish_on(&mut self, threads: usize) -> Result<(), RunError> {
         let started = Instant::now();
         let hops = next_hops(&self.resolved);
         let mut specs = Vec::with_capacity(self.specs.len());
@@ -353,7 +359,7 @@ impl Control {
             }
             specs.push(spec);
         }
-        let (snapshot, stats) = self.compiler.compile(specs)?;
+        let (snapshot, stats) = self.compiler.compile_on(specs, threads)?;
         self.send(&snapshot, stats, started);
         Ok(())
     }
@@ -661,7 +667,9 @@ impl Control {
                 self.take_report(r);
             }
         }
-        self.publish()
+        // Every table at once: on the cores no worker spins on, if any.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        self.publish_on(cores.saturating_sub(self.publish.len()).max(1))
     }
 
     /// Serves what the Kubernetes API says: invalid objects are logged and

@@ -182,6 +182,9 @@ impl FakeApiServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // As Go's net package (the real API server) does: a watch
+                // event is not held back for the previous one's ACK.
+                let _ = stream.set_nodelay(true);
                 let inner = inner.clone();
                 let task = tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
