@@ -24,6 +24,14 @@
 //!   meanwhile, so an outage never produces an empty state; a relist (after
 //!   `410 Gone`) replaces a store atomically once it completes. Watch
 //!   bookmarks are requested.
+//! - This node's identity comes from its `Node` object when
+//!   [`TranslateContext::node_name`] is set and the addresses or the zone
+//!   are not given: its `InternalIP` and `ExternalIP` addresses are where
+//!   node ports are served, its `topology.kubernetes.io/zone` label the zone
+//!   for topology hints. The node is read (`get`, the only right on nodes
+//!   limpet asks for) before the first state and every
+//!   [`KubeOptions::node_refresh`] after; a change re-translates every
+//!   service. A node that does not exist leaves both empty.
 //! - Invalid objects are reported in [`Translation::errors`] and the rest
 //!   is translated: unlike a manifest directory, the cluster state cannot be
 //!   refused wholesale.
@@ -39,7 +47,7 @@ use crate::translate::{
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
@@ -48,6 +56,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,6 +107,8 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     pub ctx: TranslateContext,
     pub backoff: BackoffOptions,
+    /// How often the `Node` is read again (see the module documentation).
+    pub node_refresh: Duration,
 }
 
 impl KubeOptions {
@@ -107,6 +118,7 @@ impl KubeOptions {
             kubeconfig,
             ctx,
             backoff: BackoffOptions::default(),
+            node_refresh: Duration::from_mins(1),
         }
     }
 }
@@ -625,20 +637,14 @@ async fn run(
     tx: crossbeam_channel::Sender<KubeUpdate>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let config = watcher::Config::default().labels(LABEL_SELECTOR);
-    let (services, svc_writer) = reflector::store::<Service>();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let svc_stream = watcher(Api::<Service>::all(client.clone()), config.clone())
-        .backoff(backoff(&opts.backoff))
-        .reflect(svc_writer)
-        .map(|ev| Ok(Signal::of(ev)))
-        .boxed();
-    let slice_stream = watcher(Api::<EndpointSlice>::all(client), config)
-        .backoff(backoff(&opts.backoff))
-        .reflect(slice_writer)
-        .map(|ev| Err(Signal::of(ev)))
-        .boxed();
-    let mut events = futures::stream::select(svc_stream, slice_stream);
+    let (services, slices, mut events) = watch(&client, &opts);
+    let mut ctx = opts.ctx.clone();
+    let node_wanted = NodeWanted::of(&ctx);
+    let mut node_known = node_wanted.is_none();
+    let mut nodes = match (&node_wanted, &ctx.node_name) {
+        (Some(_), Some(name)) => node_stream(client.clone(), name.clone(), &opts),
+        _ => futures::stream::pending().boxed(),
+    };
 
     let mut ids = IdAllocator::new();
     let mut svc_progress = Progress::<Service>::new("services");
@@ -666,6 +672,23 @@ async fn run(
                 }
             }
             () = wait => retry = None,
+            Some(node) = nodes.next() => {
+                // The first answer may be what lets the first state go.
+                dirty |= !node_known;
+                node_known = true;
+                if let Some(wanted) = &node_wanted
+                    && wanted.apply(node.as_ref(), &mut ctx)
+                {
+                    info!(
+                        addresses = ?ctx.node_addresses,
+                        zone = ?ctx.node_zone,
+                        "this node's identity, from its Node object"
+                    );
+                    // Every service is translated again with it.
+                    svc_progress.relisted = true;
+                    dirty = true;
+                }
+            }
         }
         if !dirty || retry.is_some() {
             continue;
@@ -677,7 +700,7 @@ async fn run(
             continue;
         }
         dirty = false;
-        if !(svc_progress.synced && slice_progress.synced) {
+        if !(svc_progress.synced && slice_progress.synced && node_known) {
             continue;
         }
         let relisted = svc_progress.relisted || slice_progress.relisted;
@@ -687,21 +710,21 @@ async fn run(
         let changed_slices = std::mem::take(&mut slice_progress.dirty);
         let update = match &mut state {
             None => {
-                let (st, t) = first_state(&services, &slices, &opts.ctx, &mut ids);
+                let (st, t) = first_state(&services, &slices, &ctx, &mut ids);
                 state = Some(st);
                 status.synced.store(true, Ordering::Relaxed);
                 KubeUpdate::Synced(t)
             }
             Some(st) => {
                 let delta = if relisted {
-                    st.rebuild(&services, &slices, &opts.ctx, &mut ids)
+                    st.rebuild(&services, &slices, &ctx, &mut ids)
                 } else {
                     st.apply(
                         changed_services,
                         changed_slices,
                         &services,
                         &slices,
-                        &opts.ctx,
+                        &ctx,
                         &mut ids,
                     )
                 };
@@ -713,6 +736,102 @@ async fn run(
             return;
         }
     }
+}
+
+/// What this node's `Node` object is read for: what the command line did
+/// not give.
+struct NodeWanted {
+    addresses: bool,
+    zone: bool,
+}
+
+impl NodeWanted {
+    /// `None`: nothing (no node name, or everything given).
+    fn of(ctx: &TranslateContext) -> Option<Self> {
+        let wanted = Self {
+            addresses: ctx.node_addresses.is_empty(),
+            zone: ctx.node_zone.is_none(),
+        };
+        (ctx.node_name.is_some() && (wanted.addresses || wanted.zone)).then_some(wanted)
+    }
+
+    /// Takes the node's addresses and zone (`None`: no such node) into
+    /// `ctx`; whether it changed.
+    fn apply(&self, node: Option<&Node>, ctx: &mut TranslateContext) -> bool {
+        let before = (ctx.node_addresses.clone(), ctx.node_zone.clone());
+        if self.addresses {
+            ctx.node_addresses = node.map(node_addresses).unwrap_or_default();
+        }
+        if self.zone {
+            ctx.node_zone = node.and_then(|n| {
+                n.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(ZONE_LABEL))
+                    .cloned()
+            });
+        }
+        before != (ctx.node_addresses.clone(), ctx.node_zone.clone())
+    }
+}
+
+/// The label naming a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A node's `InternalIP` and `ExternalIP` addresses, in its order, once
+/// each (kube-proxy serves node ports on the node's IPs).
+pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for a in node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            && let Ok(ip) = a.address.parse::<IpAddr>()
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// This node's object, read now and every `node_refresh` after (errors
+/// retried with the backoff); `None`: no such node.
+fn node_stream(
+    client: kube::Client,
+    name: String,
+    opts: &KubeOptions,
+) -> futures::stream::BoxStream<'static, Option<Node>> {
+    let api = Api::<Node>::all(client);
+    let refresh = opts.node_refresh;
+    let backoff_opts = opts.backoff.clone();
+    futures::stream::unfold(
+        (api, name, Duration::ZERO, Exponential::new(backoff_opts)),
+        move |(api, name, delay, mut backoff)| async move {
+            tokio::time::sleep(delay).await;
+            loop {
+                match api.get_opt(&name).await {
+                    Ok(node) => {
+                        if node.is_none() {
+                            warn!(node = %name, "no such Node: no node addresses or zone from it");
+                        }
+                        backoff.reset();
+                        return Some((node, (api, name, refresh, backoff)));
+                    }
+                    Err(e) => {
+                        warn!(node = %name, "reading the Node: {e}");
+                        let d = backoff.next().unwrap_or(refresh);
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
 }
 
 /// The whole cluster translated, once both initial lists are complete.
@@ -738,6 +857,37 @@ fn first_state(
         "Kubernetes state synced"
     );
     (st, t)
+}
+
+/// Watcher events of both resources, as one stream.
+type Events = futures::stream::Select<
+    futures::stream::BoxStream<'static, Result<Signal<Service>, Signal<EndpointSlice>>>,
+    futures::stream::BoxStream<'static, Result<Signal<Service>, Signal<EndpointSlice>>>,
+>;
+
+/// Starts watching both resources into their stores.
+fn watch(
+    client: &kube::Client,
+    opts: &KubeOptions,
+) -> (Store<Service>, Store<EndpointSlice>, Events) {
+    let config = watcher::Config::default().labels(LABEL_SELECTOR);
+    let (services, svc_writer) = reflector::store::<Service>();
+    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+    let svc_stream = watcher(Api::<Service>::all(client.clone()), config.clone())
+        .backoff(backoff(&opts.backoff))
+        .reflect(svc_writer)
+        .map(|ev| Ok(Signal::of(ev)))
+        .boxed();
+    let slice_stream = watcher(Api::<EndpointSlice>::all(client.clone()), config)
+        .backoff(backoff(&opts.backoff))
+        .reflect(slice_writer)
+        .map(|ev| Err(Signal::of(ev)))
+        .boxed();
+    (
+        services,
+        slices,
+        futures::stream::select(svc_stream, slice_stream),
+    )
 }
 
 /// How soon to look again whether the consumer took the last update.

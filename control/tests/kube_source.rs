@@ -4,7 +4,7 @@
 
 mod fake_apiserver;
 
-use fake_apiserver::{FakeApiServer, Resource, service, slice};
+use fake_apiserver::{FakeApiServer, Resource, node, service, slice};
 use limpet_control::kube_source::{
     BackoffOptions, KubeOptions, KubeSource, KubeUpdate, LABEL_SELECTOR,
 };
@@ -62,11 +62,15 @@ impl Running {
 }
 
 fn spawn(server: &FakeApiServer) -> Running {
+    spawn_with(server, TranslateContext::default())
+}
+
+fn spawn_with(server: &FakeApiServer, ctx: TranslateContext) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = server.write_kubeconfig(dir.path());
     let opts = KubeOptions {
         kubeconfig: Some(kubeconfig),
-        ctx: TranslateContext::default(),
+        ctx,
         backoff: BackoffOptions {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(250),
@@ -74,6 +78,7 @@ fn spawn(server: &FakeApiServer) -> Running {
             jitter: false,
             reset_after: Duration::from_secs(1),
         },
+        node_refresh: Duration::from_millis(100),
     };
     Running {
         source: KubeSource::spawn(opts).expect("spawn the kube source"),
@@ -997,6 +1002,134 @@ fn large_lists_are_paged() {
             .iter()
             .any(|r| r.starts_with("GET /api/v1/services?") && r.contains("continue=")),
         "no second page requested"
+    );
+}
+
+/// Frontends of each spec, sorted, by spec name.
+fn frontends(t: &Translation) -> BTreeMap<String, Vec<String>> {
+    t.specs
+        .iter()
+        .map(|s| {
+            let mut fe: Vec<String> = s
+                .frontends
+                .iter()
+                .map(|(a, p)| format!("{a}:{p}"))
+                .collect();
+            fe.sort();
+            (s.name.clone(), fe)
+        })
+        .collect()
+}
+
+#[test]
+fn node_identity_comes_from_the_node_object() {
+    let server = FakeApiServer::start();
+    let mut svc = service("default", "web", "198.51.100.10", &[("http", 80)], None);
+    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+    server.apply(svc);
+    server.apply(slice(
+        "default",
+        "web-1",
+        "web",
+        ("http", 8080),
+        &["203.0.113.1"],
+    ));
+    server.apply(node(
+        "edge-1",
+        &[
+            ("InternalIP", "192.0.2.7"),
+            ("ExternalIP", "203.0.113.7"),
+            ("Hostname", "edge-1"),
+        ],
+        Some("zone-a"),
+    ));
+    // Topology-aware: endpoints hinted for zone-a and zone-b.
+    let mut near = service("default", "near", "198.51.100.20", &[("http", 80)], None);
+    near["spec"]["trafficDistribution"] = json!("PreferClose");
+    server.apply(near);
+    let mut near_slice = slice(
+        "default",
+        "near-1",
+        "near",
+        ("http", 8080),
+        &["203.0.113.21", "203.0.113.22"],
+    );
+    near_slice["endpoints"][0]["hints"] = json!({"forZones": [{"name": "zone-a"}]});
+    near_slice["endpoints"][1]["hints"] = json!({"forZones": [{"name": "zone-b"}]});
+    server.apply(near_slice);
+    let ctx = TranslateContext {
+        node_name: Some("edge-1".into()),
+        ..TranslateContext::default()
+    };
+    let run = spawn_with(&server, ctx);
+    let want = |node_ips: &[&str]| -> BTreeMap<String, Vec<String>> {
+        let mut fe: Vec<String> = node_ips.iter().map(|a| format!("{a}:30080")).collect();
+        fe.push(WEB_FE.to_owned());
+        fe.sort();
+        [
+            (
+                "default/near:http/TCP".to_owned(),
+                vec!["198.51.100.20:80".to_owned()],
+            ),
+            ("default/web:http/TCP".to_owned(), fe),
+        ]
+        .into()
+    };
+    // The first state already has the node's addresses (read before it).
+    let (u, seen) = wait_for(&run, "the first state", |_| true);
+    assert!(matches!(u.update, KubeUpdate::Synced(_)));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        frontends(u.translation()),
+        want(&["192.0.2.7", "203.0.113.7"])
+    );
+    // The zone label picks the endpoint hinted for zone-a.
+    assert_eq!(
+        summary(u.translation())["default/near:http/TCP"].2,
+        ["203.0.113.21:8080"]
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/nodes/edge-1")),
+        "{:?}",
+        server.requests()
+    );
+
+    // The node's address changes: node ports follow.
+    server.apply(node(
+        "edge-1",
+        &[("InternalIP", "192.0.2.8")],
+        Some("zone-a"),
+    ));
+    wait_for(&run, "the new node address", |u| {
+        frontends(u.translation()) == want(&["192.0.2.8"])
+    });
+
+    // --node-address overrides the node's addresses.
+    let ctx = TranslateContext {
+        node_name: Some("edge-1".into()),
+        node_addresses: vec!["192.0.2.99".parse().unwrap()],
+        ..TranslateContext::default()
+    };
+    let run = spawn_with(&server, ctx);
+    let (u, _) = wait_for(&run, "the first state", |_| true);
+    assert_eq!(frontends(u.translation()), want(&["192.0.2.99"]));
+
+    // A node that does not exist: no node ports, the rest is served.
+    let ctx = TranslateContext {
+        node_name: Some("nowhere".into()),
+        ..TranslateContext::default()
+    };
+    let run = spawn_with(&server, ctx);
+    let (u, _) = wait_for(&run, "the first state", |_| true);
+    assert_eq!(frontends(u.translation())["default/web:http/TCP"], [WEB_FE]);
+    assert_eq!(
+        summary(u.translation())["default/near:http/TCP"].2,
+        ["203.0.113.21:8080", "203.0.113.22:8080"],
+        "no zone: every endpoint"
     );
 }
 
