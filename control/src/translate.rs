@@ -1150,6 +1150,9 @@ impl Assembly {
         &mut self,
         parts: impl IntoIterator<Item = (ServiceKey, Option<ServiceTranslation>)>,
     ) -> Option<TranslationDelta> {
+        if self.parts.is_empty() {
+            return self.first(parts);
+        }
         let mut changed: Vec<(ServiceKey, Option<ServiceTranslation>)> = Vec::new();
         for (key, part) in parts {
             let old = match part {
@@ -1230,6 +1233,54 @@ impl Assembly {
             .collect();
         delta.removed.sort_unstable();
         delta.removed.dedup();
+        Some(delta)
+    }
+
+    /// [`update`](Self::update) of an empty assembly (the first state):
+    /// every spec is new, and claims arrive in order.
+    fn first(
+        &mut self,
+        parts: impl IntoIterator<Item = (ServiceKey, Option<ServiceTranslation>)>,
+    ) -> Option<TranslationDelta> {
+        self.parts = parts
+            .into_iter()
+            .filter_map(|(k, p)| Some((k, p?)))
+            .collect();
+        if self.parts.is_empty() {
+            return None;
+        }
+        let mut count = 0;
+        for (key, part) in &self.parts {
+            for (i, p) in part.pending.iter().enumerate() {
+                count += 1;
+                for fe in &p.frontends {
+                    let list = self
+                        .claims
+                        .entry((fe.addr, fe.port, p.spec.protocol))
+                        .or_default();
+                    let me = (key.clone(), i);
+                    if list.last() != Some(&me) {
+                        list.push(me);
+                    }
+                }
+            }
+        }
+        let mut delta = TranslationDelta {
+            specs: Vec::with_capacity(count),
+            info: Vec::with_capacity(count),
+            ..TranslationDelta::default()
+        };
+        for (key, part) in &self.parts {
+            for i in 0..part.pending.len() {
+                let me = (key.clone(), i);
+                let (spec, info, errors) = self.resolve(&me);
+                if !errors.is_empty() {
+                    self.conflicts.insert(me, errors);
+                }
+                delta.specs.push(spec);
+                delta.info.push(info);
+            }
+        }
         Some(delta)
     }
 
