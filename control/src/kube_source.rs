@@ -1,6 +1,6 @@
 //! The Kubernetes API source: watches `Service`s and `EndpointSlice`s in
-//! every namespace (kube-rs `watcher` + `reflector`) and hands full
-//! [`Translation`]s to the control loop.
+//! every namespace (kube-rs `watcher` + `reflector`) and hands the control
+//! loop a full [`Translation`] once, then [`TranslationDelta`]s.
 //!
 //! # What it does, as kube-proxy does
 //!
