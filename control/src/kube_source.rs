@@ -1,6 +1,6 @@
 //! The Kubernetes API source: watches `Service`s and `EndpointSlice`s in
-//! every namespace (kube-rs `watcher` + `reflector`) and hands full
-//! [`Translation`]s to the control loop.
+//! every namespace (kube-rs `watcher` + `reflector`) and hands the control
+//! loop a full [`Translation`] once, then [`TranslationDelta`]s.
 //!
 //! # What it does, as kube-proxy does
 //!
@@ -10,17 +10,28 @@
 //! - Nothing is published until **both** initial lists are complete
 //!   ([`KubeUpdate::Synced`]); a half-listed cluster would otherwise look
 //!   like services with no endpoints, and their traffic would be dropped.
-//! - Afterwards every add, update or delete leads to a new full state
-//!   ([`KubeUpdate::Changed`]). Events are coalesced: the first event of a
-//!   burst opens a window of [`KubeOptions::debounce`] and one translation
-//!   covers everything that arrived in it; a state equal to the last one
-//!   published is not published again.
+//! - Afterwards every add, update or delete leads to a
+//!   [`KubeUpdate::Changed`] carrying only the service ports it changed
+//!   ([`TranslationDelta`]), so a change costs the same whatever the size
+//!   of the cluster. Coalescing is leading-edge: a change is sent at once,
+//!   with whatever arrived with it; while the consumer has not taken the
+//!   last update (it is building and publishing a snapshot), further
+//!   changes are gathered into the next one. A change that leaves every
+//!   translation as it was sends nothing.
 //! - Errors (API server unreachable, a watch dropped, `410 Gone`) are
 //!   retried with exponential backoff ([`BackoffOptions`], client-go's
 //!   parameters by default). The stores keep the last known objects
 //!   meanwhile, so an outage never produces an empty state; a relist (after
 //!   `410 Gone`) replaces a store atomically once it completes. Watch
 //!   bookmarks are requested.
+//! - This node's identity comes from its `Node` object when
+//!   [`TranslateContext::node_name`] is set and the addresses or the zone
+//!   are not given: its `InternalIP` and `ExternalIP` addresses are where
+//!   node ports are served, its `topology.kubernetes.io/zone` label the zone
+//!   for topology hints. The node is read (`get`, the only right on nodes
+//!   limpet asks for) before the first state and every
+//!   [`KubeOptions::node_refresh`] after; a change re-translates every
+//!   service. A node that does not exist leaves both empty.
 //! - Invalid objects are reported in [`Translation::errors`] and the rest
 //!   is translated: unlike a manifest directory, the cluster state cannot be
 //!   refused wholesale.
@@ -31,20 +42,21 @@
 
 use crate::ids::IdAllocator;
 use crate::translate::{
-    ServiceTranslation, SliceReport, TranslateContext, Translation, assemble, slice_report,
-    slice_service, translate_service,
+    Assembly, ServiceTranslation, SliceReport, TranslateContext, Translation, TranslationDelta,
+    slice_report, slice_service, translate_service,
 };
-use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Service;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,8 +107,8 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     pub ctx: TranslateContext,
     pub backoff: BackoffOptions,
-    /// The coalescing window (see the module documentation).
-    pub debounce: Duration,
+    /// How often the `Node` is read again (see the module documentation).
+    pub node_refresh: Duration,
 }
 
 impl KubeOptions {
@@ -106,32 +118,19 @@ impl KubeOptions {
             kubeconfig,
             ctx,
             backoff: BackoffOptions::default(),
-            debounce: Duration::from_millis(30),
+            node_refresh: Duration::from_mins(1),
         }
     }
 }
 
-/// A full state of the cluster, translated.
+/// What the source sends: the cluster's state once, then its changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KubeUpdate {
     /// The first state, once both initial lists have completed.
     Synced(Translation),
-    /// A later state, after changes; never equal to the previous one.
-    Changed(Translation),
-}
-
-impl KubeUpdate {
-    pub fn translation(&self) -> &Translation {
-        match self {
-            KubeUpdate::Synced(t) | KubeUpdate::Changed(t) => t,
-        }
-    }
-
-    pub fn into_translation(self) -> Translation {
-        match self {
-            KubeUpdate::Synced(t) | KubeUpdate::Changed(t) => t,
-        }
-    }
+    /// What changed since the previous update (never nothing); apply it to
+    /// the state so far ([`Translation::apply`]).
+    Changed(TranslationDelta),
 }
 
 /// Why the source could not start.
@@ -464,9 +463,9 @@ fn meta_key(meta: &kube::api::ObjectMeta) -> Key {
 }
 
 /// The cluster translated service by service: a change re-translates only
-/// the services whose `Service` or slices changed, and the full
-/// [`Translation`] is assembled from the parts (what `translate` gives for
-/// the whole cluster). Objects are the stores' own, shared, never copied.
+/// the services whose `Service` or slices changed, and the [`Assembly`]
+/// says which service ports that changed. Objects are the stores' own,
+/// shared, never copied.
 #[derive(Default)]
 struct Incremental {
     /// Every slice, with the service it is labelled for.
@@ -475,8 +474,8 @@ struct Incremental {
     reports: BTreeMap<Key, SliceReport>,
     /// Each service's slices, by slice name.
     members: HashMap<Key, BTreeMap<String, Arc<EndpointSlice>>>,
-    /// Each service's translation, in (namespace, name) order.
-    parts: BTreeMap<Key, ServiceTranslation>,
+    /// Each service's translation, put together.
+    assembly: Assembly,
 }
 
 impl Incremental {
@@ -525,57 +524,69 @@ impl Incremental {
         }
     }
 
-    /// Re-translates one service (`None`: deleted). Whether its part
-    /// changed.
-    fn service(
-        &mut self,
-        key: Key,
+    /// Translates one service (`None`: deleted) with its slices.
+    fn translate(
+        &self,
         obj: Option<&Service>,
+        key: &Key,
         ctx: &TranslateContext,
         ids: &mut IdAllocator,
-    ) -> bool {
-        let Some(obj) = obj else {
-            return self.parts.remove(&key).is_some();
-        };
+    ) -> Option<ServiceTranslation> {
+        let obj = obj?;
         let slices: Vec<&EndpointSlice> = self
             .members
-            .get(&key)
+            .get(key)
             .map(|m| m.values().map(AsRef::as_ref).collect())
             .unwrap_or_default();
-        let part = translate_service(obj, &slices, ctx, ids);
-        if self.parts.get(&key) == Some(&part) {
-            return false;
-        }
-        self.parts.insert(key, part);
-        true
+        Some(translate_service(obj, &slices, ctx, ids))
     }
 
-    /// Everything again from the stores' contents.
+    /// Everything again from the stores' contents (a relist): the slices
+    /// are re-read, every service re-translated, and the delta covers the
+    /// services whose translation differs. `None`: nothing changed.
     fn rebuild(
+        &mut self,
         services: &Store<Service>,
         slices: &Store<EndpointSlice>,
         ctx: &TranslateContext,
         ids: &mut IdAllocator,
-    ) -> Self {
-        let mut new = Incremental::default();
+    ) -> Option<TranslationDelta> {
+        let old_reports = std::mem::take(&mut self.reports);
+        self.slices.clear();
+        self.members.clear();
         let mut ignored = BTreeSet::new();
         for s in slices.state() {
-            new.slice(meta_key(&s.metadata), Some(s), &mut ignored);
+            self.slice(meta_key(&s.metadata), Some(s), &mut ignored);
         }
         let mut all: Vec<(Key, Arc<Service>)> = services
             .state()
             .into_iter()
             .map(|s| (meta_key(&s.metadata), s))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, svc) in all {
-            new.service(key, Some(&svc), ctx, ids);
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let listed: HashSet<&Key> = all.iter().map(|(k, _)| k).collect();
+        let gone: Vec<Key> = self
+            .assembly
+            .parts()
+            .map(|(k, _)| k)
+            .filter(|k| !listed.contains(k))
+            .cloned()
+            .collect();
+        let mut parts = Vec::with_capacity(all.len() + gone.len());
+        for (key, svc) in &all {
+            let part = self.translate(Some(svc), key, ctx, ids);
+            parts.push((key.clone(), part));
         }
-        new
+        parts.extend(gone.into_iter().map(|k| (k, None)));
+        let delta = self.assembly.update(parts);
+        if delta.is_none() && old_reports == self.reports {
+            return None;
+        }
+        Some(self.finish(delta.unwrap_or_default()))
     }
 
-    /// Applies the objects changed since the last window; whether the
-    /// translation changed.
+    /// Applies the objects changed since the last update. `None`: nothing
+    /// changed.
     fn apply(
         &mut self,
         changed_services: Vec<ObjectRef<Service>>,
@@ -584,12 +595,12 @@ impl Incremental {
         slices: &Store<EndpointSlice>,
         ctx: &TranslateContext,
         ids: &mut IdAllocator,
-    ) -> bool {
-        let mut changed = false;
+    ) -> Option<TranslationDelta> {
+        let mut reports_changed = false;
         let mut dirty: BTreeSet<Key> = BTreeSet::new();
         for r in changed_slices {
             let key = key_of(r.namespace.as_deref(), &r.name);
-            changed |= self.slice(key, slices.get(&r), &mut dirty);
+            reports_changed |= self.slice(key, slices.get(&r), &mut dirty);
         }
         let mut found: HashMap<Key, Option<Arc<Service>>> = HashMap::new();
         for r in changed_services {
@@ -597,18 +608,25 @@ impl Incremental {
             found.insert(key.clone(), services.get(&r));
             dirty.insert(key);
         }
+        let mut parts = Vec::with_capacity(dirty.len());
         for key in dirty {
             let obj = match found.remove(&key) {
                 Some(o) => o,
                 None => services.get(&ObjectRef::new(&key.1).within(&key.0)),
             };
-            changed |= self.service(key, obj.as_deref(), ctx, ids);
+            let part = self.translate(obj.as_deref(), &key, ctx, ids);
+            parts.push((key, part));
         }
-        changed
+        let delta = self.assembly.update(parts);
+        if delta.is_none() && !reports_changed {
+            return None;
+        }
+        Some(self.finish(delta.unwrap_or_default()))
     }
 
-    fn translation(&self) -> Translation {
-        assemble(self.reports.values(), self.parts.values())
+    fn finish(&self, mut delta: TranslationDelta) -> TranslationDelta {
+        self.assembly.finish(&mut delta, self.reports.values());
+        delta
     }
 }
 
@@ -619,6 +637,239 @@ async fn run(
     tx: crossbeam_channel::Sender<KubeUpdate>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let (services, slices, mut events) = watch(&client, &opts);
+    let mut ctx = opts.ctx.clone();
+    let node_wanted = NodeWanted::of(&ctx);
+    let mut node_known = node_wanted.is_none();
+    let mut nodes = match (&node_wanted, &ctx.node_name) {
+        (Some(_), Some(name)) => node_stream(client.clone(), name.clone(), &opts),
+        _ => futures::stream::pending().boxed(),
+    };
+
+    let mut ids = IdAllocator::new();
+    let mut svc_progress = Progress::<Service>::new("services");
+    let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices");
+    let mut state: Option<Incremental> = None;
+    // Stores changed since the last update sent.
+    let mut dirty = false;
+    // The last update is still queued: look again then.
+    let mut retry: Option<tokio::time::Instant> = None;
+    loop {
+        let wait = async {
+            match retry {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            item = events.next() => {
+                let Some(item) = item else { return };
+                dirty |= take(item, &mut svc_progress, &mut slice_progress, &status);
+                // Whatever else has already arrived goes into the same update.
+                while let Some(Some(item)) = events.next().now_or_never() {
+                    dirty |= take(item, &mut svc_progress, &mut slice_progress, &status);
+                }
+            }
+            () = wait => retry = None,
+            Some(node) = nodes.next() => {
+                // The first answer may be what lets the first state go.
+                dirty |= !node_known;
+                node_known = true;
+                if let Some(wanted) = &node_wanted
+                    && wanted.apply(node.as_ref(), &mut ctx)
+                {
+                    info!(
+                        addresses = ?ctx.node_addresses,
+                        zone = ?ctx.node_zone,
+                        "this node's identity, from its Node object"
+                    );
+                    // Every service is translated again with it.
+                    svc_progress.relisted = true;
+                    dirty = true;
+                }
+            }
+        }
+        if !dirty || retry.is_some() {
+            continue;
+        }
+        if !tx.is_empty() {
+            // The consumer is still busy with the last update: what
+            // arrives meanwhile is coalesced into the next one.
+            retry = Some(tokio::time::Instant::now() + RETRY);
+            continue;
+        }
+        dirty = false;
+        if !(svc_progress.synced && slice_progress.synced && node_known) {
+            continue;
+        }
+        let relisted = svc_progress.relisted || slice_progress.relisted;
+        svc_progress.relisted = false;
+        slice_progress.relisted = false;
+        let changed_services = std::mem::take(&mut svc_progress.dirty);
+        let changed_slices = std::mem::take(&mut slice_progress.dirty);
+        let update = match &mut state {
+            None => {
+                let (st, t) = first_state(&services, &slices, &ctx, &mut ids);
+                state = Some(st);
+                status.synced.store(true, Ordering::Relaxed);
+                KubeUpdate::Synced(t)
+            }
+            Some(st) => {
+                let delta = if relisted {
+                    st.rebuild(&services, &slices, &ctx, &mut ids)
+                } else {
+                    st.apply(
+                        changed_services,
+                        changed_slices,
+                        &services,
+                        &slices,
+                        &ctx,
+                        &mut ids,
+                    )
+                };
+                let Some(delta) = delta else { continue };
+                KubeUpdate::Changed(delta)
+            }
+        };
+        if tx.send(update).is_err() {
+            return;
+        }
+    }
+}
+
+/// What this node's `Node` object is read for: what the command line did
+/// not give.
+struct NodeWanted {
+    addresses: bool,
+    zone: bool,
+}
+
+impl NodeWanted {
+    /// `None`: nothing (no node name, or everything given).
+    fn of(ctx: &TranslateContext) -> Option<Self> {
+        let wanted = Self {
+            addresses: ctx.node_addresses.is_empty(),
+            zone: ctx.node_zone.is_none(),
+        };
+        (ctx.node_name.is_some() && (wanted.addresses || wanted.zone)).then_some(wanted)
+    }
+
+    /// Takes the node's addresses and zone (`None`: no such node) into
+    /// `ctx`; whether it changed.
+    fn apply(&self, node: Option<&Node>, ctx: &mut TranslateContext) -> bool {
+        let before = (ctx.node_addresses.clone(), ctx.node_zone.clone());
+        if self.addresses {
+            ctx.node_addresses = node.map(node_addresses).unwrap_or_default();
+        }
+        if self.zone {
+            ctx.node_zone = node.and_then(|n| {
+                n.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(ZONE_LABEL))
+                    .cloned()
+            });
+        }
+        before != (ctx.node_addresses.clone(), ctx.node_zone.clone())
+    }
+}
+
+/// The label naming a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A node's `InternalIP` and `ExternalIP` addresses, in its order, once
+/// each (kube-proxy serves node ports on the node's IPs).
+pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for a in node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            && let Ok(ip) = a.address.parse::<IpAddr>()
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// This node's object, read now and every `node_refresh` after (errors
+/// retried with the backoff); `None`: no such node.
+fn node_stream(
+    client: kube::Client,
+    name: String,
+    opts: &KubeOptions,
+) -> futures::stream::BoxStream<'static, Option<Node>> {
+    let api = Api::<Node>::all(client);
+    let refresh = opts.node_refresh;
+    let backoff_opts = opts.backoff.clone();
+    futures::stream::unfold(
+        (api, name, Duration::ZERO, Exponential::new(backoff_opts)),
+        move |(api, name, delay, mut backoff)| async move {
+            tokio::time::sleep(delay).await;
+            loop {
+                match api.get_opt(&name).await {
+                    Ok(node) => {
+                        if node.is_none() {
+                            warn!(node = %name, "no such Node: no node addresses or zone from it");
+                        }
+                        backoff.reset();
+                        return Some((node, (api, name, refresh, backoff)));
+                    }
+                    Err(e) => {
+                        warn!(node = %name, "reading the Node: {e}");
+                        let d = backoff.next().unwrap_or(refresh);
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+/// The whole cluster translated, once both initial lists are complete.
+fn first_state(
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    ctx: &TranslateContext,
+    ids: &mut IdAllocator,
+) -> (Incremental, Translation) {
+    let started = std::time::Instant::now();
+    let mut st = Incremental::default();
+    let delta = st.rebuild(services, slices, ctx, ids).unwrap_or_default();
+    let t = Translation {
+        specs: delta.specs,
+        info: delta.info,
+        errors: delta.errors,
+        skipped: delta.skipped,
+    };
+    info!(
+        specs = t.specs.len(),
+        errors = t.errors.len(),
+        translate_ms = started.elapsed().as_millis() as u64,
+        "Kubernetes state synced"
+    );
+    (st, t)
+}
+
+/// Watcher events of both resources, as one stream.
+type Events = futures::stream::Select<
+    futures::stream::BoxStream<'static, Result<Signal<Service>, Signal<EndpointSlice>>>,
+    futures::stream::BoxStream<'static, Result<Signal<Service>, Signal<EndpointSlice>>>,
+>;
+
+/// Starts watching both resources into their stores.
+fn watch(
+    client: &kube::Client,
+    opts: &KubeOptions,
+) -> (Store<Service>, Store<EndpointSlice>, Events) {
     let config = watcher::Config::default().labels(LABEL_SELECTOR);
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
@@ -627,81 +878,31 @@ async fn run(
         .reflect(svc_writer)
         .map(|ev| Ok(Signal::of(ev)))
         .boxed();
-    let slice_stream = watcher(Api::<EndpointSlice>::all(client), config)
+    let slice_stream = watcher(Api::<EndpointSlice>::all(client.clone()), config)
         .backoff(backoff(&opts.backoff))
         .reflect(slice_writer)
         .map(|ev| Err(Signal::of(ev)))
         .boxed();
-    let mut events = futures::stream::select(svc_stream, slice_stream);
+    (
+        services,
+        slices,
+        futures::stream::select(svc_stream, slice_stream),
+    )
+}
 
-    let mut ids = IdAllocator::new();
-    let mut svc_progress = Progress::<Service>::new("services");
-    let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices");
-    let mut state: Option<Incremental> = None;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        let window = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = &mut stop => return,
-            item = events.next() => {
-                let changed = match item {
-                    None => return,
-                    Some(Ok(signal)) => svc_progress.signal(signal, &status),
-                    Some(Err(signal)) => slice_progress.signal(signal, &status),
-                };
-                if changed && deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + opts.debounce);
-                }
-            }
-            () = window => {
-                deadline = None;
-                if !(svc_progress.synced && slice_progress.synced) {
-                    continue;
-                }
-                let relisted = svc_progress.relisted || slice_progress.relisted;
-                svc_progress.relisted = false;
-                slice_progress.relisted = false;
-                let changed_services = std::mem::take(&mut svc_progress.dirty);
-                let changed_slices = std::mem::take(&mut slice_progress.dirty);
-                let first = state.is_none();
-                let changed = match &mut state {
-                    Some(st) if !relisted => st.apply(
-                        changed_services,
-                        changed_slices,
-                        &services,
-                        &slices,
-                        &opts.ctx,
-                        &mut ids,
-                    ),
-                    _ => {
-                        let new = Incremental::rebuild(&services, &slices, &opts.ctx, &mut ids);
-                        let changed = state.as_ref().is_none_or(|old| {
-                            old.parts != new.parts || old.reports != new.reports
-                        });
-                        state = Some(new);
-                        changed
-                    }
-                };
-                let Some(st) = state.as_ref().filter(|_| changed) else {
-                    continue;
-                };
-                let t = st.translation();
-                let update = if first {
-                    info!(specs = t.specs.len(), errors = t.errors.len(), "Kubernetes state synced");
-                    status.synced.store(true, Ordering::Relaxed);
-                    KubeUpdate::Synced(t)
-                } else {
-                    KubeUpdate::Changed(t)
-                };
-                if tx.send(update).is_err() {
-                    return;
-                }
-            }
-        }
+/// How soon to look again whether the consumer took the last update.
+const RETRY: Duration = Duration::from_millis(1);
+
+/// Feeds one watcher event to its resource's progress; whether a store
+/// changed.
+fn take(
+    item: Result<Signal<Service>, Signal<EndpointSlice>>,
+    services: &mut Progress<Service>,
+    slices: &mut Progress<EndpointSlice>,
+    status: &Status,
+) -> bool {
+    match item {
+        Ok(signal) => services.signal(signal, status),
+        Err(signal) => slices.signal(signal, status),
     }
 }

@@ -16,14 +16,13 @@
 //!   load or validate is refused: at start-up limpet exits non-zero, on a
 //!   reload it keeps serving the previous one and says why.
 
-use crate::compile::SnapshotCompiler;
+use crate::compile::{CompileStats, SnapshotCompiler};
 use crate::config::{ConfigError, ConfigSource};
 use crate::kube_source::{KubeOptions, KubeSource, KubeUpdate};
 use crate::state::PortMetrics;
 use crate::state::Shared;
-use crate::translate::Translation;
 use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
-use limpet_dataplane::affinity::BackendId;
+use limpet_dataplane::affinity::{BackendId, ServicePortId};
 use limpet_dataplane::clock::MonotonicClock;
 use limpet_dataplane::command::Command;
 use limpet_dataplane::io::PacketIo;
@@ -32,7 +31,7 @@ use limpet_dataplane::neighbour::{Handled, InterfaceAddr, NeighbourCounters, Nei
 use limpet_dataplane::pipeline::{Worker, WorkerConfig};
 use limpet_dataplane::snapshot::{ServicePortSpec, Snapshot};
 use limpet_dataplane::wire::MacAddr;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -307,16 +306,16 @@ fn next_hops(resolved: &[HashMap<IpAddr, Option<MacAddr>>]) -> HashMap<IpAddr, (
 }
 
 /// Fills in each backend's MAC and port from the neighbour tables and
-/// leaves out backends not resolved yet (nothing can be sent to them).
-fn with_macs(
-    specs: &[ServicePortSpec],
-    resolved: &[HashMap<IpAddr, Option<MacAddr>>],
-) -> (Vec<ServicePortSpec>, usize) {
-    let hops = next_hops(resolved);
-    let mut unresolved = 0;
-    let specs = specs
-        .iter()
+/// leaves out backends not resolved yet (nothing can be sent to them); with
+/// how many were left out of each spec.
+fn with_macs<'a>(
+    specs: impl IntoIterator<Item = &'a ServicePortSpec>,
+    hops: &HashMap<IpAddr, (MacAddr, u16)>,
+) -> Vec<(ServicePortSpec, usize)> {
+    specs
+        .into_iter()
         .map(|spec| {
+            let mut unresolved = 0;
             let mut spec = spec.clone();
             spec.backends.retain_mut(|b| {
                 if let Some(&(mac, iface)) = hops.get(&b.addr) {
@@ -328,10 +327,35 @@ fn with_macs(
                     false
                 }
             });
-            spec
+            (spec, unresolved)
         })
-        .collect();
-    (specs, unresolved)
+        .collect()
+}
+
+/// How many times each address is listed: adding or dropping an address
+/// (not a count) is a change the neighbour threads must hear of.
+#[derive(Debug, Default)]
+struct AddressCounts(HashMap<IpAddr, usize>);
+
+impl AddressCounts {
+    /// Counts `addrs` in (`add`) or out; whether an address came or went.
+    fn count(&mut self, addrs: impl Iterator<Item = IpAddr>, add: bool) -> bool {
+        let mut changed = false;
+        for a in addrs {
+            if add {
+                let n = self.0.entry(a).or_insert(0);
+                changed |= *n == 0;
+                *n += 1;
+            } else if let Some(n) = self.0.get_mut(&a) {
+                *n -= 1;
+                if *n == 0 {
+                    self.0.remove(&a);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
 }
 
 /// The control loop's own state.
@@ -340,7 +364,14 @@ struct Control {
     publish: Vec<Sender<Arc<Snapshot>>>,
     /// Per link: the neighbour thread, and the addresses limpet owns there.
     l2: Vec<(Sender<L2Update>, Vec<InterfaceAddr>)>,
-    specs: Vec<ServicePortSpec>,
+    /// The service ports served, as the source gave them (no MACs).
+    specs: BTreeMap<ServicePortId, ServicePortSpec>,
+    /// Frontend addresses (served on every link) and backend addresses (to
+    /// resolve) of `specs`.
+    vips: AddressCounts,
+    wanted: AddressCounts,
+    /// Backends left out of each published spec, not resolved yet.
+    unresolved: HashMap<ServicePortId, usize>,
     /// Per link: what its neighbour thread resolved.
     resolved: Vec<HashMap<IpAddr, Option<MacAddr>>>,
     compiler: SnapshotCompiler,
@@ -363,21 +394,12 @@ impl Control {
     /// addresses and its own) and what to resolve (every backend: each
     /// thread keeps those on its subnets or behind its gateway).
     fn update_l2(&self) {
-        let vips: HashSet<IpAddr> = self
-            .specs
-            .iter()
-            .flat_map(|s| s.frontends.iter().map(|(a, _)| *a))
-            .collect();
-        let wanted: Vec<IpAddr> = self
-            .specs
-            .iter()
-            .flat_map(|s| s.backends.iter().map(|b| b.addr))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let wanted: Vec<IpAddr> = self.wanted.0.keys().copied().collect();
         for (tx, addresses) in &self.l2 {
-            let served = vips
-                .iter()
+            let served = self
+                .vips
+                .0
+                .keys()
                 .copied()
                 .chain(addresses.iter().map(|a| a.addr))
                 .collect();
@@ -388,13 +410,17 @@ impl Control {
         }
     }
 
+    /// Counts a spec's addresses in or out; whether an address set changed.
+    fn count(&mut self, spec: &ServicePortSpec, add: bool) -> bool {
+        let vips = self.vips.count(spec.frontends.iter().map(|&(a, _)| a), add);
+        let wanted = self.wanted.count(spec.backends.iter().map(|b| b.addr), add);
+        vips || wanted
+    }
+
     /// Whether every backend has resolved on some link.
     fn all_resolved(&self) -> bool {
         let hops = next_hops(&self.resolved);
-        self.specs
-            .iter()
-            .flat_map(|s| &s.backends)
-            .all(|b| hops.contains_key(&b.addr))
+        self.wanted.0.keys().all(|a| hops.contains_key(a))
     }
 
     /// Takes one link's neighbour report; true if resolutions changed.
@@ -414,23 +440,77 @@ impl Control {
         changed
     }
 
-    /// Compiles and publishes a snapshot of the current specs and MACs.
+    /// Compiles and publishes a snapshot of every spec with the current
+    /// MACs.
     fn publish(&mut self) -> Result<(), RunError> {
-        let (specs, unresolved) = with_macs(&self.specs, &self.resolved);
+        self.publish_on(1)
+    }
+
+    /// [`publish`](Self::publish), building Maglev tables on up to
+    /// `threads` threads.
+    fn publish_on(&mut self, threads: usize) -> Result<(), RunError> {
         let started = Instant::now();
-        let (snapshot, stats) = self.compiler.compile(specs)?;
-        let snapshot = Arc::new(snapshot);
+        let hops = next_hops(&self.resolved);
+        let mut specs = Vec::with_capacity(self.specs.len());
+        self.unresolved.clear();
+        for (spec, unresolved) in with_macs(self.specs.values(), &hops) {
+            if unresolved > 0 {
+                self.unresolved.insert(spec.id, unresolved);
+            }
+            specs.push(spec);
+        }
+        let (snapshot, stats) = self.compiler.compile_on(specs, threads)?;
+        self.send(&snapshot, stats, started);
+        Ok(())
+    }
+
+    /// Compiles and publishes the last snapshot with the specs `changed`
+    /// (ids of `self.specs`) and without those `removed`: what a change
+    /// costs does not grow with the number of service ports.
+    fn publish_changes(
+        &mut self,
+        changed: &[ServicePortId],
+        removed: &[ServicePortId],
+    ) -> Result<(), RunError> {
+        let started = Instant::now();
+        let hops = next_hops(&self.resolved);
+        let mut specs = Vec::with_capacity(changed.len());
+        let mut unresolved_now = HashMap::new();
+        for (spec, unresolved) in
+            with_macs(changed.iter().filter_map(|id| self.specs.get(id)), &hops)
+        {
+            unresolved_now.insert(spec.id, unresolved);
+            specs.push(spec);
+        }
+        let (snapshot, stats) = self.compiler.update(specs, removed)?;
+        for id in removed {
+            self.unresolved.remove(id);
+        }
+        for (id, n) in unresolved_now {
+            if n > 0 {
+                self.unresolved.insert(id, n);
+            } else {
+                self.unresolved.remove(&id);
+            }
+        }
+        self.send(&snapshot, stats, started);
+        Ok(())
+    }
+
+    /// Hands a compiled snapshot to every worker.
+    fn send(&self, snapshot: &Arc<Snapshot>, stats: CompileStats, started: Instant) {
         for (i, tx) in self.publish.iter().enumerate() {
             if tx
-                .send_timeout(Arc::clone(&snapshot), Duration::from_secs(1))
+                .send_timeout(Arc::clone(snapshot), Duration::from_secs(1))
                 .is_err()
             {
                 error!(worker = i, "worker did not take the new snapshot");
             }
         }
         let generation = snapshot.generation();
+        let unresolved: usize = self.unresolved.values().sum();
         let mut state = self.shared.lock();
-        state.snapshot = snapshot;
+        state.snapshot = Arc::clone(snapshot);
         state.ready = true;
         state.unresolved_backends = unresolved;
         info!(
@@ -442,14 +522,13 @@ impl Control {
             unresolved_backends = unresolved,
             "published snapshot"
         );
-        Ok(())
     }
 }
 
 /// Remembers every backend id's address for the admin API.
-fn record_backends(shared: &Shared, specs: &[ServicePortSpec]) {
+fn record_backends<'a>(shared: &Shared, specs: impl IntoIterator<Item = &'a ServicePortSpec>) {
     let mut state = shared.lock();
-    for b in specs.iter().flat_map(|s| &s.backends) {
+    for b in specs.into_iter().flat_map(|s| &s.backends) {
         state
             .backends
             .insert(b.id as BackendId, SocketAddr::new(b.addr, b.port));
@@ -659,7 +738,10 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         ports,
         resolved: vec![HashMap::new(); l2.len()],
         l2,
-        specs: Vec::new(),
+        specs: BTreeMap::new(),
+        vips: AddressCounts::default(),
+        wanted: AddressCounts::default(),
+        unresolved: HashMap::new(),
         compiler: SnapshotCompiler::new(),
     };
     if let Some(specs) = specs {
@@ -686,12 +768,57 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
 impl Control {
     /// Takes a new set of service ports as the configuration.
     fn adopt(&mut self, specs: Vec<ServicePortSpec>) {
-        self.specs = specs;
-        record_backends(&self.shared, &self.specs);
+        self.vips = AddressCounts::default();
+        self.wanted = AddressCounts::default();
+        for spec in &specs {
+            self.count(spec, true);
+        }
+        record_backends(&self.shared, &specs);
+        self.specs = specs.into_iter().map(|s| (s.id, s)).collect();
         self.update_l2();
+        self.loaded();
+    }
+
+    fn loaded(&self) {
         let mut state = self.shared.lock();
         state.reload.loads_ok += 1;
         state.reload.last_error = None;
+    }
+
+    /// Takes a change to the service ports and publishes it; the neighbour
+    /// threads hear of addresses that came or went after the workers have
+    /// the snapshot.
+    fn adopt_changes(&mut self, changed: Vec<ServicePortSpec>, removed: &[ServicePortId]) {
+        let mut l2_changed = false;
+        for id in removed {
+            if let Some(old) = self.specs.remove(id) {
+                l2_changed |= self.count(&old, false);
+            }
+        }
+        record_backends(&self.shared, &changed);
+        let ids: Vec<ServicePortId> = changed.iter().map(|s| s.id).collect();
+        for spec in changed {
+            l2_changed |= self.count(&spec, true);
+            if let Some(old) = self.specs.insert(spec.id, spec) {
+                l2_changed |= self.count(&old, false);
+            }
+        }
+        self.loaded();
+        // The first snapshot, or after a failed change: everything again.
+        let published = if self.compiler.generation() == 0 {
+            self.publish()
+        } else {
+            self.publish_changes(&ids, removed).or_else(|e| {
+                warn!("change not applied ({e}); compiling every service port");
+                self.publish()
+            })
+        };
+        if let Err(e) = published {
+            error!("snapshot not published: {e}");
+        }
+        if l2_changed {
+            self.update_l2();
+        }
     }
 
     /// Publishes the first snapshot, after giving backends a moment to
@@ -703,34 +830,37 @@ impl Control {
                 self.take_report(r);
             }
         }
-        self.publish()
+        // Every table at once: on the cores no worker spins on, if any.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        self.publish_on(cores.saturating_sub(self.publish.len()).max(1))
     }
 
     /// Serves what the Kubernetes API says: invalid objects are logged and
     /// left out, the rest is published (a watcher cannot refuse the
     /// cluster's state as a whole, unlike a manifest reload).
     fn kube_update(&mut self, update: KubeUpdate, reports: &Receiver<L2Report>) {
-        let first = matches!(update, KubeUpdate::Synced(_));
-        let Translation { specs, errors, .. } = update.into_translation();
+        let errors = match &update {
+            KubeUpdate::Synced(t) => t.errors.clone(),
+            KubeUpdate::Changed(d) => d.errors.clone(),
+        };
         for e in &errors {
             warn!("refused: {e}");
         }
-        {
-            let mut state = self.shared.lock();
-            state.reload.last_error = errors.first().map(ToString::to_string);
-            if !errors.is_empty() {
-                state.reload.loads_failed += 1;
+        match update {
+            KubeUpdate::Synced(t) => {
+                self.adopt(t.specs);
+                info!("Kubernetes API: initial lists complete");
+                if let Err(e) = self.first_publish(reports) {
+                    error!("snapshot not published: {e}");
+                }
             }
+            KubeUpdate::Changed(d) => self.adopt_changes(d.specs, &d.removed),
         }
-        self.adopt(specs);
-        let published = if first {
-            info!("Kubernetes API: initial lists complete");
-            self.first_publish(reports)
-        } else {
-            self.publish()
-        };
-        if let Err(e) = published {
-            error!("snapshot not published: {e}");
+        // After adopting, which counts a load as good.
+        let mut state = self.shared.lock();
+        state.reload.last_error = errors.first().map(ToString::to_string);
+        if !errors.is_empty() {
+            state.reload.loads_failed += 1;
         }
     }
 }

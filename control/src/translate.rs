@@ -67,9 +67,10 @@ use crate::ids::IdAllocator;
 use crate::manifest::{Manifests, Sourced};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use limpet_dataplane::affinity::ServicePortId;
 use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, SourceRanges};
 use limpet_dataplane::wire::MacAddr;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -1044,6 +1045,305 @@ pub fn assemble<'a>(
     out
 }
 
+/// What changed between two states of an [`Assembly`]: the service ports
+/// added or changed (whole, as [`assemble`] would give them), those gone,
+/// and the errors and skip reasons of the whole new state (few, so carried
+/// whole).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TranslationDelta {
+    /// Added or changed service ports.
+    pub specs: Vec<ServicePortSpec>,
+    /// `info[i]` describes `specs[i]`.
+    pub info: Vec<SpecInfo>,
+    /// Service ports no longer served.
+    pub removed: Vec<ServicePortId>,
+    pub errors: Vec<ObjectError>,
+    pub skipped: Vec<(String, String)>,
+}
+
+impl TranslationDelta {
+    /// Whether no service port changed.
+    pub fn no_spec_changed(&self) -> bool {
+        self.specs.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl Translation {
+    /// Brings a full translation up to date with a delta: changed specs
+    /// are replaced where they were, new ones appended, removed ones
+    /// dropped; errors and skip reasons replaced.
+    pub fn apply(&mut self, delta: TranslationDelta) {
+        let gone: HashSet<ServicePortId> = delta.removed.iter().copied().collect();
+        let mut at: HashMap<ServicePortId, usize> = HashMap::with_capacity(self.specs.len());
+        let mut keep = 0;
+        for i in 0..self.specs.len() {
+            if gone.contains(&self.specs[i].id) {
+                continue;
+            }
+            self.specs.swap(keep, i);
+            self.info.swap(keep, i);
+            at.insert(self.specs[keep].id, keep);
+            keep += 1;
+        }
+        self.specs.truncate(keep);
+        self.info.truncate(keep);
+        for (spec, info) in delta.specs.into_iter().zip(delta.info) {
+            if let Some(&i) = at.get(&spec.id) {
+                self.specs[i] = spec;
+                self.info[i] = info;
+            } else {
+                at.insert(spec.id, self.specs.len());
+                self.specs.push(spec);
+                self.info.push(info);
+            }
+        }
+        self.errors = delta.errors;
+        self.skipped = delta.skipped;
+    }
+}
+
+/// (namespace, name) of a service.
+pub type ServiceKey = (String, String);
+
+/// A spec of an [`Assembly`]: its service and its index in that service's
+/// translation. Claims on a frontend are ordered by it, as [`assemble`]
+/// orders them.
+type SpecKey = (ServiceKey, usize);
+
+/// (address, port, protocol) of a frontend.
+type FrontendKey = (IpAddr, u16, u8);
+
+/// Services translated one by one ([`translate_service`]) and put together
+/// as [`assemble`] does, kept up to date as services change: a change
+/// touches only the changed services' specs and those of the services
+/// sharing one of their frontends (first claim in (namespace, name) order
+/// wins, the others are reported), and says which specs it changed.
+#[derive(Debug, Default)]
+pub struct Assembly {
+    parts: BTreeMap<ServiceKey, ServiceTranslation>,
+    /// Who lists each frontend; the first holds it.
+    claims: HashMap<FrontendKey, Vec<SpecKey>>,
+    /// Frontends a spec lost to an earlier one, as reported.
+    conflicts: BTreeMap<SpecKey, Vec<ObjectError>>,
+}
+
+impl Assembly {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The translation of one service.
+    pub fn part(&self, key: &ServiceKey) -> Option<&ServiceTranslation> {
+        self.parts.get(key)
+    }
+
+    /// Every service's translation, in (namespace, name) order.
+    pub fn parts(&self) -> impl Iterator<Item = (&ServiceKey, &ServiceTranslation)> {
+        self.parts.iter()
+    }
+
+    /// Sets services' translations (`None`: the service is gone) and
+    /// returns the specs that changed (errors and skip reasons are left
+    /// empty: see [`finish`](Self::finish)), or `None` if no translation
+    /// differs from the one it replaces.
+    pub fn update(
+        &mut self,
+        parts: impl IntoIterator<Item = (ServiceKey, Option<ServiceTranslation>)>,
+    ) -> Option<TranslationDelta> {
+        if self.parts.is_empty() {
+            return self.first(parts);
+        }
+        let mut changed: Vec<(ServiceKey, Option<ServiceTranslation>)> = Vec::new();
+        for (key, part) in parts {
+            let old = match part {
+                Some(p) => {
+                    if self.parts.get(&key) == Some(&p) {
+                        continue;
+                    }
+                    self.parts.insert(key.clone(), p)
+                }
+                None => match self.parts.remove(&key) {
+                    Some(old) => Some(old),
+                    None => continue,
+                },
+            };
+            changed.push((key, old));
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        let mut touched: HashSet<FrontendKey> = HashSet::new();
+        let mut specs: BTreeSet<SpecKey> = BTreeSet::new();
+        let mut old_ids: Vec<ServicePortId> = Vec::new();
+        for (key, old) in &changed {
+            for (i, p) in old.iter().flat_map(|o| o.pending.iter().enumerate()) {
+                old_ids.push(p.spec.id);
+                let me = (key.clone(), i);
+                self.conflicts.remove(&me);
+                for fe in &p.frontends {
+                    let fk = (fe.addr, fe.port, p.spec.protocol);
+                    if let Some(list) = self.claims.get_mut(&fk) {
+                        list.retain(|c| *c != me);
+                        if list.is_empty() {
+                            self.claims.remove(&fk);
+                        }
+                    }
+                    touched.insert(fk);
+                }
+            }
+            for (i, p) in self
+                .parts
+                .get(key)
+                .iter()
+                .flat_map(|n| n.pending.iter().enumerate())
+            {
+                let me = (key.clone(), i);
+                for fe in &p.frontends {
+                    let fk = (fe.addr, fe.port, p.spec.protocol);
+                    let list = self.claims.entry(fk).or_default();
+                    if let Err(at) = list.binary_search(&me) {
+                        list.insert(at, me.clone());
+                    }
+                    touched.insert(fk);
+                }
+                specs.insert(me);
+            }
+        }
+        for fk in &touched {
+            if let Some(list) = self.claims.get(fk) {
+                specs.extend(list.iter().cloned());
+            }
+        }
+        let mut delta = TranslationDelta::default();
+        let mut new_ids: HashSet<ServicePortId> = HashSet::new();
+        for me in specs {
+            let (spec, info, errors) = self.resolve(&me);
+            new_ids.insert(spec.id);
+            if errors.is_empty() {
+                self.conflicts.remove(&me);
+            } else {
+                self.conflicts.insert(me, errors);
+            }
+            delta.specs.push(spec);
+            delta.info.push(info);
+        }
+        delta.removed = old_ids
+            .into_iter()
+            .filter(|id| !new_ids.contains(id))
+            .collect();
+        delta.removed.sort_unstable();
+        delta.removed.dedup();
+        Some(delta)
+    }
+
+    /// [`update`](Self::update) of an empty assembly (the first state):
+    /// every spec is new, and claims arrive in order.
+    fn first(
+        &mut self,
+        parts: impl IntoIterator<Item = (ServiceKey, Option<ServiceTranslation>)>,
+    ) -> Option<TranslationDelta> {
+        self.parts = parts
+            .into_iter()
+            .filter_map(|(k, p)| Some((k, p?)))
+            .collect();
+        if self.parts.is_empty() {
+            return None;
+        }
+        let mut count = 0;
+        for (key, part) in &self.parts {
+            for (i, p) in part.pending.iter().enumerate() {
+                count += 1;
+                for fe in &p.frontends {
+                    let list = self
+                        .claims
+                        .entry((fe.addr, fe.port, p.spec.protocol))
+                        .or_default();
+                    let me = (key.clone(), i);
+                    if list.last() != Some(&me) {
+                        list.push(me);
+                    }
+                }
+            }
+        }
+        let mut delta = TranslationDelta {
+            specs: Vec::with_capacity(count),
+            info: Vec::with_capacity(count),
+            ..TranslationDelta::default()
+        };
+        for (key, part) in &self.parts {
+            for i in 0..part.pending.len() {
+                let me = (key.clone(), i);
+                let (spec, info, errors) = self.resolve(&me);
+                if !errors.is_empty() {
+                    self.conflicts.insert(me, errors);
+                }
+                delta.specs.push(spec);
+                delta.info.push(info);
+            }
+        }
+        Some(delta)
+    }
+
+    /// One spec as [`assemble`] gives it: with the frontends it holds, and
+    /// the reports of those another spec holds.
+    fn resolve(&self, me: &SpecKey) -> (ServicePortSpec, SpecInfo, Vec<ObjectError>) {
+        let p = &self.parts[&me.0].pending[me.1];
+        let mut spec = ServicePortSpec {
+            frontends: Vec::with_capacity(p.frontends.len()),
+            ..p.spec.clone()
+        };
+        let mut errors = Vec::new();
+        for fe in &p.frontends {
+            let fk = (fe.addr, fe.port, spec.protocol);
+            let Some(first) = self.claims.get(&fk).and_then(|l| l.first()) else {
+                continue;
+            };
+            if first == me {
+                if !spec.frontends.contains(&(fe.addr, fe.port)) {
+                    spec.frontends.push((fe.addr, fe.port));
+                }
+                continue;
+            }
+            let owner = &self.parts[&first.0].pending[first.1].spec.name;
+            errors.push(ObjectError {
+                file: p.info.file.clone(),
+                kind: "services".to_owned(),
+                namespace: p.info.namespace.clone(),
+                name: p.info.service.clone(),
+                field: fe.field.clone(),
+                message: duplicate(format!(
+                    "{}: already served by {owner}",
+                    quoted(&socket(fe.addr, fe.port))
+                )),
+            });
+        }
+        (spec, p.info.clone(), errors)
+    }
+
+    /// Fills in the errors and skip reasons of the whole state (slices'
+    /// reports first, then services', then frontend conflicts: the order
+    /// [`assemble`] gives).
+    pub fn finish<'a>(
+        &self,
+        delta: &mut TranslationDelta,
+        slices: impl IntoIterator<Item = &'a SliceReport>,
+    ) {
+        delta.errors.clear();
+        delta.skipped.clear();
+        for r in slices {
+            delta.errors.extend(r.errors.iter().cloned());
+            delta.skipped.extend(r.skipped.iter().cloned());
+        }
+        for s in self.parts.values() {
+            delta.errors.extend(s.errors.iter().cloned());
+            delta.skipped.extend(s.skipped.iter().cloned());
+        }
+        for e in self.conflicts.values() {
+            delta.errors.extend(e.iter().cloned());
+        }
+    }
+}
+
 /// [`assemble`] of owned parts, moving their specs.
 fn assemble_owned(slices: Vec<SliceReport>, services: Vec<ServiceTranslation>) -> Translation {
     let mut out = Translation::default();
@@ -1478,5 +1778,78 @@ mod tests {
             })
             .collect();
         assert_eq!(assemble(&reports, &parts), whole);
+    }
+}
+
+#[cfg(test)]
+mod assembly_tests {
+    use super::*;
+
+    fn service(name: &str, ip: &str, port: i32) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "default", "name": name},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": port, "protocol": "TCP"}]},
+        }))
+        .unwrap()
+    }
+
+    /// The assembly's full state, as `assemble` would give it.
+    fn full(a: &Assembly) -> Translation {
+        let parts: Vec<&ServiceTranslation> = a.parts().map(|(_, p)| p).collect();
+        assemble(std::iter::empty(), parts)
+    }
+
+    /// Applies a delta to `state` and checks it against `assemble`.
+    fn step(
+        a: &mut Assembly,
+        state: &mut Translation,
+        changes: Vec<(ServiceKey, Option<ServiceTranslation>)>,
+    ) -> TranslationDelta {
+        let mut delta = a.update(changes).expect("a change");
+        a.finish(&mut delta, std::iter::empty());
+        state.apply(delta.clone());
+        let want = full(a);
+        let by_id = |t: &Translation| {
+            t.specs
+                .iter()
+                .map(|s| (s.id, s.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(by_id(state), by_id(&want));
+        assert_eq!(state.errors, want.errors);
+        delta
+    }
+
+    #[test]
+    fn frontend_conflicts_move_with_changes() {
+        let ctx = TranslateContext::default();
+        let mut ids = IdAllocator::new();
+        let mut a = Assembly::new();
+        let mut state = Translation::default();
+        let key = |n: &str| ("default".to_owned(), n.to_owned());
+        let part = |n: &str, ip: &str, port: i32, ids: &mut IdAllocator| {
+            Some(translate_service(&service(n, ip, port), &[], &ctx, ids))
+        };
+        let b = part("b", "198.51.100.1", 80, &mut ids);
+        let c = part("c", "198.51.100.2", 80, &mut ids);
+        step(&mut a, &mut state, vec![(key("b"), b), (key("c"), c)]);
+        assert!(state.errors.is_empty());
+        // `a` sorts first and takes b's frontend: b loses it, reported.
+        let first = part("a", "198.51.100.1", 80, &mut ids);
+        let d = step(&mut a, &mut state, vec![(key("a"), first)]);
+        assert_eq!(d.specs.len(), 2, "a, and b that lost its frontend");
+        assert_eq!(state.errors.len(), 1);
+        assert!(state.errors[0].message.contains("default/a:80/TCP"));
+        // Nothing changed: no delta.
+        assert!(
+            a.update(vec![(key("c"), part("c", "198.51.100.2", 80, &mut ids))])
+                .is_none()
+        );
+        // `a` gone: b has its frontend back.
+        let d = step(&mut a, &mut state, vec![(key("a"), None)]);
+        assert_eq!(d.removed.len(), 1);
+        assert!(state.errors.is_empty());
+        assert_eq!(state.specs.len(), 2);
     }
 }

@@ -169,6 +169,8 @@ fn the_daemonset_runs_limpet_on_the_host_network_unprivileged() {
         assert!(line.contains(part), "{part:?} not in {line:?}");
     }
     assert!(!line.contains("--config") && !line.contains("--kubeconfig"));
+    // Node ports on the Node object's addresses, not one fixed address.
+    assert!(!line.contains("--node-address"), "{line}");
     let env = c.env.as_deref().unwrap_or_default();
     let field = |name: &str| {
         env.iter()

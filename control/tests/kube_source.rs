@@ -4,29 +4,73 @@
 
 mod fake_apiserver;
 
-use fake_apiserver::{FakeApiServer, Resource, service, slice};
+use fake_apiserver::{FakeApiServer, Resource, node, service, slice};
 use limpet_control::kube_source::{
     BackoffOptions, KubeOptions, KubeSource, KubeUpdate, LABEL_SELECTOR,
 };
 use limpet_control::translate::{TranslateContext, Translation};
 use limpet_dataplane::snapshot::Affinity;
 use serde_json::json;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A source and the state its updates add up to.
 struct Running {
     source: KubeSource,
+    state: RefCell<Translation>,
     _dir: tempfile::TempDir,
 }
 
+impl std::ops::Deref for Running {
+    type Target = KubeSource;
+
+    fn deref(&self) -> &KubeSource {
+        &self.source
+    }
+}
+
+/// An update and the state after it.
+#[derive(Debug, Clone)]
+struct Step {
+    update: KubeUpdate,
+    state: Translation,
+}
+
+impl Step {
+    fn translation(&self) -> &Translation {
+        &self.state
+    }
+}
+
+impl Running {
+    /// The next update, applied to the state.
+    fn recv(&self, timeout: Duration) -> Option<Step> {
+        let update = self.source.updates.recv_timeout(timeout).ok()?;
+        let mut state = self.state.borrow_mut();
+        match &update {
+            KubeUpdate::Synced(t) => *state = t.clone(),
+            KubeUpdate::Changed(d) => state.apply(d.clone()),
+        }
+        Some(Step {
+            update,
+            state: state.clone(),
+        })
+    }
+}
+
 fn spawn(server: &FakeApiServer) -> Running {
+    spawn_with(server, TranslateContext::default())
+}
+
+fn spawn_with(server: &FakeApiServer, ctx: TranslateContext) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = server.write_kubeconfig(dir.path());
     let opts = KubeOptions {
         kubeconfig: Some(kubeconfig),
-        ctx: TranslateContext::default(),
+        ctx,
         backoff: BackoffOptions {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(250),
@@ -34,10 +78,11 @@ fn spawn(server: &FakeApiServer) -> Running {
             jitter: false,
             reset_after: Duration::from_secs(1),
         },
-        debounce: Duration::from_millis(20),
+        node_refresh: Duration::from_millis(100),
     };
     Running {
         source: KubeSource::spawn(opts).expect("spawn the kube source"),
+        state: RefCell::new(Translation::default()),
         _dir: dir,
     }
 }
@@ -76,28 +121,21 @@ fn spec(
     (name.to_owned(), (affinity, vec![frontend.to_owned()], be))
 }
 
-/// Receives updates until one satisfies `pred`; returns it and every
-/// update seen (it included).
-fn wait_for(
-    src: &KubeSource,
-    what: &str,
-    pred: impl Fn(&KubeUpdate) -> bool,
-) -> (KubeUpdate, Vec<KubeUpdate>) {
+/// Receives updates until the state after one satisfies `pred`; returns
+/// it and every step seen (it included).
+fn wait_for(src: &Running, what: &str, pred: impl Fn(&Step) -> bool) -> (Step, Vec<Step>) {
     let deadline = Instant::now() + WAIT;
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match src.updates.recv_timeout(left) {
-            Ok(u) => {
+        match src.recv(left) {
+            Some(u) => {
                 seen.push(u.clone());
                 if pred(&u) {
                     return (u, seen);
                 }
             }
-            Err(
-                crossbeam_channel::RecvTimeoutError::Timeout
-                | crossbeam_channel::RecvTimeoutError::Disconnected,
-            ) => panic!(
+            None => panic!(
                 "timed out waiting for {what}; seen: {:#?}; last error: {:?}",
                 seen.iter()
                     .map(|u| summary(u.translation()))
@@ -108,7 +146,7 @@ fn wait_for(
     }
 }
 
-fn wait_state(src: &KubeSource, expected: &Summary) -> (KubeUpdate, Vec<KubeUpdate>) {
+fn wait_state(src: &Running, expected: &Summary) -> (Step, Vec<Step>) {
     wait_for(src, &format!("{expected:#?}"), |u| {
         summary(u.translation()) == *expected
     })
@@ -122,8 +160,8 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn assert_quiet(src: &KubeSource, d: Duration) {
-    if let Ok(u) = src.updates.recv_timeout(d) {
+fn assert_quiet(src: &Running, d: Duration) {
+    if let Some(u) = src.recv(d) {
         panic!("unexpected update: {:#?}", summary(u.translation()));
     }
 }
@@ -159,7 +197,7 @@ fn web_synced(server: &FakeApiServer) -> Running {
     apply_web(server);
     let run = spawn(server);
     wait_state(
-        &run.source,
+        &run,
         &[spec(
             "default/web:http/TCP",
             client_ip(600),
@@ -210,7 +248,7 @@ fn initial_sync_waits_for_both_lists_and_honours_the_selector() {
 
     server.hold_lists(Resource::EndpointSlices);
     let run = spawn(&server);
-    let src = &run.source;
+    let src = &run;
     // The service list completes (its watch starts); the slice list hangs.
     wait_until("services are watched and slices listed", || {
         server.watch_count(Resource::Services) >= 1
@@ -223,8 +261,8 @@ fn initial_sync_waits_for_both_lists_and_honours_the_selector() {
     server.release_lists(Resource::EndpointSlices);
     let (u, seen) = wait_for(src, "the first state", |_| true);
     assert_eq!(seen.len(), 1);
-    let KubeUpdate::Synced(t) = u else {
-        panic!("first update is not Synced: {u:?}");
+    let KubeUpdate::Synced(t) = u.update else {
+        panic!("first update is not Synced");
     };
     let expected: Summary = [spec(
         "default/web:http/TCP",
@@ -240,6 +278,9 @@ fn initial_sync_waits_for_both_lists_and_honours_the_selector() {
     assert!(src.synced());
 
     // Every list and watch carried kube-proxy's selector.
+    wait_until("the slice watch is open", || {
+        server.watch_count(Resource::EndpointSlices) >= 1
+    });
     let requests = server.requests();
     let api: Vec<&String> = requests
         .iter()
@@ -261,7 +302,7 @@ fn adds_updates_and_deletes_reach_the_output() {
     let server = FakeApiServer::start();
     apply_web(&server);
     let run = spawn(&server);
-    let src = &run.source;
+    let src = &run;
     let (first, _) = wait_state(
         src,
         &[spec(
@@ -272,7 +313,7 @@ fn adds_updates_and_deletes_reach_the_output() {
         )]
         .into(),
     );
-    assert!(matches!(first, KubeUpdate::Synced(_)));
+    assert!(matches!(first.update, KubeUpdate::Synced(_)));
     let web_id = first.translation().specs[0].id;
     let b1_id = first.translation().specs[0].backends[0].id;
 
@@ -294,7 +335,7 @@ fn adds_updates_and_deletes_reach_the_output() {
         )]
         .into(),
     );
-    assert!(matches!(u, KubeUpdate::Changed(_)));
+    assert!(matches!(u.update, KubeUpdate::Changed(_)));
 
     // A second slice.
     server.apply(slice(
@@ -441,7 +482,7 @@ fn adds_updates_and_deletes_reach_the_output() {
 }
 
 #[test]
-fn bursts_of_events_are_coalesced() {
+fn a_change_is_sent_at_once_and_bursts_are_coalesced_while_one_is_pending() {
     let server = FakeApiServer::start();
     server.apply(service(
         "default",
@@ -451,15 +492,46 @@ fn bursts_of_events_are_coalesced() {
         Some(600),
     ));
     let run = spawn(&server);
-    let src = &run.source;
+    let src = &run;
     wait_state(
         src,
         &[spec("default/web:http/TCP", client_ip(600), WEB_FE, &[])].into(),
     );
+    wait_until("the slice watch is open", || {
+        server.watch_count(Resource::EndpointSlices) >= 1
+    });
 
-    // 200 writes as fast as the server takes them, cycling through 1 to 20
-    // endpoints; the last has 25, a state no earlier write had, so
-    // reaching it means the burst is over.
+    // Leading edge: one change is sent without waiting for more.
+    server.apply(slice(
+        "default",
+        "web-1",
+        "web",
+        ("http", 8080),
+        &["203.0.113.1"],
+    ));
+    wait_until("the change is sent", || !src.updates.is_empty());
+    let (_, seen) = wait_state(
+        src,
+        &[spec(
+            "default/web:http/TCP",
+            client_ip(600),
+            WEB_FE,
+            &["203.0.113.1:8080"],
+        )]
+        .into(),
+    );
+    assert_eq!(seen.len(), 1);
+    let KubeUpdate::Changed(delta) = &seen[0].update else {
+        panic!("not a change");
+    };
+    // Only what changed.
+    assert_eq!(delta.specs.len(), 1);
+    assert!(delta.removed.is_empty());
+
+    // 200 writes as fast as the server takes them while this consumer is
+    // busy (not reading), cycling through 1 to 20 endpoints; the last has
+    // 25, a state no earlier write had. At most one update waits for the
+    // consumer; everything after it is gathered into the next.
     let mut last = Vec::new();
     for i in 0..200u32 {
         let n = if i == 199 { 25 } else { i % 20 + 1 };
@@ -469,6 +541,12 @@ fn bursts_of_events_are_coalesced() {
         let addrs: Vec<&str> = last.iter().map(String::as_str).collect();
         server.apply(slice("default", "web-1", "web", ("http", 8080), &addrs));
     }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        src.updates.len() <= 1,
+        "{} updates queued",
+        src.updates.len()
+    );
     let backends: Vec<String> = last.iter().map(|a| format!("{a}:8080")).collect();
     let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
     let (_, seen) = wait_state(
@@ -481,7 +559,7 @@ fn bursts_of_events_are_coalesced() {
         )]
         .into(),
     );
-    assert!(seen.len() <= 20, "200 events gave {} updates", seen.len());
+    assert!(seen.len() <= 2, "200 events gave {} updates", seen.len());
     assert_quiet(src, Duration::from_millis(200));
 }
 
@@ -518,7 +596,7 @@ fn gone_410_relists_without_losing_state() {
         &["203.0.113.30"],
     ));
     let run = spawn(&server);
-    let src = &run.source;
+    let src = &run;
     let before: Summary = [
         spec(
             "default/old:http/TCP",
@@ -586,7 +664,7 @@ fn gone_410_relists_without_losing_state() {
     ]
     .into();
     let (u, seen) = wait_state(src, &after);
-    assert!(matches!(u, KubeUpdate::Changed(_)));
+    assert!(matches!(u.update, KubeUpdate::Changed(_)));
     // Nothing lost on the way: the stores are replaced only once a relist
     // completes. (Services and slices relist independently, so a state
     // with one relisted and not the other is legitimate.)
@@ -648,7 +726,7 @@ fn gone_410_relists_without_losing_state() {
 fn apiserver_outage_keeps_state_and_recovers() {
     let mut server = FakeApiServer::start();
     let run = web_synced(&server);
-    let src = &run.source;
+    let src = &run;
     assert!(src.connected());
     let lists = (
         server.list_count(Resource::Services),
@@ -682,7 +760,7 @@ fn apiserver_outage_keeps_state_and_recovers() {
         .into(),
     );
     assert_eq!(seen.len(), 1);
-    assert!(matches!(u, KubeUpdate::Changed(_)));
+    assert!(matches!(u.update, KubeUpdate::Changed(_)));
     assert!(src.connected());
     // The watches resumed from their resource versions: no relist.
     assert_eq!(server.list_count(Resource::Services), lists.0);
@@ -708,7 +786,7 @@ fn starts_while_the_apiserver_is_down() {
     ));
     server.down();
     let run = spawn(&server);
-    let src = &run.source;
+    let src = &run;
     wait_until("an error is reported", || src.last_error().is_some());
     assert!(!src.connected());
     assert_quiet(src, Duration::from_millis(500));
@@ -725,7 +803,7 @@ fn starts_while_the_apiserver_is_down() {
         )]
         .into(),
     );
-    assert!(matches!(u, KubeUpdate::Synced(_)));
+    assert!(matches!(u.update, KubeUpdate::Synced(_)));
     assert!(src.connected());
     assert!(src.synced());
 }
@@ -749,7 +827,7 @@ fn an_invalid_object_is_reported_and_the_rest_served() {
     ));
     apply_web(&server);
     let run = spawn(&server);
-    let src = &run.source;
+    let src = &run;
     let web = spec(
         "default/web:http/TCP",
         client_ip(600),
@@ -757,7 +835,7 @@ fn an_invalid_object_is_reported_and_the_rest_served() {
         &["203.0.113.1:8080"],
     );
     let (u, _) = wait_state(src, &[web.clone()].into());
-    assert!(matches!(u, KubeUpdate::Synced(_)));
+    assert!(matches!(u.update, KubeUpdate::Synced(_)));
     let errors = &u.translation().errors;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].kind, "services");
@@ -821,7 +899,7 @@ fn an_invalid_object_is_reported_and_the_rest_served() {
 fn dropped_watches_resume_from_bookmarks_without_relisting() {
     let server = FakeApiServer::start();
     let run = web_synced(&server);
-    let src = &run.source;
+    let src = &run;
     let lists = (
         server.list_count(Resource::Services),
         server.list_count(Resource::EndpointSlices),
@@ -907,9 +985,9 @@ fn large_lists_are_paged() {
         &["203.0.113.1"],
     ));
     let run = spawn(&server);
-    let (u, _) = wait_for(&run.source, "the first state", |_| true);
-    let KubeUpdate::Synced(t) = u else {
-        panic!("not Synced: {u:?}");
+    let (u, _) = wait_for(&run, "the first state", |_| true);
+    let KubeUpdate::Synced(t) = u.update else {
+        panic!("not Synced");
     };
     assert_eq!(t.specs.len(), 520);
     let last = t
@@ -924,6 +1002,134 @@ fn large_lists_are_paged() {
             .iter()
             .any(|r| r.starts_with("GET /api/v1/services?") && r.contains("continue=")),
         "no second page requested"
+    );
+}
+
+/// Frontends of each spec, sorted, by spec name.
+fn frontends(t: &Translation) -> BTreeMap<String, Vec<String>> {
+    t.specs
+        .iter()
+        .map(|s| {
+            let mut fe: Vec<String> = s
+                .frontends
+                .iter()
+                .map(|(a, p)| format!("{a}:{p}"))
+                .collect();
+            fe.sort();
+            (s.name.clone(), fe)
+        })
+        .collect()
+}
+
+#[test]
+fn node_identity_comes_from_the_node_object() {
+    let server = FakeApiServer::start();
+    let mut svc = service("default", "web", "198.51.100.10", &[("http", 80)], None);
+    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+    server.apply(svc);
+    server.apply(slice(
+        "default",
+        "web-1",
+        "web",
+        ("http", 8080),
+        &["203.0.113.1"],
+    ));
+    server.apply(node(
+        "edge-1",
+        &[
+            ("InternalIP", "192.0.2.7"),
+            ("ExternalIP", "203.0.113.7"),
+            ("Hostname", "edge-1"),
+        ],
+        Some("zone-a"),
+    ));
+    // Topology-aware: endpoints hinted for zone-a and zone-b.
+    let mut near = service("default", "near", "198.51.100.20", &[("http", 80)], None);
+    near["spec"]["trafficDistribution"] = json!("PreferClose");
+    server.apply(near);
+    let mut near_slice = slice(
+        "default",
+        "near-1",
+        "near",
+        ("http", 8080),
+        &["203.0.113.21", "203.0.113.22"],
+    );
+    near_slice["endpoints"][0]["hints"] = json!({"forZones": [{"name": "zone-a"}]});
+    near_slice["endpoints"][1]["hints"] = json!({"forZones": [{"name": "zone-b"}]});
+    server.apply(near_slice);
+    let ctx = TranslateContext {
+        node_name: Some("edge-1".into()),
+        ..TranslateContext::default()
+    };
+    let run = spawn_with(&server, ctx);
+    let want = |node_ips: &[&str]| -> BTreeMap<String, Vec<String>> {
+        let mut fe: Vec<String> = node_ips.iter().map(|a| format!("{a}:30080")).collect();
+        fe.push(WEB_FE.to_owned());
+        fe.sort();
+        [
+            (
+                "default/near:http/TCP".to_owned(),
+                vec!["198.51.100.20:80".to_owned()],
+            ),
+            ("default/web:http/TCP".to_owned(), fe),
+        ]
+        .into()
+    };
+    // The first state already has the node's addresses (read before it).
+    let (u, seen) = wait_for(&run, "the first state", |_| true);
+    assert!(matches!(u.update, KubeUpdate::Synced(_)));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        frontends(u.translation()),
+        want(&["192.0.2.7", "203.0.113.7"])
+    );
+    // The zone label picks the endpoint hinted for zone-a.
+    assert_eq!(
+        summary(u.translation())["default/near:http/TCP"].2,
+        ["203.0.113.21:8080"]
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/nodes/edge-1")),
+        "{:?}",
+        server.requests()
+    );
+
+    // The node's address changes: node ports follow.
+    server.apply(node(
+        "edge-1",
+        &[("InternalIP", "192.0.2.8")],
+        Some("zone-a"),
+    ));
+    wait_for(&run, "the new node address", |u| {
+        frontends(u.translation()) == want(&["192.0.2.8"])
+    });
+
+    // --node-address overrides the node's addresses.
+    let ctx = TranslateContext {
+        node_name: Some("edge-1".into()),
+        node_addresses: vec!["192.0.2.99".parse().unwrap()],
+        ..TranslateContext::default()
+    };
+    let run = spawn_with(&server, ctx);
+    let (u, _) = wait_for(&run, "the first state", |_| true);
+    assert_eq!(frontends(u.translation()), want(&["192.0.2.99"]));
+
+    // A node that does not exist: no node ports, the rest is served.
+    let ctx = TranslateContext {
+        node_name: Some("nowhere".into()),
+        ..TranslateContext::default()
+    };
+    let run = spawn_with(&server, ctx);
+    let (u, _) = wait_for(&run, "the first state", |_| true);
+    assert_eq!(frontends(u.translation())["default/web:http/TCP"], [WEB_FE]);
+    assert_eq!(
+        summary(u.translation())["default/near:http/TCP"].2,
+        ["203.0.113.21:8080", "203.0.113.22:8080"],
+        "no zone: every endpoint"
     );
 }
 

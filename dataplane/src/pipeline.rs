@@ -326,7 +326,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         if newest.shortens_affinity_of(&self.snapshot) {
             self.refile = Some((false, 0));
         }
-        if newest.frontend_addrs() != self.snapshot.frontend_addrs() {
+        if !newest.same_frontend_addrs(&self.snapshot) {
             self.io.serve_frontends(newest.frontend_addrs());
         }
         self.stats.snapshot_swaps += 1;

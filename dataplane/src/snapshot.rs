@@ -291,63 +291,247 @@ pub struct Snapshot {
     ports: Vec<Arc<ServicePort>>,
     frontends: FrontendMap,
     by_id: HashMap<ServicePortId, u32>,
-    /// Every frontend address, sorted and deduplicated.
-    frontend_addrs: Vec<IpAddr>,
+    /// Every frontend address, sorted and deduplicated; shared with the
+    /// previous snapshot while unchanged.
+    frontend_addrs: Arc<[IpAddr]>,
+    lineage: Lineage,
+}
+
+/// Where a snapshot comes from. Snapshots derived one from another
+/// ([`Snapshot::with_changes`]) share a lineage, and each knows the last
+/// generation of it that cut an affinity timeout, so a worker tells whether
+/// a newer snapshot shortens affinity without comparing every port.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lineage {
+    /// 0: unknown (an empty default snapshot).
+    id: u64,
+    last_cut: u64,
+}
+
+impl Lineage {
+    fn fresh() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            last_cut: 0,
+        }
+    }
+}
+
+/// Whether entries under `old`'s affinity expire sooner under `new`'s.
+fn cuts_affinity(old: Affinity, new: Option<Affinity>) -> bool {
+    let Affinity::ClientIp { timeout: was, .. } = old else {
+        return false;
+    };
+    match new {
+        Some(Affinity::ClientIp { timeout, .. }) => timeout < was,
+        _ => true,
+    }
+}
+
+/// A port's frontends as lookup keys.
+fn frontend_keys(spec: &ServicePortSpec) -> impl Iterator<Item = Frontend> + '_ {
+    spec.frontends.iter().map(|&(addr, port)| Frontend {
+        addr,
+        port,
+        protocol: spec.protocol,
+    })
+}
+
+/// Refuses a port whose backends are of another family than a frontend.
+fn check_families(spec: &ServicePortSpec) -> Result<(), SnapshotError> {
+    for &(addr, _) in &spec.frontends {
+        if let Some(b) = spec
+            .backends
+            .iter()
+            .find(|b| b.addr.is_ipv4() != addr.is_ipv4())
+        {
+            return Err(SnapshotError::FamilyMismatch {
+                name: spec.name.clone(),
+                addr: b.addr,
+                port: b.port,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Files `ports[i]`'s frontends, refusing one another port holds.
+fn claim_frontends(
+    frontends: &mut FrontendMap,
+    ports: &[Arc<ServicePort>],
+    i: usize,
+) -> Result<(), SnapshotError> {
+    let spec = &ports[i].spec;
+    for key in frontend_keys(spec) {
+        if let Some(&other) = frontends.get(&key) {
+            return Err(SnapshotError::FrontendConflict {
+                addr: key.addr,
+                port: key.port,
+                protocol: key.protocol,
+                first: ports[(other & !RESTRICTED) as usize].spec.name.clone(),
+                second: spec.name.clone(),
+            });
+        }
+        frontends.insert(key, index_of(spec, key.addr, i));
+    }
+    Ok(())
+}
+
+/// The value `frontends` holds for port `i` at `addr`.
+fn index_of(spec: &ServicePortSpec, addr: IpAddr, i: usize) -> u32 {
+    let restricted = spec
+        .source_ranges
+        .as_ref()
+        .is_some_and(|r| r.frontends.contains(&addr));
+    i as u32 | if restricted { RESTRICTED } else { 0 }
+}
+
+/// Every frontend address, sorted and deduplicated.
+fn addrs_of(frontends: &FrontendMap) -> Arc<[IpAddr]> {
+    let mut addrs: Vec<IpAddr> = frontends.keys().map(|f| f.addr).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs.into()
 }
 
 impl Snapshot {
     /// Assembles a snapshot from compiled service ports.
     pub fn new(generation: u64, ports: Vec<Arc<ServicePort>>) -> Result<Self, SnapshotError> {
-        let mut frontends = FrontendMap::default();
+        let count: usize = ports.iter().map(|p| p.spec.frontends.len()).sum();
+        let mut frontends =
+            FrontendMap::with_capacity_and_hasher(count, BuildHasherDefault::default());
         let mut by_id = HashMap::with_capacity(ports.len());
         for (i, port) in ports.iter().enumerate() {
             let spec = &port.spec;
             if by_id.insert(spec.id, i as u32).is_some() {
                 return Err(SnapshotError::DuplicateId(spec.id));
             }
-            for &(addr, p) in &spec.frontends {
-                if let Some(b) = spec
-                    .backends
-                    .iter()
-                    .find(|b| b.addr.is_ipv4() != addr.is_ipv4())
-                {
-                    return Err(SnapshotError::FamilyMismatch {
-                        name: spec.name.clone(),
-                        addr: b.addr,
-                        port: b.port,
-                    });
-                }
-                let key = Frontend {
-                    addr,
-                    port: p,
-                    protocol: spec.protocol,
-                };
-                if let Some(&other) = frontends.get(&key) {
-                    return Err(SnapshotError::FrontendConflict {
-                        addr,
-                        port: p,
-                        protocol: spec.protocol,
-                        first: ports[(other & !RESTRICTED) as usize].spec.name.clone(),
-                        second: spec.name.clone(),
-                    });
-                }
-                let restricted = spec
-                    .source_ranges
-                    .as_ref()
-                    .is_some_and(|r| r.frontends.contains(&addr));
-                frontends.insert(key, i as u32 | if restricted { RESTRICTED } else { 0 });
-            }
+            check_families(spec)?;
+            claim_frontends(&mut frontends, &ports, i)?;
         }
-        let mut frontend_addrs: Vec<IpAddr> = frontends.keys().map(|f| f.addr).collect();
-        frontend_addrs.sort_unstable();
-        frontend_addrs.dedup();
+        let frontend_addrs = addrs_of(&frontends);
         Ok(Self {
             generation,
             ports,
             frontends,
             by_id,
             frontend_addrs,
+            lineage: Lineage::fresh(),
         })
+    }
+
+    /// The next snapshot: this one with `changed` ports added or put in
+    /// place of those with their ids, and the `removed` ids gone. Every
+    /// other port is shared as it is; the lookup maps are copied and
+    /// patched rather than rebuilt (a copy of plain entries, not a
+    /// rehash). On error (a frontend conflict, mixed families, an id
+    /// twice in `changed`) nothing is built. `generation` must be greater
+    /// than this snapshot's.
+    pub fn with_changes(
+        &self,
+        generation: u64,
+        changed: Vec<Arc<ServicePort>>,
+        removed: &[ServicePortId],
+    ) -> Result<Self, SnapshotError> {
+        let mut ports = self.ports.clone();
+        let mut frontends = self.frontends.clone();
+        let mut by_id = self.by_id.clone();
+        let mut addrs_changed = false;
+        let mut cut = false;
+        let mut changed_ids = std::collections::HashSet::with_capacity(changed.len());
+        for port in &changed {
+            check_families(&port.spec)?;
+            if !changed_ids.insert(port.spec.id) {
+                return Err(SnapshotError::DuplicateId(port.spec.id));
+            }
+        }
+        // Every replaced or removed port's frontends go first, so a
+        // frontend moving between ports is no conflict.
+        let mut holes = Vec::new();
+        for &id in removed {
+            if changed_ids.contains(&id) {
+                continue;
+            }
+            if let Some(&i) = by_id.get(&id) {
+                let old = &ports[i as usize].spec;
+                addrs_changed |= !old.frontends.is_empty();
+                cut |= cuts_affinity(old.affinity, None);
+                for key in frontend_keys(old) {
+                    frontends.remove(&key);
+                }
+                holes.push(i as usize);
+            }
+        }
+        for port in &changed {
+            if let Some(&i) = by_id.get(&port.spec.id) {
+                let old = &ports[i as usize].spec;
+                cut |= cuts_affinity(old.affinity, Some(port.spec.affinity));
+                addrs_changed |= old.frontends.len() != port.spec.frontends.len()
+                    || old
+                        .frontends
+                        .iter()
+                        .zip(&port.spec.frontends)
+                        .any(|(a, b)| a.0 != b.0);
+                for key in frontend_keys(old) {
+                    frontends.remove(&key);
+                }
+            } else {
+                addrs_changed |= !port.spec.frontends.is_empty();
+            }
+        }
+        for port in changed {
+            let i = if let Some(&i) = by_id.get(&port.spec.id) {
+                ports[i as usize] = port;
+                i as usize
+            } else {
+                by_id.insert(port.spec.id, ports.len() as u32);
+                ports.push(port);
+                ports.len() - 1
+            };
+            claim_frontends(&mut frontends, &ports, i)?;
+        }
+        // Fill each hole with the last port, highest hole first (so the
+        // last port is never itself a hole), and re-point its entries.
+        holes.sort_unstable();
+        holes.dedup();
+        for &i in holes.iter().rev() {
+            let gone = ports.swap_remove(i);
+            by_id.remove(&gone.spec.id);
+            if let Some(moved) = ports.get(i) {
+                by_id.insert(moved.spec.id, i as u32);
+                for key in frontend_keys(&moved.spec) {
+                    frontends.insert(key, index_of(&moved.spec, key.addr, i));
+                }
+            }
+        }
+        let frontend_addrs = if addrs_changed {
+            addrs_of(&frontends)
+        } else {
+            Arc::clone(&self.frontend_addrs)
+        };
+        let mut lineage = if self.lineage.id == 0 {
+            Lineage::fresh()
+        } else {
+            self.lineage
+        };
+        if cut {
+            lineage.last_cut = generation;
+        }
+        Ok(Self {
+            generation,
+            ports,
+            frontends,
+            by_id,
+            frontend_addrs,
+            lineage,
+        })
+    }
+
+    /// The compiled port with this id, shared.
+    pub fn port_arc(&self, id: ServicePortId) -> Option<&Arc<ServicePort>> {
+        let i = *self.by_id.get(&id)?;
+        self.ports.get(i as usize)
     }
 
     /// Compiles every spec and assembles a snapshot (tests, benchmarks and
@@ -420,8 +604,17 @@ impl Snapshot {
 
     /// Whether some service port's affinity entries expire sooner under
     /// this snapshot than under `older`: a cut `timeoutSeconds`, or
-    /// `ClientIP` turned off. Costs one lookup per service port.
+    /// `ClientIP` turned off (conservatively: also when a cut between the
+    /// two was undone since). Free for a snapshot derived from `older`
+    /// through [`with_changes`](Self::with_changes); otherwise one lookup
+    /// per service port.
     pub fn shortens_affinity_of(&self, older: &Snapshot) -> bool {
+        if self.lineage.id != 0
+            && self.lineage.id == older.lineage.id
+            && self.generation > older.generation
+        {
+            return self.lineage.last_cut > older.generation;
+        }
         older.ports.iter().any(|p| {
             let Affinity::ClientIp { timeout: was, .. } = p.spec.affinity else {
                 return false;
@@ -433,6 +626,13 @@ impl Snapshot {
     /// Every address a service is reached at, sorted.
     pub fn frontend_addrs(&self) -> &[IpAddr] {
         &self.frontend_addrs
+    }
+
+    /// Whether both snapshots are reached at the same addresses (free when
+    /// one was derived from the other without changing them).
+    pub fn same_frontend_addrs(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.frontend_addrs, &other.frontend_addrs)
+            || self.frontend_addrs == other.frontend_addrs
     }
 
     pub fn ports(&self) -> &[Arc<ServicePort>] {
@@ -511,6 +711,83 @@ mod tests {
             Snapshot::build(1, vec![a.clone(), a]).err(),
             Some(SnapshotError::DuplicateId(1))
         );
+    }
+
+    /// A snapshot answers like one built from scratch with the same ports.
+    fn assert_same_view(got: &Snapshot, want: &Snapshot) {
+        assert_eq!(got.ports().len(), want.ports().len());
+        assert_eq!(got.frontend_addrs(), want.frontend_addrs());
+        for p in want.ports() {
+            let id = p.spec.id;
+            assert_eq!(got.by_id(id).map(|g| &g.spec), Some(&p.spec));
+            for &(addr, port) in &p.spec.frontends {
+                let i = got.service_index(addr, port, 6).unwrap();
+                assert_eq!(got.port_at(i).unwrap().spec.id, id);
+                assert_eq!(
+                    i & RESTRICTED,
+                    want.service_index(addr, port, 6).unwrap() & RESTRICTED
+                );
+            }
+        }
+        assert_eq!(got.frontends.len(), want.frontends.len());
+    }
+
+    #[test]
+    fn with_changes_patches_the_previous_snapshot() {
+        let specs: Vec<ServicePortSpec> = (1..=5u8)
+            .map(|i| spec(u32::from(i), [192, 0, 2, i], vec![backend(u32::from(i), i)]))
+            .collect();
+        let first = Snapshot::build(1, specs.clone()).unwrap();
+        // 2 changes backends and gains a frontend; 1 and 5 (the first and
+        // the last) go; 6 comes with 1's frontend.
+        let mut two = spec(2, [192, 0, 2, 2], vec![backend(7, 7), backend(8, 8)]);
+        two.frontends.push((IpAddr::from([192, 0, 2, 20]), 80));
+        two.source_ranges = Some(SourceRanges {
+            frontends: vec![IpAddr::from([192, 0, 2, 20])],
+            allowed: vec![(IpAddr::from([198, 18, 0, 0]), 15)],
+        });
+        let six = spec(6, [192, 0, 2, 1], vec![backend(9, 9)]);
+        let changed: Vec<Arc<ServicePort>> = [two.clone(), six.clone()]
+            .into_iter()
+            .map(|s| Arc::new(ServicePort::compile(s).unwrap()))
+            .collect();
+        let second = first.with_changes(2, changed, &[1, 5]).unwrap();
+        assert_eq!(second.generation(), 2);
+        let want = Snapshot::build(
+            2,
+            vec![two, specs[2].clone(), specs[3].clone(), six.clone()],
+        )
+        .unwrap();
+        assert_same_view(&second, &want);
+        assert!(second.by_id(1).is_none() && second.by_id(5).is_none());
+        // Unchanged ports are shared.
+        assert!(Arc::ptr_eq(
+            first.port_arc(3).unwrap(),
+            second.port_arc(3).unwrap()
+        ));
+        // A conflicting change builds nothing.
+        let clash = Arc::new(ServicePort::compile(spec(7, [192, 0, 2, 1], vec![])).unwrap());
+        assert!(matches!(
+            second.with_changes(3, vec![clash], &[]),
+            Err(SnapshotError::FrontendConflict { .. })
+        ));
+        // Shortening affinity is known from the lineage, as a full
+        // comparison would say.
+        let mut cut = specs[2].clone();
+        cut.affinity = Affinity::client_ip(60);
+        let third = second
+            .with_changes(3, vec![Arc::new(ServicePort::compile(cut).unwrap())], &[])
+            .unwrap();
+        assert!(third.shortens_affinity_of(&second) && third.shortens_affinity_of(&first));
+        // Ports with `ClientIP` removed count as cuts.
+        assert!(second.shortens_affinity_of(&first));
+        assert!(third.same_frontend_addrs(&second));
+        let fourth = third.with_changes(4, Vec::new(), &[]).unwrap();
+        assert!(!fourth.shortens_affinity_of(&third));
+        assert!(fourth.shortens_affinity_of(&second));
+        // Removing everything leaves an empty view.
+        let empty = second.with_changes(3, Vec::new(), &[2, 3, 4, 6]).unwrap();
+        assert!(empty.ports().is_empty() && empty.frontend_addrs().is_empty());
     }
 
     #[test]

@@ -110,13 +110,15 @@ struct RunArgs {
     #[arg(long)]
     node_name: Option<String>,
     /// This node's addresses, on which NodePorts are served. Repeatable.
+    /// With the Kubernetes API and none given, the `InternalIP` and
+    /// `ExternalIP` addresses of the Node named `--node-name`.
     #[arg(long = "node-address", value_name = "IP")]
     node_addresses: Vec<IpAddr>,
     /// This node's zone (its `topology.kubernetes.io/zone` label). With it,
     /// Services that ask for topology-aware routing (the `topology-mode:
     /// Auto` annotation, or `trafficDistribution: PreferClose`) send
     /// cluster traffic to the endpoints hinted for this zone, as kube-proxy
-    /// does.
+    /// does. With the Kubernetes API and none given, the Node's label.
     #[arg(long)]
     node_zone: Option<String>,
     /// An address limpet owns on an interface, with its prefix

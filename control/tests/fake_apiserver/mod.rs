@@ -16,6 +16,9 @@
 //!   ([`FakeApiServer::bookmark`]); `timeoutSeconds` ends the stream. Objects
 //!   moving into or out of the selector are sent as `ADDED` / `DELETED`, as
 //!   the real server's watch cache does;
+//! - `/api/v1/nodes` likewise (cluster-scoped: stored under namespace
+//!   `default`), and `GET /api/v1/nodes/NAME` (the object, or a 404
+//!   `Status`);
 //! - `GET /version`; anything else is a 404 `Status`.
 //!
 //! Every write bumps one cluster-wide, monotonically increasing
@@ -43,11 +46,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-/// The two resources served.
+/// The resources served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Resource {
     Services,
     EndpointSlices,
+    Nodes,
 }
 
 impl Resource {
@@ -55,12 +59,13 @@ impl Resource {
         match self {
             Resource::Services => "Service",
             Resource::EndpointSlices => "EndpointSlice",
+            Resource::Nodes => "Node",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
-            Resource::Services => "v1",
+            Resource::Services | Resource::Nodes => "v1",
             Resource::EndpointSlices => "discovery.k8s.io/v1",
         }
     }
@@ -69,6 +74,7 @@ impl Resource {
         match self {
             Resource::Services => "/api/v1/services",
             Resource::EndpointSlices => "/apis/discovery.k8s.io/v1/endpointslices",
+            Resource::Nodes => "/api/v1/nodes",
         }
     }
 
@@ -77,6 +83,7 @@ impl Resource {
         match object["kind"].as_str() {
             Some("Service") => Resource::Services,
             Some("EndpointSlice") => Resource::EndpointSlices,
+            Some("Node") => Resource::Nodes,
             other => panic!("fake apiserver: unsupported kind {other:?}"),
         }
     }
@@ -182,6 +189,9 @@ impl FakeApiServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // As Go's net package (the real API server) does: a watch
+                // event is not held back for the previous one's ACK.
+                let _ = stream.set_nodelay(true);
                 let inner = inner.clone();
                 let task = tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
@@ -525,8 +535,25 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             &json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake", "platform": "linux/amd64"}),
         );
     }
+    if let Some(name) = path.strip_prefix("/api/v1/nodes/") {
+        let node = inner
+            .lock()
+            .objects
+            .get(&Resource::Nodes)
+            .and_then(|m| m.get(&("default".to_owned(), name.to_owned())))
+            .cloned();
+        return match node {
+            Some(n) => json_response(StatusCode::OK, &with_type(Resource::Nodes, &n)),
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("nodes \"{name}\" not found"),
+            ),
+        };
+    }
     let resource = match path.as_str() {
         "/api/v1/services" => Resource::Services,
+        "/api/v1/nodes" => Resource::Nodes,
         "/apis/discovery.k8s.io/v1/endpointslices" => Resource::EndpointSlices,
         _ => {
             return error_response(
@@ -809,5 +836,24 @@ pub fn slice(ns: &str, name: &str, service: &str, port: (&str, u16), addrs: &[&s
         "addressType": "IPv4",
         "endpoints": endpoints,
         "ports": [{"name": port.0, "port": port.1, "protocol": "TCP"}],
+    })
+}
+
+/// A `Node` with `(type, address)` status addresses and, if given, its
+/// `topology.kubernetes.io/zone` label.
+pub fn node(name: &str, addresses: &[(&str, &str)], zone: Option<&str>) -> Value {
+    let addresses: Vec<Value> = addresses
+        .iter()
+        .map(|(t, a)| json!({"type": t, "address": a}))
+        .collect();
+    let mut labels = json!({"kubernetes.io/hostname": name});
+    if let Some(z) = zone {
+        labels["topology.kubernetes.io/zone"] = json!(z);
+    }
+    json!({
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "labels": labels},
+        "status": {"addresses": addresses},
     })
 }
