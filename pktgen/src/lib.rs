@@ -18,6 +18,7 @@
 //! range 198.18.0.0/15 or from `2001:db8::/32`.
 
 mod checksum;
+pub mod forward;
 mod rng;
 pub mod send;
 pub mod sink;

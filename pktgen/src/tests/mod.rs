@@ -1,5 +1,6 @@
 //! Tests that check pktgen's frames against etherparse.
 
+mod forward;
 mod frames;
 mod oracle;
 mod props;
