@@ -92,7 +92,11 @@ struct Cli {
     load_clients: usize,
     /// Offered loads (packets per second) of the load steps, comma
     /// separated; a flat-out step follows.
-    #[arg(long, value_delimiter = ',', default_value = "25000,50000,100000,200000,400000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "25000,50000,100000,200000,400000"
+    )]
     rates: Vec<f64>,
 }
 
@@ -145,7 +149,7 @@ impl Plan {
             sticky_rate: 100_000.0,
             new_conn_clients: 1_000,
             new_conn_rates: vec![Some(50_000.0), Some(100_000.0), None],
-            new_conn_seconds: 1.5,
+            new_conn_seconds: 1.0,
             reference_rate: 100_000.0,
         }
     }
@@ -190,7 +194,12 @@ fn run_impl(
     };
     let mut lb = Running::start(which, bed, bins, work, placement)?;
     // Load: every flow set up once, then rising offered load.
-    let lowest = plan.load_rates.iter().flatten().copied().fold(f64::MAX, f64::min);
+    let lowest = plan
+        .load_rates
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::MAX, f64::min);
     lb.warm(&Traffic {
         rate: Some(lowest),
         count: Some(plan.load_clients as u64),
@@ -232,7 +241,11 @@ fn run_impl(
             seed: 3,
             ..base.clone()
         })?;
-        eprintln!("harness: {} new connections {}", which.name(), report::brief(&m));
+        eprintln!(
+            "harness: {} new connections {}",
+            which.name(),
+            report::brief(&m)
+        );
         res.new_connections.push(m);
     }
     lb.stop();
@@ -250,7 +263,8 @@ fn pipeline(bins: &Path, quick: bool) -> Result<Vec<serde_json::Value>, HarnessE
     out.lines()
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| {
-            serde_json::from_str(l).map_err(|e| HarnessError::Parse("limpet-bench".into(), e.to_string()))
+            serde_json::from_str(l)
+                .map_err(|e| HarnessError::Parse("limpet-bench".into(), e.to_string()))
         })
         .collect()
 }
@@ -274,7 +288,9 @@ fn run(cli: &Cli) -> Result<PathBuf, HarnessError> {
         None => std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
-            .ok_or_else(|| HarnessError::Usage("cannot tell where the binaries are; pass --bin-dir".into()))?,
+            .ok_or_else(|| {
+                HarnessError::Usage("cannot tell where the binaries are; pass --bin-dir".into())
+            })?,
     };
     let mut needed = vec!["limpet", "pktgen"];
     if !cli.no_pipeline {
@@ -289,7 +305,9 @@ fn run(cli: &Cli) -> Result<PathBuf, HarnessError> {
         }
     }
     if cli.generator_cpu == cli.lb_cpu {
-        return Err(HarnessError::Usage("--generator-cpu and --lb-cpu must differ".into()));
+        return Err(HarnessError::Usage(
+            "--generator-cpu and --lb-cpu must differ".into(),
+        ));
     }
     let impls = if cli.impls.is_empty() {
         Impl::ALL.to_vec()

@@ -60,7 +60,10 @@ pub fn all(report: &Report, dir: &Path) -> Result<(), HarnessError> {
         "p99 us",
         false,
         &series(
-            &|m| m.latency_p99_ns.map(|l| (mpps(m.offered_pps), l as f64 / 1e3)),
+            &|m| {
+                m.latency_p99_ns
+                    .map(|l| (mpps(m.offered_pps), l as f64 / 1e3))
+            },
             false,
         ),
     )?;

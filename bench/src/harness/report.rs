@@ -113,7 +113,80 @@ pub fn brief(m: &Measurement) -> String {
     )
 }
 
+/// The flat-out load step.
+fn flat_out(r: &ImplResult) -> Option<&Measurement> {
+    r.load.iter().find(|m| m.offered_target_pps.is_none())
+}
+
 impl Report {
+    fn find(&self, name: &str) -> Option<&ImplResult> {
+        self.implementations
+            .iter()
+            .find(|r| r.name == name && r.error.is_none())
+    }
+
+    /// The issue's goals, checked against this run's figures.
+    fn goals(&self, s: &mut String) {
+        let (Some(limpet), Some(nft)) = (self.find("limpet"), self.find("nftables")) else {
+            return;
+        };
+        let _ = writeln!(s, "## Goals\n");
+        let pairs = [
+            (
+                "at the reference load",
+                self.reference(limpet),
+                self.reference(nft),
+            ),
+            ("flat out", flat_out(limpet), flat_out(nft)),
+        ];
+        for (when, l, n) in pairs {
+            if let (Some(l), Some(n)) = (l, n)
+                && n.cost_ns_per_packet > 0.0
+            {
+                let ratio = l.cost_ns_per_packet / n.cost_ns_per_packet;
+                let with_rx =
+                    (l.cost_ns_per_packet + l.cpu_softirq_ns_per_packet) / n.cost_ns_per_packet;
+                let _ = writeln!(
+                    s,
+                    "- CPU per forwarded packet {when}: limpet {:.0} ns, nftables peer {:.0} ns: \
+                     ratio {ratio:.2} (goal at most 0.50: {}); with limpet's AF_PACKET receive softirq \
+                     added, {with_rx:.2}.",
+                    l.cost_ns_per_packet,
+                    n.cost_ns_per_packet,
+                    if ratio <= 0.5 { "met" } else { "not met" }
+                );
+            }
+        }
+        let biggest = |r: &ImplResult| r.sticky.iter().max_by_key(|m| m.clients).cloned();
+        if let Some(m) = biggest(limpet) {
+            let _ = writeln!(
+                s,
+                "- limpet kept {} of {} clients sticky ({}) (goal 100%: {}).",
+                m.clients_seen - m.clients_multi_backend,
+                m.clients_seen,
+                pct(m.sticky_share),
+                if m.clients_multi_backend == 0 {
+                    "met"
+                } else {
+                    "not met"
+                }
+            );
+        }
+        if let Some(ipt) = self.find("iptables") {
+            for m in &ipt.sticky {
+                let _ = writeln!(
+                    s,
+                    "- iptables (xt_recent, 100 addresses per endpoint list) at {} clients: {} of {} clients reached several backends ({} sticky).",
+                    m.clients,
+                    m.clients_multi_backend,
+                    m.clients_seen,
+                    pct(m.sticky_share)
+                );
+            }
+        }
+        s.push('\n');
+    }
+
     pub fn write(&self, dir: &Path) -> Result<(), HarnessError> {
         let json = dir.join(format!("{}.json", self.name));
         let text = serde_json::to_string_pretty(self)
@@ -125,17 +198,26 @@ impl Report {
 
     /// The load step at the reference offered load, or the closest.
     fn reference<'a>(&self, r: &'a ImplResult) -> Option<&'a Measurement> {
-        r.load.iter().filter(|m| m.offered_target_pps.is_some()).min_by(|a, b| {
-            let d = |m: &Measurement| (m.offered_target_pps.unwrap_or(0.0) - self.plan.reference_rate).abs();
-            d(a).total_cmp(&d(b))
-        })
+        r.load
+            .iter()
+            .filter(|m| m.offered_target_pps.is_some())
+            .min_by(|a, b| {
+                let d = |m: &Measurement| {
+                    (m.offered_target_pps.unwrap_or(0.0) - self.plan.reference_rate).abs()
+                };
+                d(a).total_cmp(&d(b))
+            })
     }
 
     #[allow(clippy::too_many_lines)]
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let p = &self.plan;
-        let _ = writeln!(s, "# limpet beside kube-proxy's kernel dataplanes: {}\n", self.name);
+        let _ = writeln!(
+            s,
+            "# limpet beside kube-proxy's kernel dataplanes: {}\n",
+            self.name
+        );
         let _ = writeln!(s, "Command: `{}`\n", self.command);
         let h = &self.host_before;
         let _ = writeln!(
@@ -160,11 +242,16 @@ impl Report {
              (`/proc/stat`) over packets delivered to the backends; for limpet and the floor, their own \
              busy-time accounting (time in polls that received packets, over packets received; \
              limpet's `limpet_busy_ns_total` / `limpet_rx_packets_total`), with the kernel's softirq \
-             time for their AF_PACKET receive shown beside it.\n"
+             time for their AF_PACKET receive shown beside it. `/proc/stat` figures are the kernel's tick \
+             sampling (no IRQ time accounting on this kernel), less the CPU's background over a quiet second \
+             before each step; on a shared machine they move by tens of percent from run to run, most at low \
+             rates, where each packet carries a share of the background and of the per-interrupt cost. \
+             Latencies include the sinks' TPACKET_V3 block retirement (up to 1 ms) for every implementation, \
+             and limpet's and the floor's own receive ring likewise.\n"
         );
         let _ = writeln!(s, "## Summary\n");
         let mut header = format!(
-            "| implementation | max forwarded | CPU ns/packet at {} | + kernel softirq | packets/burst | p50 / p99 us at {} |",
+            "| implementation | max forwarded | CPU ns/packet at {} | + kernel softirq | CPU ns/packet flat out | packets/burst | p50 / p99 us at {} |",
             pps(p.reference_rate),
             pps(p.reference_rate)
         );
@@ -177,7 +264,12 @@ impl Report {
         let _ = writeln!(s, "{}", "|---".repeat(cols) + "|");
         for r in &self.implementations {
             if let Some(e) = &r.error {
-                let _ = writeln!(s, "| {} | failed: {} |", r.name, e.lines().next().unwrap_or(""));
+                let _ = writeln!(
+                    s,
+                    "| {} | failed: {} |",
+                    r.name,
+                    e.lines().next().unwrap_or("")
+                );
                 continue;
             }
             let max = r.load.iter().map(|m| m.delivered_pps).fold(0.0, f64::max);
@@ -187,24 +279,33 @@ impl Report {
                 Some(m) => {
                     let _ = write!(
                         row,
-                        " {:.0} | {} | {} | {} / {} |",
+                        " {:.0} | {} | {} | {} | {} / {} |",
                         m.cost_ns_per_packet,
                         if r.name == "limpet" || r.name == "floor" {
                             format!("{:.0}", m.cpu_softirq_ns_per_packet)
                         } else {
                             "-".to_owned()
                         },
-                        m.packets_per_burst.map_or_else(|| "-".to_owned(), |b| format!("{b:.1}")),
+                        flat_out(r).map_or_else(
+                            || "-".to_owned(),
+                            |f| format!("{:.0}", f.cost_ns_per_packet)
+                        ),
+                        m.packets_per_burst
+                            .map_or_else(|| "-".to_owned(), |b| format!("{b:.1}")),
                         us(m.latency_p50_ns),
                         us(m.latency_p99_ns)
                     );
                 }
-                None => row.push_str(" - | - | - | - |"),
+                None => row.push_str(" - | - | - | - | - |"),
             }
             for m in &r.sticky {
                 let _ = write!(row, " {} |", pct(m.sticky_share));
             }
-            let best = r.new_connections.iter().map(|m| m.delivered_pps).fold(0.0, f64::max);
+            let best = r
+                .new_connections
+                .iter()
+                .map(|m| m.delivered_pps)
+                .fold(0.0, f64::max);
             let _ = write!(row, " {} |", pps(best).replace("pps", "/s"));
             let _ = writeln!(s, "{row}");
         }
@@ -214,6 +315,7 @@ impl Report {
              by construction; it marks the I/O's own limit. xt_recent keeps 100 addresses per endpoint \
              list (module default `ip_list_tot`), kube-proxy's nftables sets hold 65535.)\n"
         );
+        self.goals(&mut s);
         let _ = writeln!(s, "## Load: {} clients, one flow each\n", p.load_clients);
         let _ = writeln!(
             s,
@@ -291,7 +393,10 @@ impl Report {
                 "\n## limpet's in-memory pipeline (`limpet-bench`, one worker, no I/O)\n\n| scenario | Mpps | ns/packet | floor ns/packet |\n|---|---|---|---|"
             );
             for v in &self.pipeline {
-                let f = |k: &str| v[k].as_f64().map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
+                let f = |k: &str| {
+                    v[k].as_f64()
+                        .map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"))
+                };
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {} |",

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -14,8 +14,8 @@ use limpet_pktgen::sink::SinkReport;
 
 use crate::HarnessError;
 use crate::testbed::{
-    CLIENT_NS, CpuTimes, LB_MAC, LB_NS, NS_PER_TICK, Proc, TARGET_PORT, Testbed, VIP, admin_get,
-    backend_ip, backend_mac, backend_ns, in_ns, metric, resolve_backends,
+    CLIENT_NS, CpuTimes, LB_MAC, LB_NS, NS_PER_TICK, Proc, Sched, TARGET_PORT, Testbed, VIP,
+    admin_get, backend_ip, backend_mac, backend_ns, in_ns, metric, resolve_backends,
 };
 
 /// A load balancer on `lp-lb`.
@@ -47,7 +47,7 @@ impl Impl {
     pub fn describe(self) -> &'static str {
         match self {
             Impl::Limpet => {
-                "limpet run --io afpacket:lb0 --workers 1 --idle wait --forward nat, pinned to the LB CPU"
+                "limpet run --io afpacket:lb0 --workers 1 --idle wait --forward nat, pinned to the LB CPU (SCHED_FIFO); the kernel stack kept off lb0 (netdev ingress drop after AF_PACKET)"
             }
             Impl::Iptables => {
                 "kernel forwarding, kube-proxy iptables rules (xt_recent ip_list_tot 100, statistic random), RPS to the LB CPU"
@@ -56,7 +56,7 @@ impl Impl {
                 "kernel forwarding, kube-proxy nftables rules (dynamic timeout sets, numgen vmap), RPS to the LB CPU"
             }
             Impl::Floor => {
-                "pktgen forward: AF_PACKET receive, MAC rewrite to a backend by client address, send; pinned to the LB CPU"
+                "pktgen forward: AF_PACKET receive, MAC rewrite to a backend by client address, send; pinned to the LB CPU (SCHED_FIFO); the kernel stack kept off lb0"
             }
         }
     }
@@ -113,7 +113,7 @@ pub struct Measurement {
     pub latency_p50_ns: Option<u64>,
     pub latency_p99_ns: Option<u64>,
     /// LB CPU over the step, per delivered packet (ns): softirq, system,
-    /// user, from `/proc/stat`.
+    /// user, from `/proc/stat`, less the CPU's background (below).
     pub cpu_softirq_ns_per_packet: f64,
     pub cpu_system_ns_per_packet: f64,
     pub cpu_user_ns_per_packet: f64,
@@ -124,6 +124,12 @@ pub struct Measurement {
     /// softirq + system time per forwarded packet for the kernel peers, the
     /// process's own busy time per packet for limpet and the floor.
     pub cost_ns_per_packet: f64,
+    /// What the LB CPU spent in softirq + system over a quiet second
+    /// before the step, scaled to the step's length, per delivered packet:
+    /// subtracted from the step's figures above.
+    pub background_softirq_system_ns_per_packet: f64,
+    /// Softirq + system per delivered packet before that subtraction.
+    pub raw_softirq_system_ns_per_packet: f64,
 }
 
 /// Busy-time counters of a user-space load balancer.
@@ -178,7 +184,7 @@ impl<'a> Running<'a> {
         let n = self.bed.backends.to_string();
         match self.which {
             Impl::Limpet => {
-                self.bed.peer(&["off"])?;
+                self.bed.peer(&["userspace"])?;
                 self.write_config()?;
                 self.start_limpet()?;
             }
@@ -187,7 +193,7 @@ impl<'a> Running<'a> {
                     .peer(&[self.which.name(), "--backends", &n, "--proto", "udp"])?;
                 resolve_backends(self.bed.backends)?;
             }
-            Impl::Floor => self.bed.peer(&["off"])?,
+            Impl::Floor => self.bed.peer(&["userspace"])?,
         }
         self.steer()
     }
@@ -222,23 +228,21 @@ impl<'a> Running<'a> {
         let mut cmd = in_ns(
             LB_NS,
             Some(self.placement.lb_cpu),
+            Sched::Dedicated,
             &self.bins.join("limpet"),
         );
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&self.config_dir)
-            .args([
-                "--io",
-                "afpacket:lb0",
-                "--address",
-                "203.0.113.1/24",
-                "--forward",
-                "nat",
-                "--workers",
-                "1",
-                "--idle",
-                "wait",
-            ]);
+        cmd.arg("run").arg("--config").arg(&self.config_dir).args([
+            "--io",
+            "afpacket:lb0",
+            "--address",
+            "203.0.113.1/24",
+            "--forward",
+            "nat",
+            "--workers",
+            "1",
+            "--idle",
+            "wait",
+        ]);
         let mut p = Proc::spawn("limpet", cmd, self.work.join("limpet.log"))?;
         // Ready, and every backend's MAC resolved.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -266,6 +270,7 @@ impl<'a> Running<'a> {
         let mut cmd = in_ns(
             LB_NS,
             Some(self.placement.lb_cpu),
+            Sched::Dedicated,
             &self.bins.join("pktgen"),
         );
         cmd.args(["forward", "--iface", "lb0"]);
@@ -331,6 +336,7 @@ impl<'a> Running<'a> {
             let mut cmd = in_ns(
                 &backend_ns(n),
                 Some(self.placement.generator_cpu),
+                Sched::Normal,
                 &self.bins.join("pktgen"),
             );
             cmd.args(["sink", "--iface", &format!("eth0=be{n}"), "--proto", "udp"]);
@@ -355,10 +361,19 @@ impl<'a> Running<'a> {
         let mut cmd = in_ns(
             CLIENT_NS,
             Some(self.placement.generator_cpu),
+            Sched::Normal,
             &self.bins.join("pktgen"),
         );
         cmd.args([
-            "send", "--iface", "cl0", "--dst-mac", LB_MAC, "--vip", VIP, "--proto", "udp",
+            "send",
+            "--iface",
+            "cl0",
+            "--dst-mac",
+            LB_MAC,
+            "--vip",
+            VIP,
+            "--proto",
+            "udp",
         ])
         .args(["--clients", &t.clients.to_string()])
         .args(["--flows-per-client", &t.flows_per_client.to_string()])
@@ -397,13 +412,21 @@ impl<'a> Running<'a> {
         if self.which == Impl::Floor {
             self.start_floor()?;
         }
+        // The LB CPU's background (other work on a shared machine, timers)
+        // over a quiet second, subtracted pro rata from the step's.
+        let quiet_start = (Instant::now(), CpuTimes::read(self.placement.lb_cpu)?);
+        std::thread::sleep(Duration::from_secs(1));
+        let quiet = CpuTimes::read(self.placement.lb_cpu)?.since(&quiet_start.1);
+        let quiet_s = quiet_start.0.elapsed().as_secs_f64();
         let sinks = self.start_sinks(true)?;
         let busy_before = self.busy()?;
+        let step_start = Instant::now();
         let cpu_before = CpuTimes::read(self.placement.lb_cpu)?;
         let sent = self.send(t, true)?;
         // Let the last frames drain through the load balancer and sinks.
         std::thread::sleep(Duration::from_millis(300));
         let cpu = CpuTimes::read(self.placement.lb_cpu)?.since(&cpu_before);
+        let background = quiet.scaled(step_start.elapsed().as_secs_f64() / quiet_s);
         let busy = match (self.which, busy_before) {
             (Impl::Floor, _) => Some(self.floor_busy()?),
             (_, Some(before)) => self.busy()?.map(|after| Busy {
@@ -423,7 +446,15 @@ impl<'a> Running<'a> {
             reports.push(r);
         }
         let sink = SinkReport::merge(&reports);
-        Ok(summarise(self.which, t, &sent, &sink, &cpu, busy))
+        Ok(summarise(
+            self.which,
+            t,
+            &sent,
+            &sink,
+            &cpu,
+            &background,
+            busy,
+        ))
     }
 
     pub fn stop(mut self) {
@@ -439,6 +470,7 @@ fn summarise(
     sent: &SendReport,
     sink: &SinkReport,
     cpu: &CpuTimes,
+    background: &CpuTimes,
     busy: Option<Busy>,
 ) -> Measurement {
     let delivered = sink.packets;
@@ -449,6 +481,8 @@ fn summarise(
             ticks as f64 * NS_PER_TICK / delivered as f64
         }
     };
+    let raw = per(cpu.softirq + cpu.system);
+    let cpu = cpu.less(background);
     let busy_ns_per_packet = busy.map(|b| if b.rx > 0.0 { b.ns / b.rx } else { 0.0 });
     let packets_per_burst = busy.map(|b| if b.polls > 0.0 { b.rx / b.polls } else { 0.0 });
     let softirq = per(cpu.softirq);
@@ -487,5 +521,7 @@ fn summarise(
         busy_ns_per_packet,
         packets_per_burst,
         cost_ns_per_packet: cost,
+        background_softirq_system_ns_per_packet: per(background.softirq + background.system),
+        raw_softirq_system_ns_per_packet: raw,
     }
 }

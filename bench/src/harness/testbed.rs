@@ -51,11 +51,29 @@ pub fn sh(cmd: &mut Command) -> Result<String, HarnessError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `ip netns exec NS taskset -c CPU PROGRAM ARGS...`: `ip` and `taskset`
-/// both exec, so the child's pid is the program's.
-pub fn in_ns(ns: &str, cpu: Option<usize>, program: &Path) -> Command {
+/// How a process is scheduled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sched {
+    /// The default (CFS) policy.
+    Normal,
+    /// `SCHED_FIFO` at priority [`LB_RT_PRIORITY`]: a user-space load
+    /// balancer owns its core as the kernel's softirq work does (which runs
+    /// before any task), instead of sharing it with whatever else the
+    /// machine runs. With `--idle wait` it sleeps when there is no traffic,
+    /// so it starves nothing.
+    Dedicated,
+}
+
+pub const LB_RT_PRIORITY: u32 = 50;
+
+/// `ip netns exec NS [chrt -f P] taskset -c CPU PROGRAM ARGS...`: `ip`,
+/// `chrt` and `taskset` all exec, so the child's pid is the program's.
+pub fn in_ns(ns: &str, cpu: Option<usize>, sched: Sched, program: &Path) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]);
+    if sched == Sched::Dedicated {
+        c.args(["chrt", "-f", &LB_RT_PRIORITY.to_string()]);
+    }
     if let Some(cpu) = cpu {
         c.args(["taskset", "-c", &cpu.to_string()]);
     }
@@ -241,6 +259,24 @@ impl CpuTimes {
         })
     }
 
+    /// Every field times `factor` (non-negative), rounded.
+    #[allow(clippy::cast_sign_loss)] // clamped to zero first
+    pub fn scaled(&self, factor: f64) -> CpuTimes {
+        let f = |v: u64| (v as f64 * factor).max(0.0).round() as u64;
+        CpuTimes {
+            user: f(self.user),
+            system: f(self.system),
+            softirq: f(self.softirq),
+            irq: f(self.irq),
+            idle: f(self.idle),
+        }
+    }
+
+    /// `self` less `other`, field by field, floored at zero.
+    pub fn less(&self, other: &CpuTimes) -> CpuTimes {
+        self.since(other)
+    }
+
     pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
         CpuTimes {
             user: self.user.saturating_sub(earlier.user),
@@ -288,7 +324,9 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 /// traffic arrives (kube-proxy nodes have them from earlier traffic): one
 /// datagram to each backend's discard port.
 pub fn resolve_backends(backends: usize) -> Result<(), HarnessError> {
-    let ips: Vec<String> = (1..=backends).map(|n| format!("'{}'", backend_ip(n))).collect();
+    let ips: Vec<String> = (1..=backends)
+        .map(|n| format!("'{}'", backend_ip(n)))
+        .collect();
     sh(Command::new("ip").args([
         "netns",
         "exec",
