@@ -34,9 +34,10 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-# A testbed left behind by an interrupted run would make the tests fail.
+# A testbed left behind by an interrupted run would make the tests fail;
+# one whose lock is held is in use (a test binary, the harness): leave it.
 if [ "$(id -u)" = 0 ] && ip netns list 2>/dev/null | grep -q '^lp-'; then
-    scripts/testbed down || true
+    flock -n /run/lock/limpet-testbed.lock scripts/testbed down || true
 fi
 
 echo "== format"

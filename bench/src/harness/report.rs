@@ -98,6 +98,18 @@ fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", v * 100.0))
 }
 
+/// Every run's cost, `a / b / c`.
+fn runs(m: &Measurement) -> String {
+    if m.cost_ns_per_packet_runs.len() < 2 {
+        return "-".to_owned();
+    }
+    m.cost_ns_per_packet_runs
+        .iter()
+        .map(|c| format!("{c:.0}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// One line for the progress log.
 pub fn brief(m: &Measurement) -> String {
     format!(
@@ -243,8 +255,9 @@ impl Report {
              busy-time accounting (time in polls that received packets, over packets received; \
              limpet's `limpet_busy_ns_total` / `limpet_rx_packets_total`), with the kernel's softirq \
              time for their AF_PACKET receive shown beside it. `/proc/stat` figures are the kernel's tick \
-             sampling (no IRQ time accounting on this kernel), less the CPU's background over a quiet second \
-             before each step; on a shared machine they move by tens of percent from run to run, most at low \
+             sampling (no IRQ time accounting on this kernel; a `SCHED_IDLE` busy loop keeps the measured CPU's \
+             tick running so that softirq work done from the idle loop is sampled too), less the CPU's \
+             background over a quiet second before each step; on a shared machine they move by tens of percent from run to run, most at low \
              rates, where each packet carries a share of the background and of the per-interrupt cost. \
              Latencies include the sinks' TPACKET_V3 block retirement (up to 1 ms) for every implementation, \
              and limpet's and the floor's own receive ring likewise.\n"
@@ -319,19 +332,20 @@ impl Report {
         let _ = writeln!(s, "## Load: {} clients, one flow each\n", p.load_clients);
         let _ = writeln!(
             s,
-            "| implementation | offered (target) | offered | delivered | loss | CPU ns/packet | softirq | system | p50 us | p99 us |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| implementation | offered (target) | offered | delivered | loss | CPU ns/packet (median) | all runs | softirq | system | p50 us | p99 us |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &self.implementations {
             for m in &r.load {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {:.2}% | {:.0} | {:.0} | {:.0} | {} | {} |",
+                    "| {} | {} | {} | {} | {:.2}% | {:.0} | {} | {:.0} | {:.0} | {} | {} |",
                     r.name,
                     rate(m.offered_target_pps),
                     pps(m.offered_pps),
                     pps(m.delivered_pps),
                     m.loss * 100.0,
                     m.cost_ns_per_packet,
+                    runs(m),
                     m.cpu_softirq_ns_per_packet,
                     m.cpu_system_ns_per_packet,
                     us(m.latency_p50_ns),
@@ -371,19 +385,20 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| implementation | offered (target) | offered | new connections delivered | loss | CPU ns/connection |\n|---|---|---|---|---|---|"
+            "| implementation | offered (target) | offered | new connections delivered | loss | CPU ns/connection (median) | all runs |\n|---|---|---|---|---|---|---|"
         );
         for r in &self.implementations {
             for m in &r.new_connections {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {}/s | {:.2}% | {:.0} |",
+                    "| {} | {} | {} | {}/s | {:.2}% | {:.0} | {} |",
                     r.name,
                     rate(m.offered_target_pps),
                     pps(m.offered_pps),
                     pps(m.delivered_pps).trim_end_matches("pps").trim_end(),
                     m.loss * 100.0,
-                    m.cost_ns_per_packet
+                    m.cost_ns_per_packet,
+                    runs(m)
                 );
             }
         }

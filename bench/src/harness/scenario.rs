@@ -130,6 +130,9 @@ pub struct Measurement {
     pub background_softirq_system_ns_per_packet: f64,
     /// Softirq + system per delivered packet before that subtraction.
     pub raw_softirq_system_ns_per_packet: f64,
+    /// Every run's cost where the step was repeated (this one is the
+    /// median).
+    pub cost_ns_per_packet_runs: Vec<f64>,
 }
 
 /// Busy-time counters of a user-space load balancer.
@@ -523,5 +526,6 @@ fn summarise(
         cost_ns_per_packet: cost,
         background_softirq_system_ns_per_packet: per(background.softirq + background.system),
         raw_softirq_system_ns_per_packet: raw,
+        cost_ns_per_packet_runs: Vec::new(),
     }
 }

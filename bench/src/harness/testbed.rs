@@ -219,6 +219,22 @@ impl Drop for Proc {
     }
 }
 
+/// A `SCHED_IDLE` busy loop on the measured CPU for the whole run.
+///
+/// `/proc/stat` is sampled at the scheduler tick, and on a tickless
+/// (`NO_HZ`) kernel without IRQ time accounting an idle CPU stops its tick:
+/// softirq work done from the idle loop (the kernel peers' forwarding, the
+/// `AF_PACKET` receive) is sampled unevenly or not at all. A loop that runs
+/// only when nothing else wants the CPU keeps the tick going, so every tick
+/// samples softirq, system and user time alike, and takes nothing from any
+/// other task (every other policy preempts `SCHED_IDLE`).
+pub fn tick_keeper(cpu: usize, log: PathBuf) -> Result<Proc, HarnessError> {
+    let mut cmd = Command::new("chrt");
+    cmd.args(["-i", "0", "taskset", "-c", &cpu.to_string()])
+        .args(["sh", "-c", "while :; do :; done"]);
+    Proc::spawn("tick keeper", cmd, log)
+}
+
 /// Jiffies of one CPU from `/proc/stat` (`USER_HZ`, 100 a second).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuTimes {
