@@ -15,11 +15,17 @@ if command -v rustup >/dev/null; then
 fi
 
 # The end-to-end and AF_PACKET tests build network namespaces (root, as CI
-# runs) with iproute2 and drive HTTP clients and servers with python3.
+# runs) with iproute2 and drive HTTP clients and servers with python3; the
+# harness smoke test (bench/tests/harness_smoke.rs) also configures
+# kube-proxy's nftables peer (nft, conntrack) and pins processes (taskset).
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v python3 >/dev/null || need+=(python3)
 command -v sysctl >/dev/null || need+=(procps)
+command -v nft >/dev/null || need+=(nftables)
+command -v iptables >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v taskset >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && apt-get install -y -qq "${need[@]}"
@@ -28,9 +34,10 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-# A testbed left behind by an interrupted run would make the tests fail.
+# A testbed left behind by an interrupted run would make the tests fail;
+# one whose lock is held is in use (a test binary, the harness): leave it.
 if [ "$(id -u)" = 0 ] && ip netns list 2>/dev/null | grep -q '^lp-'; then
-    scripts/testbed down || true
+    flock -n /run/lock/limpet-testbed.lock scripts/testbed down || true
 fi
 
 echo "== format"

@@ -306,7 +306,7 @@ type Field = (
     fn(&WorkerReport) -> f64,
 );
 /// Per-worker metrics: name, type, help, and how to read it off a report.
-const WORKER_METRICS: [Field; 18] = [
+const WORKER_METRICS: [Field; 20] = [
     ("rx_packets_total", "counter", "Packets received.", |r| {
         r.stats.rx_packets as f64
     }),
@@ -391,6 +391,18 @@ const WORKER_METRICS: [Field; 18] = [
     ("flow_entries", "gauge", "Live connections.", |r| {
         r.flow_entries as f64
     }),
+    (
+        "busy_polls_total",
+        "counter",
+        "Polls that received at least one packet (bursts).",
+        |r| r.stats.busy_polls as f64,
+    ),
+    (
+        "busy_ns_total",
+        "counter",
+        "Nanoseconds spent in polls that received packets; per packet over an interval: its increase over rx_packets_total's.",
+        |r| r.stats.busy_ns as f64,
+    ),
     (
         "busy_ns_per_packet",
         "gauge",

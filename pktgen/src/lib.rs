@@ -21,6 +21,7 @@ pub mod arp;
 mod checksum;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod forward;
 mod rng;
 pub mod send;
 pub mod sink;

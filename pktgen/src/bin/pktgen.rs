@@ -6,6 +6,9 @@
 //! - `pktgen sink`: counts arrivals on backend-side interfaces per backend
 //!   and per client address, checks stickiness, and reads latency from
 //!   payload stamps.
+//! - `pktgen forward`: the floor for load-balancer figures: receives on
+//!   one interface and sends each frame on to a backend chosen by client
+//!   address, rewriting only the MAC addresses.
 //! - `pktgen merge`: merges the reports of sinks that ran side by side (one
 //!   per backend network namespace) and recomputes stickiness.
 //!
@@ -33,6 +36,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use limpet_dataplane::io::afpacket::{AfPacketIo, AfPacketOptions, RawSocket};
 use limpet_dataplane::io::{BURST, PacketBuf, PacketIo};
 use limpet_pktgen::Proto;
+use limpet_pktgen::forward::Forwarder;
 use limpet_pktgen::send::{Generator, Pacer, Plan, SendReport, default_first_client};
 use limpet_pktgen::sink::{BackendSpec, Filter, Sink, SinkReport, realtime_nanos};
 
@@ -51,6 +55,9 @@ enum Cmd {
     Sink(SinkArgs),
     /// Merge sink reports (JSON files) and recompute stickiness.
     Merge(MergeArgs),
+    /// Forward frames to backends by MAC rewrite alone (the benchmarks'
+    /// floor: the packet I/O with no load balancing in between).
+    Forward(ForwardArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -216,6 +223,23 @@ struct MergeArgs {
     /// Sink reports to merge.
     #[arg(required = true)]
     reports: Vec<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ForwardArgs {
+    /// Interface to receive on and send from.
+    #[arg(long)]
+    iface: String,
+    /// A backend's MAC address; repeatable. Each client address goes to
+    /// one of them.
+    #[arg(long = "to", required = true, value_parser = parse_mac)]
+    backends: Vec<[u8; 6]>,
+    /// Seconds to run; default until SIGINT or SIGTERM.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Write the JSON report here instead of stdout.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -706,12 +730,49 @@ fn merge(a: &MergeArgs) -> Result<(), String> {
     emit(&report.table(), &json, a.json.as_ref())
 }
 
+fn forward(a: &ForwardArgs) -> Result<(), String> {
+    let our_mac = RawSocket::open(&a.iface).map_err(|e| e.to_string())?.mac();
+    let mut io = AfPacketIo::open(&[a.iface.as_str()], &AfPacketOptions::default())
+        .map_err(|e| e.to_string())?;
+    let mut fwd = Forwarder::new(our_mac.0, a.backends.clone());
+    let stop = stop_flag()?;
+    let start = Instant::now();
+    let deadline = a.duration.map(|d| start + Duration::from_secs_f64(d));
+    eprintln!("pktgen: forwarding on {} ready", a.iface);
+    while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        if fwd.poll(&mut io) == 0 {
+            io.wait(Some(Duration::from_millis(1)))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let s = fwd.stats;
+    let report = serde_json::json!({
+        "iface": a.iface,
+        "elapsed_s": start.elapsed().as_secs_f64(),
+        "stats": s,
+        "busy_ns_per_packet": s.busy_ns_per_packet(),
+        "packets_per_burst": s.packets_per_burst(),
+        "kernel_drops": io.stats().rx_dropped_by_kernel,
+    });
+    let table = format!(
+        "forwarded {} of {} packets ({} dropped), {:.1} busy ns/packet, {:.1} packets/burst\n",
+        s.tx_packets,
+        s.rx_packets,
+        s.dropped,
+        s.busy_ns_per_packet(),
+        s.packets_per_burst()
+    );
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    emit(&table, &json, a.json.as_ref())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.cmd {
         Cmd::Send(a) => send(a),
         Cmd::Sink(a) => sink(a),
         Cmd::Merge(a) => merge(a),
+        Cmd::Forward(a) => forward(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 #[cfg(feature = "dpdk")]
 mod dpdk;
+mod forward;
 mod frames;
 mod oracle;
 mod props;
