@@ -123,15 +123,7 @@ struct Env {
 
 impl Env {
     fn read(quick: bool) -> Self {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap_or_else(|| "unknown".to_owned());
+        let cpu = limpet_bench::cpu_model();
         Self {
             cpu,
             cpus: std::thread::available_parallelism().map_or(0, usize::from),
@@ -142,18 +134,9 @@ impl Env {
     fn tag(&self, v: &mut Value) {
         v["cpu"] = json!(self.cpu);
         v["cpus"] = json!(self.cpus);
-        v["loadavg_1m"] = json!(loadavg());
+        v["loadavg_1m"] = json!(limpet_bench::loadavg());
         v["quick"] = json!(self.quick);
     }
-}
-
-fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn round3(x: f64) -> f64 {

@@ -22,13 +22,13 @@ mod testbed;
 use fake_apiserver::{FakeApiServer, Resource};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use testbed::{
-    LIMPET, Testbed, VIP4, VIP6, clientip_sticks, http, must_be_root, none_spreads, sh, stop,
-};
+use testbed::story;
+use testbed::{LIMPET, Testbed, VIP4, VIP6, clientip_sticks, http, must_be_root, none_spreads, sh};
 
 /// The invalid Service's address (nothing answers there).
 const BROKEN_VIP: &str = "192.0.2.20";
@@ -131,63 +131,32 @@ fn set_endpoints(api: &FakeApiServer, backends: &[u8]) {
 
 /// A running `limpet run --kubeconfig` in the lp-lb namespace, stopped when
 /// dropped.
-struct Limpet {
-    child: Child,
-    log: PathBuf,
-}
+struct Limpet(story::Limpet);
 
 impl Limpet {
     fn start(kubeconfig: &Path, log: PathBuf) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", "lp-lb", LIMPET, "run", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args([
-                "--io",
-                "afpacket:lb0",
-                "--address",
-                "203.0.113.1/24",
-                "--address",
-                "2001:db8:be::1/64",
-                "--forward",
-                "nat",
-                "--workers",
-                "1",
-            ])
-            .args(["--idle", "wait"])
-            .args(["--flow-capacity", "65536", "--affinity-capacity", "65536"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting limpet");
-        let mut limpet = Limpet { child, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = limpet.child.try_wait() {
-                panic!(
-                    "limpet exited with {status} at start-up:\n{}",
-                    limpet.log_text()
-                );
-            }
-            let ready = Command::new("ip")
-                .args([
-                    "netns", "exec", "lp-lb", LIMPET, "affinity", "list", "--json",
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if ready && limpet.log_text().contains("published snapshot") {
-                return limpet;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "limpet not ready in 20 s:\n{}",
-                limpet.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let args = [
+            "--io",
+            "afpacket:lb0",
+            "--address",
+            "203.0.113.1/24",
+            "--address",
+            "2001:db8:be::1/64",
+            "--forward",
+            "nat",
+            "--workers",
+            "1",
+        ]
+        .map(str::to_owned);
+        Limpet(story::Limpet::spawn(
+            &[OsStr::new("--kubeconfig"), kubeconfig.as_os_str()],
+            &args,
+            log,
+        ))
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.log_text()
     }
 
     /// Waits until the published snapshot serves `VIP4:80` with exactly
@@ -251,12 +220,6 @@ impl Limpet {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-}
-
-impl Drop for Limpet {
-    fn drop(&mut self) {
-        stop(&mut self.child);
     }
 }
 

@@ -8,6 +8,7 @@ use super::{
     must_be_root, none_spreads, sh, stop,
 };
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -212,9 +213,16 @@ impl Limpet {
 
     pub fn start_with(config: &Config, args: &[String]) -> Self {
         let log = config.dir.with_extension("log");
+        Self::spawn(&[OsStr::new("--config"), config.dir.as_os_str()], args, log)
+    }
+
+    /// Starts `limpet run` in lp-lb with its source (`--config DIR` or
+    /// `--kubeconfig PATH`) and `args`, logging to `log`, and waits until
+    /// its admin API answers and it has published a snapshot.
+    pub fn spawn(source: &[&OsStr], args: &[String], log: PathBuf) -> Self {
         let child = Command::new("ip")
-            .args(["netns", "exec", "lp-lb", LIMPET, "run", "--config"])
-            .arg(&config.dir)
+            .args(["netns", "exec", "lp-lb", LIMPET, "run"])
+            .args(source)
             .args(args)
             .args(["--idle", "wait"])
             .args(["--flow-capacity", "65536", "--affinity-capacity", "65536"])
