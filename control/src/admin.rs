@@ -417,6 +417,24 @@ const WORKER_METRICS: [Field; 20] = [
     ),
 ];
 
+/// One metric family in Prometheus text: its HELP and TYPE lines, then a
+/// line per `(labels, value)` row.
+fn write_metric(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: &mut dyn Iterator<Item = (String, f64)>,
+) {
+    let _ = writeln!(
+        out,
+        "# HELP limpet_{name} {help}\n# TYPE limpet_{name} {kind}"
+    );
+    for (labels, value) in rows {
+        let _ = writeln!(out, "limpet_{name}{labels} {value}");
+    }
+}
+
 /// The I/O backend's per-worker counters and the ports' link state and
 /// device counters (DPDK), in the same exposition format.
 fn render_io_metrics(
@@ -424,16 +442,6 @@ fn render_io_metrics(
     reports: &[WorkerReport],
     ports: &[crate::state::PortMetrics],
 ) {
-    let mut metric =
-        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
-            let _ = writeln!(
-                out,
-                "# HELP limpet_{name} {help}\n# TYPE limpet_{name} {kind}"
-            );
-            for (labels, value) in rows {
-                let _ = writeln!(out, "limpet_{name}{labels} {value}");
-            }
-        };
     let mut io = Vec::new();
     for (i, r) in reports.iter().enumerate() {
         for (name, value) in &r.io {
@@ -444,7 +452,8 @@ fn render_io_metrics(
         }
     }
     if !io.is_empty() {
-        metric(
+        write_metric(
+            out,
             "io_total",
             "counter",
             "The I/O backend's own counters per worker (DPDK: rx, tx, tx_full, steered_out, steered_in, steer_full, slow_passed, ...).",
@@ -453,7 +462,8 @@ fn render_io_metrics(
     }
     if !ports.is_empty() {
         let label = |p: &crate::state::PortMetrics| format!("port=\"{}\"", p.name);
-        metric(
+        write_metric(
+            out,
             "port_link_up",
             "gauge",
             "1 if the port's link is up.",
@@ -461,7 +471,8 @@ fn render_io_metrics(
                 .iter()
                 .map(|p| (format!("{{{}}}", label(p)), f64::from(u8::from(p.link_up)))),
         );
-        metric(
+        write_metric(
+            out,
             "port_link_speed_mbps",
             "gauge",
             "The port's link speed as its driver reports it.",
@@ -469,7 +480,8 @@ fn render_io_metrics(
                 .iter()
                 .map(|p| (format!("{{{}}}", label(p)), f64::from(p.speed_mbps))),
         );
-        metric(
+        write_metric(
+            out,
             "port_xstat",
             "untyped",
             "The port driver's extended statistics (rte_eth_xstats), by name.",
@@ -487,16 +499,6 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
     let reports: Vec<WorkerReport> = ask_all(shared, |reply| Command::Report { reply })?;
     let state = shared.lock();
     let mut out = String::new();
-    let mut metric =
-        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, f64)>| {
-            let _ = writeln!(
-                out,
-                "# HELP limpet_{name} {help}\n# TYPE limpet_{name} {kind}"
-            );
-            for (labels, value) in rows {
-                let _ = writeln!(out, "limpet_{name}{labels} {value}");
-            }
-        };
     let per_worker = |f: &dyn Fn(&WorkerReport) -> f64| -> Vec<(String, f64)> {
         reports
             .iter()
@@ -505,7 +507,7 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
             .collect()
     };
     for (name, kind, help, f) in WORKER_METRICS {
-        metric(name, kind, help, &mut per_worker(&f).into_iter());
+        write_metric(&mut out, name, kind, help, &mut per_worker(&f).into_iter());
     }
     let mut drops = Vec::new();
     for (i, r) in reports.iter().enumerate() {
@@ -516,26 +518,30 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
             ));
         }
     }
-    metric(
+    write_metric(
+        &mut out,
         "drops_total",
         "counter",
         "Packets dropped, by reason.",
         &mut drops.into_iter(),
     );
     let n = state.neighbour_counters;
-    metric(
+    write_metric(
+        &mut out,
         "neighbour_unresolved",
         "gauge",
         "Backend next hops whose MAC address did not resolve.",
         &mut std::iter::once((String::new(), n.unresolved as f64)),
     );
-    metric(
+    write_metric(
+        &mut out,
         "neighbour_answers_total",
         "counter",
         "ARP requests and neighbour solicitations answered.",
         &mut std::iter::once((String::new(), (n.arp_answered + n.nd_answered) as f64)),
     );
-    metric(
+    write_metric(
+        &mut out,
         "config_loads_total",
         "counter",
         "Configuration loads, by result.",
@@ -548,13 +554,15 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
         ]
         .into_iter(),
     );
-    metric(
+    write_metric(
+        &mut out,
         "snapshot_generation",
         "gauge",
         "Generation of the snapshot last published.",
         &mut std::iter::once((String::new(), state.snapshot.generation() as f64)),
     );
-    metric(
+    write_metric(
+        &mut out,
         "ready",
         "gauge",
         "1 once a configuration has been published, while its source is in reach.",
