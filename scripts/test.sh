@@ -40,6 +40,11 @@ if [ "$(id -u)" = 0 ] && ip netns list 2>/dev/null | grep -q '^lp-'; then
     flock -n /run/lock/limpet-testbed.lock scripts/testbed down || true
 fi
 
+# cargo counts dataplane/dpdk-sys as a workspace member (a path dependency
+# of a member), so every --workspace build below runs its build script,
+# which needs libdpdk-dev and libclang: install them before anything builds.
+scripts/dpdk-setup
+
 echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
@@ -47,7 +52,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 cargo test --workspace --locked
 echo "== DPDK backend (libdpdk-dev; --no-huge --no-pci, virtual devices)"
-scripts/dpdk-setup
 cargo clippy -p limpet-dataplane -p limpet-control --features dpdk --all-targets --locked -- -D warnings
 cargo test -p limpet-dpdk-sys --locked
 cargo test -p limpet-dataplane --features dpdk --test dpdk --locked
