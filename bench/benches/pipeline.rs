@@ -218,6 +218,7 @@ fn flow_v4(client: usize, port: u16) -> Flow<Ipv4Addr> {
         protocol: 6,
         state: FlowState::Established,
         nat: true,
+        awaiting_proof: false,
         backend: 1,
         backend_mac: MacAddr([0x02, 0xbb, 0, 0, 0, 1]),
         client_mac: MacAddr([0x02, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]),

@@ -10,10 +10,54 @@
 //! table's timer wheel. The timeout is read from the current snapshot, not
 //! stored per entry, so a changed `timeoutSeconds` applies to existing
 //! clients the way a rewritten iptables rule does.
+//!
+//! # Admission: probation, then protection
+//!
+//! The table is bounded, and a full table must take room from someone. Left
+//! to the timer wheel alone (take the entry closest to expiry) a flood of
+//! new source addresses, which costs an attacker nothing to spoof, pushes
+//! out real clients at the rate it arrives. So entries live in two tiers
+//! (segmented LRU's shape, with "proved real" instead of "hit twice" as
+//! the way up):
+//!
+//! - a client seen for the first time enters on **probation**;
+//! - it moves to **protected** once a connection of it proves the address
+//!   is really there: for TCP the client's ACK after its SYN (the third
+//!   packet of the handshake, which a spoofer never sees the SYN-ACK for),
+//!   for UDP a second datagram of the flow. The flow table remembers that a
+//!   connection still has to prove itself (`Flow::awaiting_proof`), so the
+//!   proof costs one extra affinity lookup once per connection at that one
+//!   packet, never a lookup per packet;
+//! - a full table takes room on probation, earliest first, while probation
+//!   holds anything, and from protected entries only when it is empty; each
+//!   is counted separately (`probation_evictions`, and the rest of
+//!   `evictions`).
+//!
+//! A one-packet spoofed flood therefore only ever churns probation, however
+//! fast it comes, and a client that completed a handshake keeps its backend
+//! until it idles past its timeout. The tier is a bit of the entry's stamp
+//! and each tier is a lane of the same timer wheel, so the entry stays 16
+//! bytes (IPv4) and taking room stays O(1).
+//!
+//! Why not an admission filter such as TinyLFU: a frequency sketch judges
+//! by how often a key is seen, which a spoofer controls (send each address
+//! twice), costs memory per entry the 32-byte budget has no room for, and
+//! refuses new clients exactly when the table is under pressure. A
+//! completed handshake is evidence a blind spoofer cannot forge by volume.
+//! What it does not stop: a spoofer sending a SYN and then a bare ACK from
+//! each address (limpet does not check the ACK number) reaches protection
+//! like a real client; that takes two packets per address and a table's
+//! worth of distinct addresses per timeout.
+//!
+//! Tiers change nothing in what a lookup answers: entries of either tier
+//! are honoured alike, expire alike and are never honoured for a backend
+//! that left the usable set. A client whose probation entry was pushed out
+//! before its handshake completed is simply picked by Maglev again on its
+//! next connection, as any new client is.
 
 use crate::family::Family;
 use crate::hash::table_hash;
-use crate::table::{Hit, Room, Table, TableCounters, TableEntry, TableError};
+use crate::table::{Hit, Room, Table, TableCounters, TableEntry, TableError, Tier};
 
 /// A service port's identity, stable across snapshots.
 pub type ServicePortId = u32;
@@ -137,6 +181,28 @@ impl<A: Family> AffinityTable<A> {
         self.table.touch(idx, now);
     }
 
+    /// Whether the live entry at `idx` is still on probation: its client has
+    /// not yet completed a connection.
+    #[inline]
+    pub fn on_probation(&self, idx: u32) -> bool {
+        self.table.tier(idx) == Tier::Probation
+    }
+
+    /// A connection of the client `key` proved the client real: its entry,
+    /// if live, moves to the protected tier. Its stamp is kept (a proof is
+    /// not a new connection). Returns whether an entry on probation moved;
+    /// `false` if it was protected already, expired, or pushed out before
+    /// the proof came.
+    pub fn promote(&mut self, hash: u64, key: &AffinityKey<A>, timeout: u32, now: u32) -> bool {
+        match self.lookup(hash, key, timeout, now) {
+            Sticky::Live { idx, .. } => {
+                let due = deadline(self.table.last_seen(idx), timeout);
+                self.table.promote(idx, due)
+            }
+            Sticky::Expired { .. } | Sticky::Missing => false,
+        }
+    }
+
     /// Points an existing entry at a new backend (its old one expired or
     /// left the usable set) and refreshes it.
     #[inline]
@@ -145,7 +211,7 @@ impl<A: Family> AffinityTable<A> {
         self.table.touch(idx, now);
     }
 
-    /// Adds a client. `timeout_of` gives any service port's current timeout
+    /// Adds a client, on probation. `timeout_of` gives any service port's current timeout
     /// (`None` if it no longer has affinity) so a full table can prefer an
     /// expired entry over evicting a live one.
     #[inline]
@@ -159,9 +225,13 @@ impl<A: Family> AffinityTable<A> {
     ) -> Option<Room> {
         let entry = AffinityEntry { key, backend };
         self.table
-            .insert(entry, now, deadline(now, timeout), |e, last| {
-                timeout_of(e.key.service).map_or(0, |t| deadline(last, t))
-            })
+            .insert_in(
+                Tier::Probation,
+                entry,
+                now,
+                deadline(now, timeout),
+                |e, last| timeout_of(e.key.service).map_or(0, |t| deadline(last, t)),
+            )
             .map(|(_, room)| room)
     }
 
@@ -210,6 +280,11 @@ impl<A: Family> AffinityTable<A> {
 
     pub fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Live entries still on probation.
+    pub fn len_on_probation(&self) -> usize {
+        self.table.len_on_probation()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -278,6 +353,76 @@ mod tests {
         assert!(v4.bytes_per_entry() <= 32.0, "{}", v4.bytes_per_entry());
         let v6 = AffinityTable::<Ipv6Addr>::new(1 << 20, 0).unwrap();
         assert!(v6.bytes_per_entry() <= 44.0, "{}", v6.bytes_per_entry());
+    }
+
+    #[test]
+    fn promotion_keeps_stamp_and_backend() {
+        let mut t = AffinityTable::<Ipv4Addr>::new(16, 0).unwrap();
+        let k = key4(1, 1);
+        let h = AffinityTable::hash(&k);
+        t.insert(k, 42, 30, 10, |_| Some(30)).unwrap();
+        let Sticky::Live { idx, .. } = t.lookup(h, &k, 30, 10) else {
+            panic!("no entry")
+        };
+        assert!(t.on_probation(idx));
+        assert!(t.promote(h, &k, 30, 12));
+        assert!(!t.on_probation(idx));
+        assert!(!t.promote(h, &k, 30, 13), "already protected");
+        assert_eq!(
+            t.iter().next().map(|(e, last)| (e.backend, last)),
+            Some((42, 10))
+        );
+        assert_eq!(t.counters().promotions, 1);
+        // Honoured until the same moment as before, then gone.
+        assert!(matches!(t.lookup(h, &k, 30, 40), Sticky::Live { .. }));
+        assert_eq!(t.expire(41, |_| Some(30)), 1);
+        // Missing or expired entries are not promoted.
+        assert!(!t.promote(h, &k, 30, 41));
+        t.insert(k, 42, 30, 50, |_| Some(30)).unwrap();
+        assert!(!t.promote(h, &k, 30, 81));
+        assert_eq!(t.counters().promotions, 1);
+    }
+
+    #[test]
+    fn spoofed_flood_never_evicts_a_protected_client() {
+        let cap = 1000;
+        let mut t = AffinityTable::<Ipv4Addr>::new(cap, 0).unwrap();
+        let real: Vec<_> = (0..600u32)
+            .map(|i| AffinityKey {
+                service: 1,
+                client: Ipv4Addr::from(0xc612_0000 | i),
+            })
+            .collect();
+        for (i, k) in real.iter().enumerate() {
+            t.insert(*k, i as u32, 60, 0, |_| Some(60)).unwrap();
+            assert!(t.promote(AffinityTable::hash(k), k, 60, 0));
+        }
+        // Ten tables' worth of one-packet sources a second for 30 s.
+        for now in 1..=30u32 {
+            for j in 0..10 * cap as u32 {
+                let k = AffinityKey {
+                    service: 1,
+                    client: Ipv4Addr::from(0xc613_0000u32.wrapping_add(now * 65_536 + j)),
+                };
+                let h = AffinityTable::hash(&k);
+                if t.lookup(h, &k, 60, now) == Sticky::Missing {
+                    t.insert(k, 7, 60, now, |_| Some(60)).unwrap();
+                }
+            }
+            t.expire(now, |_| Some(60));
+        }
+        for (i, k) in real.iter().enumerate() {
+            let got = t.lookup(AffinityTable::hash(k), k, 60, 30);
+            assert!(
+                matches!(got, Sticky::Live { backend, .. } if backend == i as u32),
+                "client {i}: {got:?}"
+            );
+        }
+        let c = t.counters();
+        assert_eq!(c.evictions, c.probation_evictions);
+        assert!(c.probation_evictions > 250_000, "{c:?}");
+        assert_eq!(t.len(), cap);
+        assert_eq!(t.len_on_probation(), cap - real.len());
     }
 
     #[test]

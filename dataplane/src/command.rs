@@ -45,7 +45,13 @@ impl AffinityFilter {
 pub struct WorkerReport {
     pub stats: WorkerStats,
     pub affinity_entries: usize,
+    /// Both families' tables together; see the per-family fields.
     pub affinity_capacity: usize,
+    /// Capacity of the IPv4 table: what `--affinity-capacity` says.
+    pub affinity_capacity_v4: usize,
+    pub affinity_capacity_v6: usize,
+    /// Of `affinity_entries`, those on probation.
+    pub affinity_on_probation: usize,
     pub flow_entries: usize,
     pub flow_capacity: usize,
     /// The I/O backend's own counters (`PacketIo::counters`).

@@ -115,6 +115,11 @@ pub struct Flow<A> {
     pub state: FlowState,
     /// Under `nat` replies are translated back, so the reply tuple is a key.
     pub nat: bool,
+    /// The client's affinity entry is on probation and this connection has
+    /// not yet proved the client real (see the affinity table's admission
+    /// notes): its next qualifying client packet promotes the entry. Fits
+    /// the entry's padding.
+    pub awaiting_proof: bool,
     pub backend: crate::affinity::BackendId,
     /// Where forward packets go on the wire.
     pub backend_mac: MacAddr,
@@ -139,6 +144,7 @@ impl<A: Family> Default for Flow<A> {
             protocol: 0,
             state: FlowState::SynSent,
             nat: false,
+            awaiting_proof: false,
             backend: 0,
             backend_mac: MacAddr([0; 6]),
             client_mac: MacAddr([0; 6]),
@@ -269,6 +275,18 @@ impl<A: Family> FlowTable<A> {
     #[inline(always)]
     pub fn get(&self, idx: u32) -> &Flow<A> {
         self.table.get(idx)
+    }
+
+    /// When connection `idx` last saw a packet.
+    #[inline(always)]
+    pub fn last_seen(&self, idx: u32) -> u32 {
+        self.table.last_seen(idx)
+    }
+
+    /// Connection `idx` has proved its client real (or no longer needs to).
+    #[inline]
+    pub fn proved(&mut self, idx: u32) {
+        self.table.get_mut(idx).awaiting_proof = false;
     }
 
     /// Records a packet of connection `idx` and advances its TCP state.

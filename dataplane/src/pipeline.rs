@@ -34,7 +34,7 @@ use crate::nat::{End, IpRewrite, rewrite};
 use crate::snapshot::{Affinity, Backend, ForwardMode, ServicePort, Snapshot};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{NO_HINT, TableError};
-use crate::wire::tcp::flags::{ACK, SYN};
+use crate::wire::tcp::flags::{ACK, RST, SYN};
 use crate::wire::{EtherType, IpProtocol, MacAddr, ethernet, ipv4, ipv6, tcp, udp, vlan};
 use crossbeam_channel::{Receiver, Sender};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -201,6 +201,9 @@ pub struct Worker<I: PacketIo, C: Clock> {
     /// Where re-filing the affinity tables under shortened timeouts has got
     /// to: IPv4 table, then IPv6.
     refile: Option<(bool, usize)>,
+    /// The tick of the last snapshot swap: a UDP flow seen since then was
+    /// checked against the current snapshot.
+    swapped_at: u32,
 }
 
 /// Affinity entries re-filed per poll after a timeout cut.
@@ -245,6 +248,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             reaped_at: now,
             busy_since: None,
             refile: None,
+            swapped_at: now,
         })
     }
 
@@ -282,6 +286,10 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         s.affinity_evictions =
             self.v4.affinity.counters().evictions + self.v6.affinity.counters().evictions;
         s.flow_evictions = self.v4.flows.counters().evictions + self.v6.flows.counters().evictions;
+        let (a4, a6) = (self.v4.affinity.counters(), self.v6.affinity.counters());
+        s.affinity_admissions = a4.probation_inserts + a6.probation_inserts;
+        s.affinity_promotions = a4.promotions + a6.promotions;
+        s.affinity_probation_evictions = a4.probation_evictions + a6.probation_evictions;
         s.snapshot_generation = self.snapshot.generation();
         s
     }
@@ -330,6 +338,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             self.io.serve_frontends(newest.frontend_addrs());
         }
         self.stats.snapshot_swaps += 1;
+        self.swapped_at = self.clock.now();
         std::mem::replace(&mut self.snapshot, newest)
     }
 
@@ -404,6 +413,10 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                         affinity_entries: self.v4.affinity.len() + self.v6.affinity.len(),
                         affinity_capacity: self.v4.affinity.capacity()
                             + self.v6.affinity.capacity(),
+                        affinity_capacity_v4: self.v4.affinity.capacity(),
+                        affinity_capacity_v6: self.v6.affinity.capacity(),
+                        affinity_on_probation: self.v4.affinity.len_on_probation()
+                            + self.v6.affinity.len_on_probation(),
                         flow_entries: self.v4.flows.len() + self.v6.flows.len(),
                         flow_capacity: self.v4.flows.capacity() + self.v6.flows.capacity(),
                         io: {
@@ -526,6 +539,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                     snapshot: &self.snapshot,
                     mac: self.config.mac,
                     now,
+                    swapped_at: self.swapped_at,
                     stats: &mut self.stats,
                 };
                 match meta.tuple {
@@ -820,6 +834,8 @@ struct Ctx<'a> {
     snapshot: &'a Snapshot,
     mac: MacAddr,
     now: u32,
+    /// See [`Worker::swapped_at`].
+    swapped_at: u32,
     stats: &'a mut WorkerStats,
 }
 
@@ -838,6 +854,7 @@ fn handle<A: IpRewrite>(
         snapshot,
         mac,
         now,
+        swapped_at,
         stats,
     } = ctx;
     if let Some((idx, dir)) = tables
@@ -848,8 +865,23 @@ fn handle<A: IpRewrite>(
         let reopened = dir == Direction::Forward
             && meta.tcp_flags & (SYN | ACK) == SYN
             && matches!(flow.state, FlowState::Closing | FlowState::Reset);
-        if !reopened {
+        // kube-proxy deletes the conntrack entries of a removed UDP
+        // endpoint, so a stream that never idles is re-balanced at once;
+        // TCP connections keep their backend until they end. Only a flow
+        // not seen since the last snapshot swap can have lost its backend,
+        // so a steady stream pays one comparison.
+        let repick = dir == Direction::Forward
+            && flow.protocol == IpProtocol::UDP
+            && tables.flows.last_seen(idx) <= swapped_at
+            && !backend_still_usable(snapshot, meta, &flow);
+        if !reopened && !repick {
             tables.flows.seen(idx, dir, meta.tcp_flags, now);
+            if flow.awaiting_proof
+                && dir == Direction::Forward
+                && proves(flow.protocol, meta.tcp_flags)
+            {
+                confirm(snapshot, tables, idx, &flow, meta, now, stats);
+            }
             match dir {
                 Direction::Forward => stats.flow_hits += 1,
                 Direction::Reply => stats.replies += 1,
@@ -858,7 +890,11 @@ fn handle<A: IpRewrite>(
             return Action::Forward;
         }
         // A SYN reusing the tuple of a closed connection is a new
-        // connection, as conntrack sees it: it is balanced afresh.
+        // connection, as conntrack sees it: it is balanced afresh; so is a
+        // UDP flow whose backend left.
+        if repick {
+            stats.udp_repicks += 1;
+        }
         tables.flows.remove(idx);
     }
 
@@ -874,8 +910,8 @@ fn handle<A: IpRewrite>(
     if !index.is_some_and(|i| snapshot.admits(i, key.src.ip())) {
         return Action::Drop(DropReason::SourceRange);
     }
-    let backend = match svc.spec.affinity {
-        Affinity::None => svc.pick(tuple_hash(&key)),
+    let picked = match svc.spec.affinity {
+        Affinity::None => svc.pick(tuple_hash(&key)).map(|b| (b, false)),
         Affinity::ClientIp {
             timeout,
             v4_prefix,
@@ -893,7 +929,7 @@ fn handle<A: IpRewrite>(
             )
         }
     };
-    let Some(backend) = backend else {
+    let Some((backend, awaiting_proof)) = picked else {
         return Action::Drop(DropReason::NoBackend);
     };
     let Some(backend_addr) = family_addr::<A>(backend.addr) else {
@@ -910,6 +946,7 @@ fn handle<A: IpRewrite>(
         protocol: key.protocol,
         state: FlowState::SynSent,
         nat: svc.spec.mode == ForwardMode::Nat,
+        awaiting_proof,
         backend: backend.id,
         backend_mac: backend.mac,
         client_mac,
@@ -927,7 +964,8 @@ fn handle<A: IpRewrite>(
 
 /// `ClientIP`: the client's live sticky backend if it is still usable
 /// (refreshed), else Maglev's pick over the masked client address, written
-/// to the client's entry.
+/// to the client's entry. Also says whether the client's entry is on
+/// probation, so the connection knows to prove it.
 #[inline(always)]
 fn sticky_backend<'s, A: Family>(
     snapshot: &Snapshot,
@@ -937,7 +975,7 @@ fn sticky_backend<'s, A: Family>(
     timeout: u32,
     now: u32,
     stats: &mut WorkerStats,
-) -> Option<&'s Backend> {
+) -> Option<(&'s Backend, bool)> {
     let ahash = AffinityTable::hash(&akey);
     let picked = || svc.pick(stable_hash(&akey.client.octets16()[..A::LEN]));
     match table.lookup(ahash, &akey, timeout, now) {
@@ -945,35 +983,100 @@ fn sticky_backend<'s, A: Family>(
             if let Some(b) = svc.usable(backend) {
                 stats.affinity_hits += 1;
                 table.refresh(idx, now);
-                Some(b)
+                Some((b, table.on_probation(idx)))
             } else {
                 // Its backend left the usable set: never honoured,
                 // never refreshed; the client is picked afresh.
                 stats.affinity_stale += 1;
-                let b = picked();
-                if let Some(b) = b {
-                    table.repoint(idx, b.id, now);
-                }
-                b
+                let b = picked()?;
+                table.repoint(idx, b.id, now);
+                Some((b, table.on_probation(idx)))
             }
         }
         Sticky::Expired { idx } => {
             stats.affinity_expired += 1;
-            let b = picked();
-            if let Some(b) = b {
-                table.repoint(idx, b.id, now);
-            }
-            b
+            let b = picked()?;
+            table.repoint(idx, b.id, now);
+            Some((b, table.on_probation(idx)))
         }
         Sticky::Missing => {
             stats.affinity_misses += 1;
-            let b = picked();
-            if let Some(b) = b {
-                table.insert(akey, b.id, timeout, now, |id| snapshot.affinity_timeout(id));
-            }
-            b
+            let b = picked()?;
+            let admitted = table
+                .insert(akey, b.id, timeout, now, |id| snapshot.affinity_timeout(id))
+                .is_some();
+            Some((b, admitted))
         }
     }
+}
+
+/// Whether a client packet of a connection awaiting proof proves its client
+/// real: for TCP the handshake's final ACK (or anything after it: ACK set,
+/// neither SYN nor RST), for UDP any datagram after the first.
+#[inline(always)]
+fn proves(protocol: u8, tcp_flags: u8) -> bool {
+    match protocol {
+        IpProtocol::TCP => tcp_flags & (SYN | ACK | RST) == ACK,
+        IpProtocol::UDP => true,
+        _ => false,
+    }
+}
+
+/// A connection proved its client real: promote the client's affinity
+/// entry. Once per connection, so kept off the hot path's code.
+#[cold]
+#[inline(never)]
+fn confirm<A: Family>(
+    snapshot: &Snapshot,
+    tables: &mut Tables<A>,
+    idx: u32,
+    flow: &Flow<A>,
+    meta: &Meta,
+    now: u32,
+    stats: &mut WorkerStats,
+) {
+    tables.flows.proved(idx);
+    let Some(svc) = flow_service(snapshot, meta, flow) else {
+        return;
+    };
+    let Affinity::ClientIp {
+        timeout,
+        v4_prefix,
+        v6_prefix,
+    } = svc.spec.affinity
+    else {
+        return;
+    };
+    let akey = affinity_key(svc, flow.client, v4_prefix, v6_prefix);
+    if !tables
+        .affinity
+        .promote(AffinityTable::hash(&akey), &akey, timeout, now)
+    {
+        stats.affinity_proofs_unpromoted += 1;
+    }
+}
+
+/// The service port a connection belongs to under the current snapshot,
+/// from the parse stage's lookup where it made one.
+#[inline]
+fn flow_service<'s, A: Family>(
+    snapshot: &'s Snapshot,
+    meta: &Meta,
+    flow: &Flow<A>,
+) -> Option<&'s ServicePort> {
+    let index = if meta.service_known {
+        meta.service
+    } else {
+        snapshot.service_index(flow.service_addr.ip(), flow.service_port, flow.protocol)
+    };
+    index.and_then(|i| snapshot.port_at(i))
+}
+
+/// Whether a connection's backend is still in its service's usable set.
+#[cold]
+#[inline(never)]
+fn backend_still_usable<A: Family>(snapshot: &Snapshot, meta: &Meta, flow: &Flow<A>) -> bool {
+    flow_service(snapshot, meta, flow).is_some_and(|svc| svc.usable(flow.backend).is_some())
 }
 
 /// The 5-tuple hash `None` affinity balances on; stable across instances.

@@ -100,6 +100,19 @@ pub struct WorkerStats {
     pub affinity_stale: u64,
     /// Live affinity entries evicted to make room.
     pub affinity_evictions: u64,
+    /// Clients admitted to the affinity table, on probation.
+    pub affinity_admissions: u64,
+    /// Entries promoted from probation to protected by a connection that
+    /// proved its client real.
+    pub affinity_promotions: u64,
+    /// Of `affinity_evictions`, those taken from probation; the rest were
+    /// protected, taken only when probation was empty.
+    pub affinity_probation_evictions: u64,
+    /// Connections that proved their client after its entry had gone
+    /// (pushed out on probation, or expired): nothing to promote.
+    pub affinity_proofs_unpromoted: u64,
+    /// UDP flows re-balanced because their backend left the usable set.
+    pub udp_repicks: u64,
     /// Live connections evicted to make room.
     pub flow_evictions: u64,
     /// Packets handed to the slow path (ARP, ND, ICMP, no service).

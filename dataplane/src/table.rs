@@ -22,6 +22,12 @@
 //! taking the entry the timer wheel would fire first: an expired one if there
 //! is one, else the live entry closest to expiry, and that is counted as an
 //! eviction. Nothing is ever dropped silently.
+//!
+//! Entries live in one of two [`Tier`]s, each filed in its own lane of the
+//! wheel, so that a full table can take room from the probation tier first
+//! and from the protected tier only when probation is empty (see the
+//! affinity table for why). The tier is the top bit of the entry's refresh
+//! stamp, so it costs no memory; clocks are seconds and stay below 2^31.
 
 use crate::io::{huge_vec, prefetch, prefetch_all};
 use crate::timer_wheel::{Fired, TimerWheel};
@@ -49,8 +55,12 @@ const EMPTY: u32 = u32::MAX;
 /// What [`Table::prefetch_entry`] returns when it has no guess.
 pub const NO_HINT: u32 = EMPTY;
 const WAY_BIT: u32 = 1 << 31;
-/// `last_seen` of a free entry.
+/// `stamp` of a free entry.
 const DEAD: u32 = u32::MAX;
+/// The stamp bit of an entry on probation.
+const PROBATION_BIT: u32 = 1 << 31;
+/// Latest tick a stamp holds: a probation stamp must never read as DEAD.
+const MAX_TICK: u32 = PROBATION_BIT - 2;
 /// How many wheel-earliest entries an insert into a full table will look at
 /// before it evicts a live one that has not expired.
 const EVICTION_PROBES: usize = 8;
@@ -97,7 +107,54 @@ pub struct LineAligned;
 struct Stored<E: TableEntry> {
     _align: [E::Align; 0],
     entry: E,
-    last_seen: u32,
+    /// Last refresh tick, with [`PROBATION_BIT`] set on probation; [`DEAD`]
+    /// when free.
+    stamp: u32,
+}
+
+/// Where an entry stands when a full table makes room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Kept while any entry on probation is left to take instead.
+    Protected,
+    /// Taken first.
+    Probation,
+}
+
+impl Tier {
+    /// The wheel lane this tier is filed in.
+    #[inline(always)]
+    fn lane(self) -> usize {
+        match self {
+            Tier::Protected => 0,
+            Tier::Probation => 1,
+        }
+    }
+
+    #[inline(always)]
+    fn of(stamp: u32) -> Tier {
+        if stamp & PROBATION_BIT != 0 {
+            Tier::Probation
+        } else {
+            Tier::Protected
+        }
+    }
+
+    /// The stamp of an entry of this tier refreshed at `now`.
+    #[inline(always)]
+    fn stamp(self, now: u32) -> u32 {
+        let tick = now.min(MAX_TICK);
+        match self {
+            Tier::Protected => tick,
+            Tier::Probation => tick | PROBATION_BIT,
+        }
+    }
+}
+
+/// The refresh tick of a live entry's stamp.
+#[inline(always)]
+fn tick(stamp: u32) -> u32 {
+    stamp & !PROBATION_BIT
 }
 
 /// Where a key was found.
@@ -125,6 +182,12 @@ pub struct TableCounters {
     pub expirations: u64,
     pub evictions: u64,
     pub removals: u64,
+    /// Of `inserts`, those filed on probation.
+    pub probation_inserts: u64,
+    /// Of `evictions`, those taken from probation.
+    pub probation_evictions: u64,
+    /// Entries moved from probation to protected.
+    pub promotions: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -141,6 +204,8 @@ pub struct Table<E: TableEntry> {
     slots: Box<[Stored<E>]>,
     wheel: TimerWheel,
     live: usize,
+    /// Of `live`, entries on probation.
+    on_probation: usize,
     counters: TableCounters,
 }
 
@@ -180,13 +245,14 @@ impl<E: TableEntry> Table<E> {
                 Stored {
                     _align: [],
                     entry: E::default(),
-                    last_seen: DEAD,
+                    stamp: DEAD,
                 },
                 capacity,
             )
             .into_boxed_slice(),
             wheel: TimerWheel::new(capacity, u64::from(now)),
             live: 0,
+            on_probation: 0,
             counters: TableCounters::default(),
         })
     }
@@ -202,6 +268,11 @@ impl<E: TableEntry> Table<E> {
 
     pub fn is_empty(&self) -> bool {
         self.live == 0
+    }
+
+    /// Live entries on probation.
+    pub fn len_on_probation(&self) -> usize {
+        self.on_probation
     }
 
     pub fn counters(&self) -> TableCounters {
@@ -261,7 +332,7 @@ impl<E: TableEntry> Table<E> {
             let idx = hint & !WAY_BIT;
             let way = u8::from(hint & WAY_BIT != 0);
             if let Some(s) = self.slots.get(idx as usize)
-                && s.last_seen != DEAD
+                && s.stamp != DEAD
                 && way < s.entry.ways()
                 && s.entry.key(way) == *key
             {
@@ -311,7 +382,29 @@ impl<E: TableEntry> Table<E> {
     /// When the entry at `idx` was last refreshed.
     #[inline]
     pub fn last_seen(&self, idx: u32) -> u32 {
-        self.slots[idx as usize].last_seen
+        tick(self.slots[idx as usize].stamp)
+    }
+
+    /// The tier of the live entry at `idx`.
+    #[inline]
+    pub fn tier(&self, idx: u32) -> Tier {
+        Tier::of(self.slots[idx as usize].stamp)
+    }
+
+    /// Moves the live entry at `idx` from probation to protected, filed
+    /// under `deadline`. Returns whether it was on probation.
+    pub fn promote(&mut self, idx: u32, deadline: u32) -> bool {
+        let s = &mut self.slots[idx as usize];
+        if s.stamp == DEAD || Tier::of(s.stamp) != Tier::Probation {
+            return false;
+        }
+        s.stamp &= !PROBATION_BIT;
+        self.wheel.unschedule(idx);
+        self.wheel
+            .schedule_in(Tier::Protected.lane(), idx, u64::from(deadline));
+        self.on_probation -= 1;
+        self.counters.promotions += 1;
+        true
     }
 
     /// Refreshes the entry at `idx`. The wheel is not touched: the entry's
@@ -322,8 +415,8 @@ impl<E: TableEntry> Table<E> {
         // Store only on change: most packets of a busy entry arrive within
         // the tick it was last refreshed in, and a line left clean is not
         // written back to memory when it is evicted.
-        if s.last_seen != DEAD && s.last_seen != now {
-            s.last_seen = now;
+        if s.stamp != DEAD && tick(s.stamp) != now {
+            s.stamp = Tier::of(s.stamp).stamp(now);
         }
     }
 
@@ -332,9 +425,24 @@ impl<E: TableEntry> Table<E> {
     /// from its value and last refresh; a full table uses it to prefer an
     /// expired entry over evicting a live one. Returns the new entry's index
     /// and how room was made; `None` only if the table's invariants were
-    /// broken, which the caller counts rather than trusts.
+    /// broken, which the caller counts rather than trusts. The entry is
+    /// protected; see [`insert_in`](Self::insert_in).
     pub fn insert(
         &mut self,
+        entry: E,
+        now: u32,
+        deadline: u32,
+        expiry: impl Fn(&E, u32) -> u32,
+    ) -> Option<(u32, Room)> {
+        self.insert_in(Tier::Protected, entry, now, deadline, expiry)
+    }
+
+    /// [`insert`](Self::insert) into `tier`. A full table makes room on
+    /// probation while anything is there, and among protected entries
+    /// only when nothing is.
+    pub fn insert_in(
+        &mut self,
+        tier: Tier,
         entry: E,
         now: u32,
         deadline: u32,
@@ -347,7 +455,7 @@ impl<E: TableEntry> Table<E> {
         self.slots[idx as usize] = Stored {
             _align: [],
             entry,
-            last_seen: now,
+            stamp: tier.stamp(now),
         };
         for way in 0..entry.ways() {
             let hash = E::hash(&entry.key(way));
@@ -355,24 +463,35 @@ impl<E: TableEntry> Table<E> {
                 for undo in 0..way {
                     self.index_remove(E::hash(&entry.key(undo)), encode(idx, undo));
                 }
-                self.slots[idx as usize].last_seen = DEAD;
+                self.slots[idx as usize].stamp = DEAD;
                 self.wheel.release(idx);
                 return None;
             }
         }
-        self.wheel.schedule(idx, u64::from(deadline));
+        self.wheel
+            .schedule_in(tier.lane(), idx, u64::from(deadline));
         self.live += 1;
         self.counters.inserts += 1;
+        if tier == Tier::Probation {
+            self.on_probation += 1;
+            self.counters.probation_inserts += 1;
+        }
         Some((idx, room))
     }
 
-    /// Takes the entry the wheel fires first and reuses it. When no entry is
-    /// free every entry is live and on the wheel, so this finds one.
+    /// Takes the entry the wheel fires first, of probation's lane if it
+    /// holds any, else of protected's, and reuses it. When no entry is free
+    /// every entry is live and on the wheel, so this finds one.
     fn make_room(&mut self, now: u32, expiry: &impl Fn(&E, u32) -> u32) -> Option<(u32, Room)> {
+        let tier = if self.wheel.lane_is_empty(Tier::Probation.lane()) {
+            Tier::Protected
+        } else {
+            Tier::Probation
+        };
         for probe in 1..=EVICTION_PROBES {
-            let (idx, slot_end) = self.wheel.pop_earliest()?;
+            let (idx, slot_end) = self.wheel.pop_earliest_in(tier.lane())?;
             let s = self.slots[idx as usize];
-            let due = expiry(&s.entry, s.last_seen);
+            let due = expiry(&s.entry, tick(s.stamp));
             if due <= now {
                 self.unindex(idx);
                 self.counters.expirations += 1;
@@ -382,35 +501,41 @@ impl<E: TableEntry> Table<E> {
             if probe == EVICTION_PROBES || u64::from(due) < slot_end {
                 self.unindex(idx);
                 self.counters.evictions += 1;
+                if tier == Tier::Probation {
+                    self.counters.probation_evictions += 1;
+                }
                 return Some((idx, Room::Evicted));
             }
             // Refreshed since it was scheduled: file it where it belongs and
             // look at the next one.
-            self.wheel.schedule(idx, u64::from(due));
+            self.wheel.schedule_in(tier.lane(), idx, u64::from(due));
         }
         None
     }
 
     /// Removes the entry at `idx`, if live, and frees it.
     pub fn remove(&mut self, idx: u32) {
-        if self.slots[idx as usize].last_seen == DEAD {
+        if self.slots[idx as usize].stamp == DEAD {
             return;
         }
         self.unindex(idx);
-        self.slots[idx as usize].last_seen = DEAD;
+        self.slots[idx as usize].stamp = DEAD;
         self.wheel.unschedule(idx);
         self.wheel.release(idx);
         self.counters.removals += 1;
     }
 
-    /// Drops `idx` from the index and the live count.
+    /// Drops `idx` from the index and the live counts.
     fn unindex(&mut self, idx: u32) {
-        let entry = self.slots[idx as usize].entry;
+        let Stored { entry, stamp, .. } = self.slots[idx as usize];
         for way in 0..entry.ways() {
             let hash = E::hash(&entry.key(way));
             self.index_remove(hash, encode(idx, way));
         }
         self.live -= 1;
+        if Tier::of(stamp) == Tier::Probation {
+            self.on_probation -= 1;
+        }
     }
 
     /// Moves the clock to `now` and releases every entry whose deadline, as
@@ -423,16 +548,20 @@ impl<E: TableEntry> Table<E> {
             slots,
             wheel,
             live,
+            on_probation,
             counters,
         } = self;
         let mut expired = 0;
         wheel.advance(u64::from(now), |idx| {
             let s = &mut slots[idx as usize];
-            let due = expiry(&s.entry, s.last_seen);
+            let due = expiry(&s.entry, tick(s.stamp));
             if due > now {
                 return Fired::Reschedule(u64::from(due));
             }
-            s.last_seen = DEAD;
+            if Tier::of(s.stamp) == Tier::Probation {
+                *on_probation -= 1;
+            }
+            s.stamp = DEAD;
             let entry = s.entry;
             for way in 0..entry.ways() {
                 let hash = E::hash(&entry.key(way));
@@ -462,19 +591,20 @@ impl<E: TableEntry> Table<E> {
         let end = start.saturating_add(count).min(self.slots.len());
         for idx in start..end {
             let s = self.slots[idx];
-            if s.last_seen == DEAD {
+            if s.stamp == DEAD {
                 continue;
             }
             let idx = idx as u32;
-            let due = expiry(&s.entry, s.last_seen);
+            let due = expiry(&s.entry, tick(s.stamp));
             self.wheel.unschedule(idx);
             if due <= now {
                 self.unindex(idx);
-                self.slots[idx as usize].last_seen = DEAD;
+                self.slots[idx as usize].stamp = DEAD;
                 self.wheel.release(idx);
                 self.counters.expirations += 1;
             } else {
-                self.wheel.schedule(idx, u64::from(due));
+                self.wheel
+                    .schedule_in(Tier::of(s.stamp).lane(), idx, u64::from(due));
             }
         }
         (end < self.slots.len()).then_some(end)
@@ -485,8 +615,8 @@ impl<E: TableEntry> Table<E> {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.last_seen != DEAD)
-            .map(|(i, s)| (i as u32, &s.entry, s.last_seen))
+            .filter(|(_, s)| s.stamp != DEAD)
+            .map(|(i, s)| (i as u32, &s.entry, tick(s.stamp)))
     }
 
     /// Files `slot` under `hash`. The load bound guarantees room; `false`
@@ -682,6 +812,69 @@ mod tests {
     }
 
     #[test]
+    fn full_table_takes_probation_first() {
+        let mut t = Table::<Pair>::new(4, 0).unwrap();
+        // Protected entries filed earliest: without tiers they would go first.
+        let (a, _) = t.insert(pair(0, 10), 0, 10, expiry).unwrap();
+        t.insert(pair(1, 10), 0, 10, expiry).unwrap();
+        for k in 2..4 {
+            t.insert_in(Tier::Probation, pair(k, 100), 5, 105, expiry)
+                .unwrap();
+        }
+        assert_eq!(t.len_on_probation(), 2);
+        for k in 4..20 {
+            let (idx, room) = t
+                .insert_in(Tier::Probation, pair(k, 100), 6, 106, expiry)
+                .unwrap();
+            assert_eq!(room, Room::Evicted);
+            assert_eq!(t.tier(idx), Tier::Probation);
+        }
+        assert!(find(&t, 0).is_some() && find(&t, 1).is_some());
+        let c = t.counters();
+        assert_eq!((c.evictions, c.probation_evictions), (16, 16));
+        assert_eq!((c.inserts, c.probation_inserts), (20, 18));
+        // Promoted, an entry is spared like the others; once probation is
+        // empty a protected entry goes, the earliest.
+        let promoted = find(&t, 19).unwrap().idx;
+        assert!(t.promote(promoted, 106));
+        assert!(!t.promote(promoted, 106), "promoted once");
+        assert_eq!(t.tier(promoted), Tier::Protected);
+        t.insert(pair(20, 100), 6, 106, expiry).unwrap();
+        assert!(find(&t, 19).is_some());
+        assert_eq!(t.len_on_probation(), 0);
+        t.insert(pair(21, 100), 7, 107, expiry).unwrap();
+        assert!(find(&t, 0).is_none() || find(&t, 1).is_none());
+        assert!(find(&t, 19).is_some() && find(&t, 20).is_some());
+        let c = t.counters();
+        assert_eq!(
+            (c.evictions, c.probation_evictions, c.promotions),
+            (18, 17, 1)
+        );
+        assert_eq!(t.tier(a), Tier::Protected);
+    }
+
+    #[test]
+    fn tiers_survive_touch_expiry_and_refile() {
+        let mut t = Table::<Pair>::new(8, 0).unwrap();
+        let (p, _) = t
+            .insert_in(Tier::Probation, pair(1, 10), 0, 10, expiry)
+            .unwrap();
+        t.touch(p, 5);
+        assert_eq!((t.tier(p), t.last_seen(p)), (Tier::Probation, 5));
+        // Re-filed on its lane, then expired from it: the count follows.
+        assert_eq!(t.refile(0, 8, 6, expiry), None);
+        assert_eq!(t.len_on_probation(), 1);
+        assert_eq!(t.advance(15, expiry), 1);
+        assert_eq!(t.len_on_probation(), 0);
+        let (q, _) = t
+            .insert_in(Tier::Probation, pair(2, 10), 15, 25, expiry)
+            .unwrap();
+        t.remove(q);
+        assert_eq!(t.len_on_probation(), 0);
+        assert!(t.is_empty());
+    }
+
+    #[test]
     fn refile_brings_shortened_deadlines_forward() {
         let mut t = Table::<Pair>::new(8, 0).unwrap();
         for k in 0..4 {
@@ -735,6 +928,104 @@ mod tests {
             2 => any::<u16>().prop_map(|k| Op::Touch(k % 512)),
             1 => any::<u8>().prop_map(|d| Op::Tick(d % 20)),
         ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum TierOp {
+        /// A new key on probation (the flood, or a client's first sight).
+        Admit(u16),
+        Promote(u16),
+        Touch(u16),
+        Tick(u8),
+    }
+
+    fn tier_op() -> impl Strategy<Value = TierOp> {
+        prop_oneof![
+            6 => any::<u16>().prop_map(|k| TierOp::Admit(k % 1024)),
+            2 => any::<u16>().prop_map(|k| TierOp::Promote(k % 1024)),
+            1 => any::<u16>().prop_map(|k| TierOp::Touch(k % 1024)),
+            1 => any::<u8>().prop_map(|d| TierOp::Tick(d % 8)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever mix of admissions, promotions, refreshes and time: a
+        /// protected entry leaves only by expiry or when probation was
+        /// empty at the insert that took it; every promotion and eviction
+        /// is counted by tier; the tier counts match the entries.
+        #[test]
+        fn probation_shields_protected(
+            ops in proptest::collection::vec(tier_op(), 1..1500),
+            cap in 1usize..200,
+        ) {
+            let ttl = 20;
+            let mut t = Table::<Pair>::new(cap, 0).unwrap();
+            // key -> (last_seen, protected)
+            let mut model: HashMap<u64, (u32, bool)> = HashMap::new();
+            let mut now = 0u32;
+            let mut promotions = 0u64;
+            let mut protected_evictions = 0u64;
+            for op in ops {
+                match op {
+                    TierOp::Admit(k) => {
+                        let k = u64::from(k);
+                        if find(&t, k).is_some() {
+                            continue;
+                        }
+                        let probation_before = t.len_on_probation();
+                        let before = t.counters();
+                        t.insert_in(Tier::Probation, pair(k, ttl), now, now + ttl, expiry).unwrap();
+                        let after = t.counters();
+                        let gone: Vec<u64> = model.keys().copied().filter(|k| find(&t, *k).is_none()).collect();
+                        prop_assert!(gone.len() <= 1);
+                        for g in gone {
+                            let (_, protected) = model.remove(&g).unwrap();
+                            if protected {
+                                prop_assert_eq!(probation_before, 0, "protected {} evicted past probation", g);
+                                protected_evictions += 1;
+                            }
+                            prop_assert_eq!(after.evictions + after.expirations, before.evictions + before.expirations + 1);
+                        }
+                        model.insert(k, (now, false));
+                    }
+                    TierOp::Promote(k) => {
+                        let k = u64::from(k);
+                        if let Some(h) = find(&t, k) {
+                            let was = model[&k];
+                            prop_assert_eq!(t.promote(h.idx, was.0 + ttl), !was.1);
+                            if !was.1 {
+                                promotions += 1;
+                            }
+                            model.insert(k, (was.0, true));
+                        }
+                    }
+                    TierOp::Touch(k) => {
+                        let k = u64::from(k);
+                        if let Some(h) = find(&t, k) {
+                            t.touch(h.idx, now);
+                            model.get_mut(&k).unwrap().0 = now;
+                        }
+                    }
+                    TierOp::Tick(d) => {
+                        now += u32::from(d);
+                        t.advance(now, expiry);
+                        model.retain(|_, (last, _)| *last + ttl > now);
+                    }
+                }
+                prop_assert_eq!(t.len(), model.len());
+                prop_assert_eq!(t.len_on_probation(), model.values().filter(|v| !v.1).count());
+                for (&k, &(last, protected)) in &model {
+                    let h = find(&t, k);
+                    prop_assert!(h.is_some(), "lost key {}", k);
+                    let idx = h.unwrap().idx;
+                    prop_assert_eq!(t.last_seen(idx), last);
+                    prop_assert_eq!(t.tier(idx) == Tier::Protected, protected);
+                }
+                let c = t.counters();
+                prop_assert_eq!(c.promotions, promotions);
+                prop_assert_eq!(c.evictions - c.probation_evictions, protected_evictions);
+            }
+        }
     }
 
     proptest! {

@@ -12,27 +12,55 @@
 //! A table hit never touches the wheel: the owner re-checks an entry's real
 //! deadline when its slot fires and reschedules it then (see
 //! [`TimerWheel::advance`]), which keeps list surgery off the lookup path.
+//!
+//! The wheel has [`LANES`] lanes, each a full set of levels over the same
+//! clock and links: an owner that must tell two kinds of entry apart when it
+//! makes room (the affinity table's probation and protected tiers) files
+//! each kind in its own lane and takes the earliest entry of the lane it
+//! wants, in O(levels). Each slot also knows its tail, and
+//! [`TimerWheel::pop_earliest_in`] takes the tail: within one slot (one
+//! second at level 0) the entry filed first goes first, so a flood of
+//! inserts sharing a second churns through its own newest entries last
+//! instead of evicting each newcomer on the next insert.
 
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 const LEVELS: usize = 4;
+/// Independent sets of levels over the same clock and links.
+pub const LANES: usize = 2;
 /// Furthest a deadline may lie ahead of the wheel's clock, in ticks.
 pub const MAX_SPAN: u64 = (1 << (SLOT_BITS * LEVELS as u32)) - 1;
-/// End of a list, and "no entry".
+/// End of the free list, and "no entry".
 pub const NIL: u32 = u32::MAX;
-/// `prev` of a list head: the flag and the slot's place, `level * 64 + slot`.
-const HEAD: u32 = 1 << 31;
+/// `prev` of a slot's head and `next` of its tail: the flag and the slot's
+/// place, `(lane * LEVELS + level) * 64 + slot`. [`NIL`] has the flag too,
+/// so "flag set" is "no entry this way".
+const END: u32 = 1 << 31;
+
+#[inline(always)]
+fn place(lane: usize, level: usize, slot: usize) -> u32 {
+    END | ((lane * LEVELS + level) * SLOTS + slot) as u32
+}
+
+/// Lane, level and slot of an [`END`] marker.
+#[inline(always)]
+fn unplace(marker: u32) -> (usize, usize, usize) {
+    let p = (marker & !END) as usize;
+    (p / (LEVELS * SLOTS), p / SLOTS % LEVELS, p % SLOTS)
+}
 
 #[derive(Clone)]
 struct Level {
     occupied: u64,
     head: [u32; SLOTS],
+    tail: [u32; SLOTS],
 }
 
 impl Level {
     const EMPTY: Self = Self {
         occupied: 0,
         head: [NIL; SLOTS],
+        tail: [NIL; SLOTS],
     };
 }
 
@@ -50,9 +78,9 @@ pub enum Fired {
 /// thread through the same link array.
 #[derive(Clone)]
 pub struct TimerWheel {
-    levels: [Level; LEVELS],
+    levels: [[Level; LEVELS]; LANES],
     /// `next[i]` links entry `i` to the following entry of its slot, or of
-    /// the free list.
+    /// the free list; the tail of a slot names its slot.
     next: Box<[u32]>,
     /// `prev[i]` links a scheduled entry back to the previous one, or names
     /// its slot when it is the head.
@@ -81,7 +109,7 @@ impl TimerWheel {
             .map(|i| if i as usize == capacity { NIL } else { i })
             .collect();
         Self {
-            levels: [Level::EMPTY; LEVELS],
+            levels: [const { [Level::EMPTY; LEVELS] }; LANES],
             next,
             prev: vec![NIL; capacity].into_boxed_slice(),
             free_head: if capacity == 0 { NIL } else { 0 },
@@ -138,35 +166,48 @@ impl TimerWheel {
     /// [`advance`](Self::advance); one beyond [`MAX_SPAN`] is clamped and
     /// rescheduled when it fires. O(1).
     pub fn schedule(&mut self, idx: u32, when: u64) {
+        self.schedule_in(0, idx, when);
+    }
+
+    /// [`schedule`](Self::schedule) in lane `lane`.
+    pub fn schedule_in(&mut self, lane: usize, idx: u32, when: u64) {
         let when = when.clamp(self.elapsed, self.elapsed + MAX_SPAN);
         let level = level_for(self.elapsed, when);
         let slot = slot_for(when, level);
-        let lvl = &mut self.levels[level];
+        let marker = place(lane, level, slot);
+        let lvl = &mut self.levels[lane][level];
         let old = std::mem::replace(&mut lvl.head[slot], idx);
         lvl.occupied |= 1 << slot;
-        self.next[idx as usize] = old;
-        self.prev[idx as usize] = HEAD | (level * SLOTS + slot) as u32;
-        if old != NIL {
+        if old == NIL {
+            lvl.tail[slot] = idx;
+            self.next[idx as usize] = marker;
+        } else {
+            self.next[idx as usize] = old;
             self.prev[old as usize] = idx;
         }
+        self.prev[idx as usize] = marker;
         self.scheduled += 1;
     }
 
     /// Takes a scheduled entry off the wheel. O(1).
     pub fn unschedule(&mut self, idx: u32) {
         let (p, n) = (self.prev[idx as usize], self.next[idx as usize]);
-        if p & HEAD != 0 {
-            let place = (p & !HEAD) as usize;
-            let (level, slot) = (place / SLOTS, place % SLOTS);
-            let lvl = &mut self.levels[level];
-            lvl.head[slot] = n;
-            if n == NIL {
+        if p & END != 0 {
+            let (lane, level, slot) = unplace(p);
+            let lvl = &mut self.levels[lane][level];
+            if n & END != 0 {
+                lvl.head[slot] = NIL;
                 lvl.occupied &= !(1 << slot);
+            } else {
+                lvl.head[slot] = n;
             }
         } else {
             self.next[p as usize] = n;
         }
-        if n != NIL {
+        if n & END != 0 {
+            let (lane, level, slot) = unplace(n);
+            self.levels[lane][level].tail[slot] = if p & END != 0 { NIL } else { p };
+        } else {
             self.prev[n as usize] = p;
         }
         self.next[idx as usize] = NIL;
@@ -174,12 +215,29 @@ impl TimerWheel {
         self.scheduled -= 1;
     }
 
-    /// The tick at which the earliest occupied slot comes due, with its place.
-    fn next_due(&self) -> Option<(usize, usize, u64)> {
+    /// Whether lane `lane` has nothing scheduled.
+    pub fn lane_is_empty(&self, lane: usize) -> bool {
+        self.levels[lane].iter().all(|l| l.occupied == 0)
+    }
+
+    /// The earliest occupied slot of any lane: lane, level, slot and the
+    /// tick it comes due.
+    fn next_due(&self) -> Option<(usize, usize, usize, u64)> {
+        (0..LANES)
+            .filter_map(|lane| {
+                self.next_due_in(lane)
+                    .map(|(level, slot, due)| (lane, level, slot, due))
+            })
+            .min_by_key(|&(.., due)| due)
+    }
+
+    /// The tick at which lane `lane`'s earliest occupied slot comes due,
+    /// with its place.
+    fn next_due_in(&self, lane: usize) -> Option<(usize, usize, u64)> {
         // Lower levels always hold earlier deadlines than higher ones (an
         // entry sits at the level of the highest bit where its deadline
         // differs from the clock), so the first occupied level wins.
-        for (level, lvl) in self.levels.iter().enumerate() {
+        for (level, lvl) in self.levels[lane].iter().enumerate() {
             if lvl.occupied == 0 {
                 continue;
             }
@@ -199,25 +257,27 @@ impl TimerWheel {
         None
     }
 
-    fn take_slot(&mut self, level: usize, slot: usize) -> u32 {
-        let lvl = &mut self.levels[level];
+    fn take_slot(&mut self, lane: usize, level: usize, slot: usize) -> u32 {
+        let lvl = &mut self.levels[lane][level];
         lvl.occupied &= !(1 << slot);
+        lvl.tail[slot] = NIL;
         std::mem::replace(&mut lvl.head[slot], NIL)
     }
 
     /// Moves the clock to `now`, handing every entry whose slot comes due to
     /// `fire`. Entries in coarse slots are handed over too when their slot
     /// comes due: `fire` reports each entry's real deadline and the wheel
-    /// files it again at a finer level. Returns how many entries fired.
+    /// files it again at a finer level, in the lane it came from. Returns
+    /// how many entries fired.
     pub fn advance(&mut self, now: u64, mut fire: impl FnMut(u32) -> Fired) -> usize {
         let mut fired = 0;
-        while let Some((level, slot, due)) = self.next_due() {
+        while let Some((lane, level, slot, due)) = self.next_due() {
             if due > now {
                 break;
             }
             self.elapsed = due;
-            let mut idx = self.take_slot(level, slot);
-            while idx != NIL {
+            let mut idx = self.take_slot(lane, level, slot);
+            while idx & END == 0 {
                 let following = self.next[idx as usize];
                 self.scheduled -= 1;
                 fired += 1;
@@ -226,7 +286,7 @@ impl TimerWheel {
                     // A deadline still at or before this slot would loop
                     // forever; the owner reports only future deadlines, and
                     // `schedule` bumps stale ones to the next tick.
-                    Fired::Reschedule(when) => self.schedule(idx, when.max(due + 1)),
+                    Fired::Reschedule(when) => self.schedule_in(lane, idx, when.max(due + 1)),
                 }
                 idx = following;
             }
@@ -238,10 +298,17 @@ impl TimerWheel {
     /// Unlinks and returns the entry whose slot comes due first, with the
     /// tick that slot ends at (a deadline before it would land in the same
     /// slot again), for owners that must make room before its time. The
-    /// caller reuses the entry, schedules it again or releases it. O(levels).
+    /// caller reuses the entry, schedules it again or releases it. Of the
+    /// entries sharing that slot, the one filed there first. O(levels).
     pub fn pop_earliest(&mut self) -> Option<(u32, u64)> {
-        let (level, slot, due) = self.next_due()?;
-        let idx = self.levels[level].head[slot];
+        let (lane, ..) = self.next_due()?;
+        self.pop_earliest_in(lane)
+    }
+
+    /// [`pop_earliest`](Self::pop_earliest) among lane `lane`'s entries.
+    pub fn pop_earliest_in(&mut self, lane: usize) -> Option<(u32, u64)> {
+        let (level, slot, due) = self.next_due_in(lane)?;
+        let idx = self.levels[lane][level].tail[slot];
         self.unschedule(idx);
         let slot_span = 1u64 << (SLOT_BITS * level as u32);
         Some((idx, (due & !(slot_span - 1)) + slot_span))
@@ -402,6 +469,54 @@ mod tests {
         w.unschedule(4);
         assert!(w.is_empty());
         assert_eq!(w.next_due(), None);
+    }
+
+    #[test]
+    fn pop_takes_the_first_filed_of_a_slot() {
+        let mut w = taken(4, 0);
+        for i in 0..4 {
+            w.schedule(i, 7);
+        }
+        let popped = |w: &mut TimerWheel| w.pop_earliest().map(|(i, _)| i);
+        assert_eq!(popped(&mut w), Some(0));
+        // The tail moves back when it goes, wherever the next pop comes from.
+        w.unschedule(1);
+        assert_eq!(popped(&mut w), Some(2));
+        w.schedule(0, 7);
+        assert_eq!(popped(&mut w), Some(3));
+        assert_eq!(popped(&mut w), Some(0));
+        assert_eq!(popped(&mut w), None);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn lanes_pop_apart_and_fire_together() {
+        let mut w = taken(4, 0);
+        w.schedule_in(1, 0, 50);
+        w.schedule_in(0, 1, 10);
+        w.schedule_in(1, 2, 20);
+        w.schedule_in(0, 3, 5000);
+        assert!(!w.lane_is_empty(1));
+        // Lane 1's earliest, though lane 0 holds an earlier one.
+        assert_eq!(w.pop_earliest_in(1).map(|(i, _)| i), Some(2));
+        assert_eq!(w.pop_earliest().map(|(i, _)| i), Some(1));
+        w.schedule_in(1, 2, 20);
+        // Advancing fires both lanes in deadline order, and a rescheduled
+        // entry stays in its lane.
+        let mut order = Vec::new();
+        w.advance(60, |i| {
+            order.push(i);
+            if i == 2 {
+                Fired::Reschedule(100)
+            } else {
+                Fired::Released
+            }
+        });
+        assert_eq!(order, vec![2, 0]);
+        assert!(!w.lane_is_empty(1));
+        assert_eq!(w.pop_earliest_in(1).map(|(i, _)| i), Some(2));
+        assert!(w.lane_is_empty(1));
+        assert_eq!(w.pop_earliest_in(0).map(|(i, _)| i), Some(3));
     }
 
     #[test]
