@@ -13,7 +13,7 @@ mod common;
 use common::{CLIENT_MAC, Harness, LIMPET_MAC, backend, destination, service};
 use limpet_dataplane::pipeline::Action;
 use limpet_dataplane::snapshot::{Affinity, ForwardMode, ServicePortSpec};
-use limpet_pktgen::{ACK, PacketSpec, SYN};
+use limpet_pktgen::{ACK, PacketSpec, SYN, TcpFlags};
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +58,7 @@ fn spec(fam: Fam, protocol: u8, timeout: u32, backends: &[u8]) -> ServicePortSpe
     )
 }
 
-fn tcp(client: IpAddr, sport: u16, vip: IpAddr, flags: u8) -> Vec<u8> {
+fn tcp(client: IpAddr, sport: u16, vip: IpAddr, flags: TcpFlags) -> Vec<u8> {
     PacketSpec::tcp(client, vip, sport, 80)
         .flags(flags)
         .src_mac(CLIENT_MAC)
