@@ -306,7 +306,7 @@ type Field = (
     fn(&WorkerReport) -> f64,
 );
 /// Per-worker metrics: name, type, help, and how to read it off a report.
-const WORKER_METRICS: [Field; 20] = [
+const WORKER_METRICS: [Field; 26] = [
     ("rx_packets_total", "counter", "Packets received.", |r| {
         r.stats.rx_packets as f64
     }),
@@ -362,6 +362,48 @@ const WORKER_METRICS: [Field; 20] = [
         |r| r.stats.affinity_evictions as f64,
     ),
     (
+        "affinity_admissions_total",
+        "counter",
+        "Clients admitted to the affinity table, on probation.",
+        |r| r.stats.affinity_admissions as f64,
+    ),
+    (
+        "affinity_promotions_total",
+        "counter",
+        "Affinity entries promoted from probation to protected by a connection proving its client (TCP: the client's ACK after its SYN; UDP: a second datagram).",
+        |r| r.stats.affinity_promotions as f64,
+    ),
+    (
+        "affinity_probation_evictions_total",
+        "counter",
+        "Of affinity_evictions_total, entries taken from probation.",
+        |r| r.stats.affinity_probation_evictions as f64,
+    ),
+    (
+        "affinity_protected_evictions_total",
+        "counter",
+        "Of affinity_evictions_total, protected entries, taken only when probation was empty.",
+        |r| (r.stats.affinity_evictions - r.stats.affinity_probation_evictions) as f64,
+    ),
+    (
+        "affinity_proofs_unpromoted_total",
+        "counter",
+        "Connections that proved their client after its entry had left probation unpromoted (pushed out or expired).",
+        |r| r.stats.affinity_proofs_unpromoted as f64,
+    ),
+    (
+        "affinity_probation_entries",
+        "gauge",
+        "Live affinity entries on probation (the rest are protected).",
+        |r| r.affinity_on_probation as f64,
+    ),
+    (
+        "udp_repicks_total",
+        "counter",
+        "UDP flows re-balanced because their backend left the usable set.",
+        |r| r.stats.udp_repicks as f64,
+    ),
+    (
         "flow_evictions_total",
         "counter",
         "Live connections evicted because the table was full.",
@@ -382,12 +424,6 @@ const WORKER_METRICS: [Field; 20] = [
     ("affinity_entries", "gauge", "Live affinity entries.", |r| {
         r.affinity_entries as f64
     }),
-    (
-        "affinity_capacity",
-        "gauge",
-        "Affinity table capacity.",
-        |r| r.affinity_capacity as f64,
-    ),
     ("flow_entries", "gauge", "Live connections.", |r| {
         r.flow_entries as f64
     }),
@@ -509,6 +545,25 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
     for (name, kind, help, f) in WORKER_METRICS {
         write_metric(&mut out, name, kind, help, &mut per_worker(&f).into_iter());
     }
+    // One table per address family, each as large as its flag says.
+    write_metric(
+        &mut out,
+        "affinity_capacity",
+        "gauge",
+        "Affinity table capacity per worker and address family (--affinity-capacity).",
+        &mut reports.iter().enumerate().flat_map(|(i, r)| {
+            [
+                ("ipv4", r.affinity_capacity_v4),
+                ("ipv6", r.affinity_capacity_v6),
+            ]
+            .map(|(family, cap)| {
+                (
+                    format!("{{worker=\"{i}\",family=\"{family}\"}}"),
+                    cap as f64,
+                )
+            })
+        }),
+    );
     let mut drops = Vec::new();
     for (i, r) in reports.iter().enumerate() {
         for reason in DropReason::ALL {
@@ -608,4 +663,63 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         axum::serve(listener, router(shared)).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limpet_dataplane::clock::ManualClock;
+    use limpet_dataplane::io::MemoryIo;
+    use limpet_dataplane::pipeline::{Worker, WorkerConfig};
+    use limpet_dataplane::snapshot::Snapshot;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// `--affinity-capacity 8192` builds one 8192-entry table per address
+    /// family; the metric says 8192 for each, not their sum.
+    #[test]
+    fn affinity_capacity_is_reported_per_family_as_configured() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let config = WorkerConfig {
+            affinity_capacity: 8192,
+            flow_capacity: 1024,
+            ..WorkerConfig::default()
+        };
+        let snapshot = Arc::new(Snapshot::build(1, Vec::new()).unwrap());
+        let mut worker = Worker::new(MemoryIo::new(16), ManualClock::new(0), config, snapshot)
+            .unwrap()
+            .with_commands(rx);
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || worker.run(&stop))
+        };
+        let text = render_metrics(&Shared::new(vec![tx]));
+        stop.store(true, Ordering::Relaxed);
+        running.join().unwrap();
+        let text = text.unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("limpet_affinity_capacity"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "limpet_affinity_capacity{worker=\"0\",family=\"ipv4\"} 8192",
+                "limpet_affinity_capacity{worker=\"0\",family=\"ipv6\"} 8192",
+            ]
+        );
+        for name in [
+            "affinity_admissions_total",
+            "affinity_promotions_total",
+            "affinity_probation_evictions_total",
+            "affinity_protected_evictions_total",
+            "affinity_probation_entries",
+            "udp_repicks_total",
+        ] {
+            assert!(
+                text.contains(&format!("\nlimpet_{name}{{worker=\"0\"}} 0\n")),
+                "{name} missing:\n{text}"
+            );
+        }
+    }
 }
