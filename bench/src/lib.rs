@@ -193,6 +193,12 @@ impl Frames {
         &self.data[i * self.frame_len..(i + 1) * self.frame_len]
     }
 
+    /// Frame `i`, to patch between timed runs (a scenario that needs more
+    /// distinct frames than it can hold rewrites a field in place).
+    pub fn get_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.data[i * self.frame_len..(i + 1) * self.frame_len]
+    }
+
     pub fn len(&self) -> usize {
         self.count
     }

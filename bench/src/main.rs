@@ -23,6 +23,8 @@
 
 #![recursion_limit = "256"]
 
+mod flood;
+
 use clap::{Parser, ValueEnum};
 use limpet_bench::{
     Fam, Frames, METHOD, POOL, feed_all, floor_table, median, run_floor, run_pipeline, worker,
@@ -58,16 +60,21 @@ enum Scenario {
     /// Maglev table build, N=1000 backends, M=65537.
     #[value(name = "maglev-build")]
     MaglevBuild,
+    /// 100k established IPv6 clients, then 60 simulated seconds of spoofed
+    /// SYNs at 10x the affinity table's capacity a second.
+    #[value(name = "syn-flood")]
+    SynFlood,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Steady1m,
         Scenario::Steady1mV6,
         Scenario::NewFlows,
         Scenario::NewFlowsV6,
         Scenario::Hot1k,
         Scenario::MaglevBuild,
+        Scenario::SynFlood,
     ];
 
     fn name(self) -> &'static str {
@@ -78,6 +85,7 @@ impl Scenario {
             Scenario::NewFlowsV6 => "new-flows-v6",
             Scenario::Hot1k => "hot-1k",
             Scenario::MaglevBuild => "maglev-build",
+            Scenario::SynFlood => "syn-flood",
         }
     }
 }
@@ -698,7 +706,7 @@ fn traffic(s: Scenario, quick: bool) -> Traffic {
             goal_ratio: None,
             note: "1,000 IPv4 clients, one established connection each; tables sized for them",
         },
-        Scenario::MaglevBuild => unreachable!("not a traffic scenario"),
+        Scenario::MaglevBuild | Scenario::SynFlood => unreachable!("not a traffic scenario"),
     }
 }
 
@@ -718,7 +726,7 @@ fn main() {
     );
     for s in scenarios {
         if !cli.workers.is_empty() {
-            if s == Scenario::MaglevBuild {
+            if matches!(s, Scenario::MaglevBuild | Scenario::SynFlood) {
                 continue;
             }
             let mut t = traffic(s, cli.quick);
@@ -744,6 +752,8 @@ fn main() {
         }
         let v = if s == Scenario::MaglevBuild {
             run_maglev(cli.rounds.unwrap_or(if cli.quick { 3 } else { 15 }), &env)
+        } else if s == Scenario::SynFlood {
+            flood::run(cli.quick, cli.seed, &env)
         } else {
             let mut t = traffic(s, cli.quick);
             if let Some(p) = cli.packets {

@@ -143,8 +143,11 @@ struct RunArgs {
     /// Connections each worker can track per address family.
     #[arg(long, default_value_t = 1 << 20)]
     flow_capacity: usize,
-    /// Sticky clients each worker can hold per address family. When full,
-    /// the entry closest to expiry is evicted and counted.
+    /// Sticky clients each worker can hold per address family (metric
+    /// `limpet_affinity_capacity{family=...}`). When full, the entry
+    /// closest to expiry among clients still on probation (no connection
+    /// completed yet) is evicted, and a protected client only when none is
+    /// on probation; both counted.
     #[arg(long, default_value_t = 1 << 20)]
     affinity_capacity: usize,
     /// The smallest Maglev table of a service port, in entries (2 bytes
