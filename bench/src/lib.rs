@@ -387,6 +387,19 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Nanoseconds the calling thread has spent on a CPU
+/// (`/proc/thread-self/schedstat`), or `None` where the kernel does not
+/// say. On a machine shared with other work, wall time counts the time the
+/// thread waited for a CPU; this does not.
+pub fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The one-minute load average, for the JSON lines.
 pub fn loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")

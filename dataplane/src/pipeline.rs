@@ -18,6 +18,11 @@
 //! otherwise Maglev over the masked client address picks and the entry is
 //! written; under `None` Maglev over the 5-tuple picks. The connection is
 //! then recorded so every later packet of it, and its replies, skip all that.
+//! Two exceptions on the known-connection path, both rare: a UDP flow whose
+//! backend left the usable set is balanced afresh (kube-proxy clears such
+//! conntrack entries), and a connection whose client is still on affinity
+//! probation promotes the client's entry at the packet that proves it real
+//! (see the affinity module).
 //!
 //! Nothing here locks, allocates or makes a system call; all buffers and
 //! tables are allocated when the worker is built. Packets that cannot be
@@ -637,8 +642,9 @@ fn prefetch_affinity_entry<A: Family>(
     }
 }
 
-/// For a NAT connection whose client has a live affinity entry with a
-/// usable backend, starts loading the bucket its reply tuple will go in.
+/// For a NAT connection under `ClientIP`, starts loading the bucket its
+/// reply tuple will go in: the backend is the client's live sticky one if
+/// usable, else Maglev's pick (a new client, or a flood of them).
 #[inline]
 fn prefetch_reply<A: Family>(svc: &ServicePort, tables: &Tables<A>, key: &FlowKey<A>, now: u32) {
     let Affinity::ClientIp {
@@ -653,14 +659,15 @@ fn prefetch_reply<A: Family>(svc: &ServicePort, tables: &Tables<A>, key: &FlowKe
         return;
     }
     let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
-    let Sticky::Live { backend, .. } =
-        tables
-            .affinity
-            .lookup(AffinityTable::hash(&akey), &akey, timeout, now)
-    else {
-        return;
+    let sticky = match tables
+        .affinity
+        .lookup(AffinityTable::hash(&akey), &akey, timeout, now)
+    {
+        Sticky::Live { backend, .. } => svc.usable(backend),
+        Sticky::Expired { .. } | Sticky::Missing => None,
     };
-    let Some(b) = svc.usable(backend) else {
+    let Some(b) = sticky.or_else(|| svc.pick(stable_hash(&akey.client.octets16()[..A::LEN])))
+    else {
         return;
     };
     let Some(addr) = family_addr::<A>(b.addr) else {

@@ -504,6 +504,11 @@ impl<E: TableEntry> Table<E> {
                 if tier == Tier::Probation {
                     self.counters.probation_evictions += 1;
                 }
+                // A table evicting once is likely to again at the next
+                // insert (a flood): start loading that victim now.
+                if let Some(next) = self.wheel.peek_earliest_in(tier.lane()) {
+                    prefetch(&self.slots[next as usize]);
+                }
                 return Some((idx, Room::Evicted));
             }
             // Refreshed since it was scheduled: file it where it belongs and

@@ -305,6 +305,20 @@ impl TimerWheel {
         self.pop_earliest_in(lane)
     }
 
+    /// The entry [`pop_earliest_in`](Self::pop_earliest_in) would take next,
+    /// left where it is, its links already on their way into the cache: an
+    /// owner evicting one entry after another starts loading the next
+    /// victim while it still has this one to finish.
+    pub fn peek_earliest_in(&self, lane: usize) -> Option<u32> {
+        let (level, slot, _) = self.next_due_in(lane)?;
+        let idx = self.levels[lane][level].tail[slot];
+        if let (Some(p), Some(n)) = (self.prev.get(idx as usize), self.next.get(idx as usize)) {
+            crate::io::prefetch(p);
+            crate::io::prefetch(n);
+        }
+        Some(idx)
+    }
+
     /// [`pop_earliest`](Self::pop_earliest) among lane `lane`'s entries.
     pub fn pop_earliest_in(&mut self, lane: usize) -> Option<(u32, u64)> {
         let (level, slot, due) = self.next_due_in(lane)?;

@@ -220,12 +220,18 @@ impl Limpet {
     /// `--kubeconfig PATH`) and `args`, logging to `log`, and waits until
     /// its admin API answers and it has published a snapshot.
     pub fn spawn(source: &[&OsStr], args: &[String], log: PathBuf) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", "lp-lb", LIMPET, "run"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", "lp-lb", LIMPET, "run"])
             .args(source)
             .args(args)
-            .args(["--idle", "wait"])
-            .args(["--flow-capacity", "65536", "--affinity-capacity", "65536"])
+            .args(["--idle", "wait"]);
+        // Test-sized tables unless the caller sized them.
+        for flag in ["--flow-capacity", "--affinity-capacity"] {
+            if !args.iter().any(|a| a == flag) {
+                cmd.args([flag, "65536"]);
+            }
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
