@@ -6,8 +6,8 @@
 //!        -> prefetch flow entries; for likely-new connections look the
 //!           service up once and prefetch the affinity bucket
 //!        -> prefetch those affinity entries
-//!        -> prefetch the reply-tuple bucket where a live affinity entry
-//!           already names the backend
+//!        -> prefetch the reply-tuple bucket of the backend a new
+//!           connection will get (its live sticky one, or Maglev's pick)
 //!        -> decide and rewrite each packet in place -> tx burst / free
 //! ```
 //!
@@ -514,9 +514,9 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                     Tuple::V6(key) => prefetch_affinity_entry(svc, &self.v6.affinity, &key),
                 }
             }
-            // Stage 2c: where a live affinity entry already names the
-            // backend, the reply tuple a new connection will be filed
-            // under is known: start loading its bucket too.
+            // Stage 2c: the backend a new connection will get is known
+            // (its client's live sticky one, or Maglev's pick), so is the
+            // reply tuple it will be filed under: start loading its bucket.
             for i in 0..n {
                 let meta = &self.meta[i];
                 if meta.early.is_some() || !meta.opens {

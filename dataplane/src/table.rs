@@ -504,11 +504,7 @@ impl<E: TableEntry> Table<E> {
                 if tier == Tier::Probation {
                     self.counters.probation_evictions += 1;
                 }
-                // A table evicting once is likely to again at the next
-                // insert (a flood): start loading that victim now.
-                if let Some(next) = self.wheel.peek_earliest_in(tier.lane()) {
-                    prefetch(&self.slots[next as usize]);
-                }
+                self.prefetch_victims(tier);
                 return Some((idx, Room::Evicted));
             }
             // Refreshed since it was scheduled: file it where it belongs and
@@ -516,6 +512,25 @@ impl<E: TableEntry> Table<E> {
             self.wheel.schedule_in(tier.lane(), idx, u64::from(due));
         }
         None
+    }
+
+    /// A table that evicted once is likely to again at its next insert (a
+    /// flood does it at every one), and an eviction is a chain of dependent
+    /// misses: the victim's entry, its key's bucket, its wheel links. So
+    /// start loading the next two victims' now, one step apart: the next
+    /// one's buckets (its entry was started one eviction ago), the one
+    /// after's entry and links.
+    fn prefetch_victims(&self, tier: Tier) {
+        let Some((next, after)) = self.wheel.peek_earliest_in(tier.lane()) else {
+            return;
+        };
+        let entry = &self.slots[next as usize].entry;
+        for way in 0..entry.ways() {
+            self.prefetch_bucket(E::hash(&entry.key(way)));
+        }
+        if let Some(after) = after {
+            prefetch(&self.slots[after as usize]);
+        }
     }
 
     /// Removes the entry at `idx`, if live, and frees it.

@@ -305,18 +305,23 @@ impl TimerWheel {
         self.pop_earliest_in(lane)
     }
 
-    /// The entry [`pop_earliest_in`](Self::pop_earliest_in) would take next,
-    /// left where it is, its links already on their way into the cache: an
-    /// owner evicting one entry after another starts loading the next
-    /// victim while it still has this one to finish.
-    pub fn peek_earliest_in(&self, lane: usize) -> Option<u32> {
+    /// The entries [`pop_earliest_in`](Self::pop_earliest_in) would take
+    /// next and after it (if the same slot holds one), left where they are,
+    /// the second's links started into the cache: an owner evicting one
+    /// entry after another starts loading the victims to come while it
+    /// still has this one to finish.
+    pub fn peek_earliest_in(&self, lane: usize) -> Option<(u32, Option<u32>)> {
         let (level, slot, _) = self.next_due_in(lane)?;
-        let idx = self.levels[lane][level].tail[slot];
-        if let (Some(p), Some(n)) = (self.prev.get(idx as usize), self.next.get(idx as usize)) {
+        let first = self.levels[lane][level].tail[slot];
+        let before = *self.prev.get(first as usize)?;
+        let second = (before & END == 0).then_some(before);
+        if let Some(s) = second
+            && let (Some(p), Some(n)) = (self.prev.get(s as usize), self.next.get(s as usize))
+        {
             crate::io::prefetch(p);
             crate::io::prefetch(n);
         }
-        Some(idx)
+        Some((first, second))
     }
 
     /// [`pop_earliest`](Self::pop_earliest) among lane `lane`'s entries.
@@ -492,13 +497,16 @@ mod tests {
             w.schedule(i, 7);
         }
         let popped = |w: &mut TimerWheel| w.pop_earliest().map(|(i, _)| i);
+        assert_eq!(w.peek_earliest_in(0), Some((0, Some(1))));
         assert_eq!(popped(&mut w), Some(0));
         // The tail moves back when it goes, wherever the next pop comes from.
         w.unschedule(1);
         assert_eq!(popped(&mut w), Some(2));
         w.schedule(0, 7);
         assert_eq!(popped(&mut w), Some(3));
+        assert_eq!(w.peek_earliest_in(0), Some((0, None)));
         assert_eq!(popped(&mut w), Some(0));
+        assert_eq!(w.peek_earliest_in(0), None);
         assert_eq!(popped(&mut w), None);
         assert!(w.is_empty());
     }
