@@ -340,6 +340,21 @@ impl<E: TableEntry> Table<E> {
         deadline: u32,
         expiry: impl Fn(&E, u32) -> u32,
     ) -> Option<(u32, Room)> {
+        self.insert_seen(entry, now, now, deadline, expiry)
+    }
+
+    /// [`insert`](Self::insert) an entry last refreshed at `last_seen`
+    /// (at or before `now`), as state carried over a restart is: its
+    /// timeout keeps running from then.
+    pub fn insert_seen(
+        &mut self,
+        entry: E,
+        last_seen: u32,
+        now: u32,
+        deadline: u32,
+        expiry: impl Fn(&E, u32) -> u32,
+    ) -> Option<(u32, Room)> {
+        let last_seen = last_seen.min(now);
         let (idx, room) = match self.wheel.alloc() {
             Some(idx) => (idx, Room::Free),
             None => self.make_room(now, &expiry)?,
@@ -347,7 +362,7 @@ impl<E: TableEntry> Table<E> {
         self.slots[idx as usize] = Stored {
             _align: [],
             entry,
-            last_seen: now,
+            last_seen,
         };
         for way in 0..entry.ways() {
             let hash = E::hash(&entry.key(way));
@@ -482,11 +497,32 @@ impl<E: TableEntry> Table<E> {
 
     /// Live entries with their index and last refresh.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &E, u32)> + '_ {
-        self.slots
+        self.iter_slots(0, self.slots.len())
+    }
+
+    /// Live entries among slots `start..start + count`, with their index
+    /// and last refresh: a table walked a chunk at a time (entries never
+    /// move, so a walk in chunks sees every entry that stayed put).
+    pub fn iter_slots(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> impl Iterator<Item = (u32, &E, u32)> + '_ {
+        let end = start.saturating_add(count).min(self.slots.len());
+        let start = start.min(end);
+        self.slots[start..end]
             .iter()
             .enumerate()
             .filter(|(_, s)| s.last_seen != DEAD)
-            .map(|(i, s)| (i as u32, &s.entry, s.last_seen))
+            .map(move |(i, s)| ((start + i) as u32, &s.entry, s.last_seen))
+    }
+
+    /// Whether any key of `entry` is in the table.
+    pub fn contains_any_key(&self, entry: &E) -> bool {
+        (0..entry.ways()).any(|way| {
+            let key = entry.key(way);
+            self.find(E::hash(&key), &key).is_some()
+        })
     }
 
     /// Files `slot` under `hash`. The load bound guarantees room; `false`
