@@ -93,6 +93,9 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     pub worker: WorkerConfig,
     pub idle: Idle,
+    /// Where the tables are saved on a planned stop and checkpointed, and
+    /// read back at start; `None`: they start empty every time.
+    pub state: Option<crate::checkpoint::StateOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -683,17 +686,33 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     if opts.links.is_empty() {
         return Err(RunError::NoInterface);
     }
+    // The last process's tables, and the ids its entries name: read
+    // before the configuration, so the same names get the same ids.
+    let saved = opts
+        .state
+        .as_ref()
+        .and_then(|s| crate::checkpoint::load_at_start(&s.path));
+    let ids = saved.as_ref().map(crate::checkpoint::Checkpoint::ids);
     // A manifest configuration that does not load is fatal at start-up.
     // The Kubernetes source starts empty and publishes nothing until both
     // initial lists are complete, as kube-proxy waits for sync.
     let (mut live, specs) = match &opts.source {
         Source::Manifests(source) => {
             let mut source = source.clone();
+            if let Some(ids) = ids {
+                source = source.with_ids(ids);
+            }
             let specs = source.load()?;
             info!(service_ports = specs.len(), "configuration loaded");
             (Live::Manifests(source), Some(specs))
         }
-        Source::Kubernetes(kube) => (Live::Kubernetes(KubeSource::spawn(kube.clone())?), None),
+        Source::Kubernetes(kube) => (
+            Live::Kubernetes(KubeSource::spawn_with_ids(
+                kube.clone(),
+                ids.unwrap_or_default(),
+            )?),
+            None,
+        ),
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -744,13 +763,41 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         unresolved: HashMap::new(),
         compiler: SnapshotCompiler::new(),
     };
+    let links: Vec<String> = opts.links.iter().map(|l| l.iface.clone()).collect();
+    if let Some(saved) = saved {
+        crate::checkpoint::restore(&shared, saved, &links);
+    }
     if let Some(specs) = specs {
         control.adopt(specs);
         control.first_publish(&report_rx)?;
     }
+    let (checkpoints_stop, checkpoints_stopped) = bounded::<()>(0);
+    let checkpoints = match &opts.state {
+        Some(crate::checkpoint::StateOptions {
+            path,
+            interval: Some(every),
+        }) => Some(
+            crate::checkpoint::spawn_periodic(
+                Arc::clone(&shared),
+                links.clone(),
+                path.clone(),
+                *every,
+                checkpoints_stopped,
+            )
+            .map_err(|e| RunError::Other(format!("starting the checkpoint thread: {e}")))?,
+        ),
+        _ => None,
+    };
 
     let result = control_loop(&mut control, &mut live, &report_rx, &retired);
     info!("stopping");
+    drop(checkpoints_stop);
+    if let Some(t) = checkpoints {
+        let _ = t.join();
+    }
+    if let Some(state) = &opts.state {
+        save_on_stop(&shared, &links, &state.path);
+    }
     stop.store(true, Ordering::Relaxed);
     for join in joins {
         join();
@@ -763,6 +810,30 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     drop(control);
     drop(keep);
     result
+}
+
+/// A planned stop's hand-over: the workers stop taking packets, then their
+/// tables go to the state file, so what is saved is all they held.
+fn save_on_stop(shared: &Shared, links: &[String], path: &std::path::Path) {
+    let started = Instant::now();
+    crate::checkpoint::hold(shared);
+    match crate::checkpoint::save(shared, links, path) {
+        Ok(Some(s)) => info!(
+            path = %path.display(),
+            affinity = s.affinity,
+            connections = s.connections,
+            bytes = s.bytes,
+            export_ms = s.export.as_millis() as u64,
+            write_ms = s.write.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "state saved"
+        ),
+        Ok(None) => warn!(
+            path = %path.display(),
+            "no snapshot was ever published: state file left as it was"
+        ),
+        Err(e) => error!("state not saved: {e}"),
+    }
 }
 
 impl Control {
