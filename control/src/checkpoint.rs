@@ -428,12 +428,11 @@ pub fn restore(shared: &Shared, cp: Checkpoint, links: &[String]) {
     }
     for (i, rx) in replies.iter().enumerate() {
         // A million entries take a while to insert: more than a chunk.
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(r) => {
-                affinity.add(&r.affinity);
-                flows.add(&r.flows);
-            }
-            Err(_) => error!(worker = i, "worker did not restore its state"),
+        if let Ok(r) = rx.recv_timeout(Duration::from_mins(1)) {
+            affinity.add(&r.affinity);
+            flows.add(&r.flows);
+        } else {
+            error!(worker = i, "worker did not restore its state");
         }
     }
     info!(
@@ -550,8 +549,82 @@ pub fn save(shared: &Shared, links: &[String], path: &Path) -> Result<Option<Sav
         connections: cp.flows_len(),
         bytes: bytes.len(),
         export,
-        write: started.elapsed() - export,
+        write: started.elapsed().saturating_sub(export),
     }))
+}
+
+/// The state file for one run of limpet: restores it at start,
+/// checkpoints it every interval, and saves it on a planned stop.
+#[derive(Debug)]
+pub struct Keeper {
+    shared: Arc<Shared>,
+    links: Vec<String>,
+    path: PathBuf,
+    periodic: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl Keeper {
+    /// Hands `saved` (the file as read at start, if it was good) to the
+    /// workers and starts checkpointing. Call before the first snapshot.
+    pub fn start(
+        shared: &Arc<Shared>,
+        links: Vec<String>,
+        options: &StateOptions,
+        saved: Option<Checkpoint>,
+    ) -> std::io::Result<Self> {
+        if let Some(saved) = saved {
+            restore(shared, saved, &links);
+        }
+        let periodic = match options.interval {
+            Some(every) => {
+                let (tx, rx) = bounded(0);
+                let thread = spawn_periodic(
+                    Arc::clone(shared),
+                    links.clone(),
+                    options.path.clone(),
+                    every,
+                    rx,
+                )?;
+                Some((tx, thread))
+            }
+            None => None,
+        };
+        Ok(Self {
+            shared: Arc::clone(shared),
+            links,
+            path: options.path.clone(),
+            periodic,
+        })
+    }
+
+    /// A planned stop's hand-over: the workers stop taking packets, then
+    /// their tables go to the state file, so what is saved is all they
+    /// held. The workers are still running (held) when this returns.
+    pub fn stop(self) {
+        if let Some((tx, thread)) = self.periodic {
+            drop(tx);
+            let _ = thread.join();
+        }
+        let started = Instant::now();
+        hold(&self.shared);
+        match save(&self.shared, &self.links, &self.path) {
+            Ok(Some(s)) => info!(
+                path = %self.path.display(),
+                affinity = s.affinity,
+                connections = s.connections,
+                bytes = s.bytes,
+                export_ms = s.export.as_millis() as u64,
+                write_ms = s.write.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "state saved"
+            ),
+            Ok(None) => warn!(
+                path = %self.path.display(),
+                "no snapshot was ever published: state file left as it was"
+            ),
+            Err(e) => error!("state not saved: {e}"),
+        }
+    }
 }
 
 /// Checkpoints every `interval` until `stop` closes or sends.

@@ -763,40 +763,24 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         unresolved: HashMap::new(),
         compiler: SnapshotCompiler::new(),
     };
-    let links: Vec<String> = opts.links.iter().map(|l| l.iface.clone()).collect();
-    if let Some(saved) = saved {
-        crate::checkpoint::restore(&shared, saved, &links);
-    }
+    // Restored before the first snapshot, so no client is placed anew
+    // before its entry is back.
+    let links = opts.links.iter().map(|l| l.iface.clone()).collect();
+    let keeper = opts
+        .state
+        .as_ref()
+        .map(|state| crate::checkpoint::Keeper::start(&shared, links, state, saved))
+        .transpose()
+        .map_err(|e| RunError::Other(format!("starting the checkpoint thread: {e}")))?;
     if let Some(specs) = specs {
         control.adopt(specs);
         control.first_publish(&report_rx)?;
     }
-    let (checkpoints_stop, checkpoints_stopped) = bounded::<()>(0);
-    let checkpoints = match &opts.state {
-        Some(crate::checkpoint::StateOptions {
-            path,
-            interval: Some(every),
-        }) => Some(
-            crate::checkpoint::spawn_periodic(
-                Arc::clone(&shared),
-                links.clone(),
-                path.clone(),
-                *every,
-                checkpoints_stopped,
-            )
-            .map_err(|e| RunError::Other(format!("starting the checkpoint thread: {e}")))?,
-        ),
-        _ => None,
-    };
 
     let result = control_loop(&mut control, &mut live, &report_rx, &retired);
     info!("stopping");
-    drop(checkpoints_stop);
-    if let Some(t) = checkpoints {
-        let _ = t.join();
-    }
-    if let Some(state) = &opts.state {
-        save_on_stop(&shared, &links, &state.path);
+    if let Some(keeper) = keeper {
+        keeper.stop();
     }
     stop.store(true, Ordering::Relaxed);
     for join in joins {
@@ -810,30 +794,6 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     drop(control);
     drop(keep);
     result
-}
-
-/// A planned stop's hand-over: the workers stop taking packets, then their
-/// tables go to the state file, so what is saved is all they held.
-fn save_on_stop(shared: &Shared, links: &[String], path: &std::path::Path) {
-    let started = Instant::now();
-    crate::checkpoint::hold(shared);
-    match crate::checkpoint::save(shared, links, path) {
-        Ok(Some(s)) => info!(
-            path = %path.display(),
-            affinity = s.affinity,
-            connections = s.connections,
-            bytes = s.bytes,
-            export_ms = s.export.as_millis() as u64,
-            write_ms = s.write.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            "state saved"
-        ),
-        Ok(None) => warn!(
-            path = %path.display(),
-            "no snapshot was ever published: state file left as it was"
-        ),
-        Err(e) => error!("state not saved: {e}"),
-    }
 }
 
 impl Control {

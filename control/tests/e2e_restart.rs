@@ -136,11 +136,14 @@ print(json.dumps(out), flush=True)
     }
 }
 
+/// One request from each busy client: its answer, if one came.
+type Round = BTreeMap<String, Vec<Option<String>>>;
+
 /// New connections from `BUSY` clients, one after another, until stopped:
 /// every answer that came, per client.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(Vec<BTreeMap<String, Vec<Option<String>>>>, usize)>,
+    thread: std::thread::JoinHandle<Vec<Round>>,
 }
 
 impl Traffic {
@@ -152,8 +155,7 @@ impl Traffic {
             while !flag.load(Ordering::Relaxed) {
                 rounds.push(http(VIP4, FIRST, BUSY, 1).results);
             }
-            let n = rounds.len();
-            (rounds, n)
+            rounds
         });
         Self { stop, thread }
     }
@@ -162,7 +164,7 @@ impl Traffic {
     /// returns (answers, failed requests).
     fn check(self, placed: &BTreeMap<String, String>) -> (usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
-        let (rounds, _) = self.thread.join().unwrap();
+        let rounds = self.thread.join().unwrap();
         let (mut ok, mut failed) = (0, 0);
         for round in rounds {
             for (client, answers) in round {

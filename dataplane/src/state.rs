@@ -410,6 +410,7 @@ impl WorkerState {
 
     /// Drops the connections (kept: affinity), for state saved with other
     /// interfaces, whose port numbers the connections name.
+    #[must_use]
     pub fn without_flows(mut self) -> Self {
         self.flows_v4 = Vec::new();
         self.flows_v6 = Vec::new();
