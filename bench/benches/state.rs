@@ -52,12 +52,12 @@ fn snapshot() -> Snapshot {
 }
 
 /// A million clients of 198.18.0.0/15 and beyond, each with a sticky
-/// entry and one established connection, seen over the last hour.
+/// entry and one established connection, seen over the last ten minutes.
 fn state() -> WorkerState {
     let mut s = WorkerState::default();
     for i in 0..ENTRIES as u32 {
         let client = Ipv4Addr::from_bits(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i);
-        let last_seen = NOW - i % 3600;
+        let last_seen = NOW - i % 600;
         s.affinity_v4.push(SavedAffinity {
             entry: AffinityEntry {
                 key: AffinityKey { service: 1, client },
