@@ -61,6 +61,14 @@ impl ConfigSource {
         }
     }
 
+    /// Hands out ids from `ids` (an earlier process's, see
+    /// [`IdAllocator::seeded`]) instead of from scratch.
+    #[must_use]
+    pub fn with_ids(mut self, ids: IdAllocator) -> Self {
+        self.ids = ids;
+        self
+    }
+
     /// Sets [`TranslateContext::maglev_min_size`].
     #[must_use]
     pub fn with_maglev_min_size(mut self, size: usize) -> Self {

@@ -5,6 +5,9 @@
 //! (by name) and the same endpoint (by address and port) get the same id for
 //! the life of the process. An id is never handed to a different key, so an
 //! affinity entry can never point at an unrelated backend after a change.
+//! Ids come from the order keys are first seen, so they are not the same in
+//! another process: a restart carries them over in the state file
+//! ([`IdAllocator::seeded`]), with the entries that name them.
 //!
 //! Ids start at 1 (0 is the dataplane tables' empty value). Keys are never
 //! forgotten: the maps grow with every name and endpoint ever seen, a few
@@ -37,6 +40,38 @@ impl IdAllocator {
             backends: HashMap::new(),
             next_service: 1,
             next_backend: 1,
+        }
+    }
+
+    /// An allocator that goes on where an earlier process left off: the
+    /// same names and endpoints keep the ids that process gave them, so
+    /// the affinity and connection entries it saved (which name backends
+    /// and service ports by id) mean the same here. New keys get ids above
+    /// every one given and above `floor` (the largest an entry names).
+    pub fn seeded(
+        services: impl IntoIterator<Item = (String, ServicePortId)>,
+        backends: impl IntoIterator<Item = ((IpAddr, u16), BackendId)>,
+        floor: (ServicePortId, BackendId),
+    ) -> Self {
+        let services: HashMap<String, ServicePortId> = services.into_iter().collect();
+        let backends: HashMap<(IpAddr, u16), BackendId> = backends.into_iter().collect();
+        let next_service = services
+            .values()
+            .copied()
+            .chain([floor.0])
+            .max()
+            .unwrap_or(0);
+        let next_backend = backends
+            .values()
+            .copied()
+            .chain([floor.1])
+            .max()
+            .unwrap_or(0);
+        Self {
+            services,
+            backends,
+            next_service: next_service.saturating_add(1),
+            next_backend: next_backend.saturating_add(1),
         }
     }
 
@@ -98,5 +133,21 @@ mod tests {
         assert_eq!(ids.backend(x, 9376), bx);
         assert_eq!(ids.lookup_backend(x, 9376), Some(bx));
         assert_eq!(ids.lookup_service_port("default/c:80/TCP"), None);
+    }
+
+    #[test]
+    fn a_seeded_allocator_keeps_the_old_ids_and_never_reuses_one() {
+        let x: IpAddr = "203.0.113.11".parse().unwrap();
+        let y: IpAddr = "203.0.113.12".parse().unwrap();
+        let mut ids = IdAllocator::seeded(
+            [("default/a:80/TCP".to_owned(), 5)],
+            [((x, 9376), 9)],
+            (6, 20),
+        );
+        assert_eq!(ids.service_port("default/a:80/TCP"), 5);
+        assert_eq!(ids.backend(x, 9376), 9);
+        // Above the seeded ids and above what saved entries name.
+        assert_eq!(ids.service_port("default/b:80/TCP"), 7);
+        assert_eq!(ids.backend(y, 9376), 21);
     }
 }

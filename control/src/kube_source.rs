@@ -180,6 +180,12 @@ impl KubeSource {
     /// a cluster); an unreachable API server is retried for ever. Call it
     /// from outside any tokio runtime (it runs its own).
     pub fn spawn(opts: KubeOptions) -> Result<Self, KubeError> {
+        Self::spawn_with_ids(opts, IdAllocator::new())
+    }
+
+    /// [`spawn`](Self::spawn), handing out ids from `ids` (an earlier
+    /// process's, see [`IdAllocator::seeded`]).
+    pub fn spawn_with_ids(opts: KubeOptions, ids: IdAllocator) -> Result<Self, KubeError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -191,7 +197,7 @@ impl KubeSource {
         let thread = std::thread::Builder::new()
             .name("limpet-kube".to_owned())
             .spawn(move || {
-                rt.block_on(run(client, opts, thread_status, tx, stopped));
+                rt.block_on(run(client, opts, ids, thread_status, tx, stopped));
             })?;
         Ok(Self {
             updates,
@@ -633,6 +639,7 @@ impl Incremental {
 async fn run(
     client: kube::Client,
     opts: KubeOptions,
+    mut ids: IdAllocator,
     status: Arc<Status>,
     tx: crossbeam_channel::Sender<KubeUpdate>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -646,7 +653,6 @@ async fn run(
         _ => futures::stream::pending().boxed(),
     };
 
-    let mut ids = IdAllocator::new();
     let mut svc_progress = Progress::<Service>::new("services");
     let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices");
     let mut state: Option<Incremental> = None;

@@ -2,6 +2,7 @@
 //! the dataplane's snapshots, and the `limpet` command.
 
 pub mod admin;
+pub mod checkpoint;
 pub mod client;
 pub mod compile;
 pub mod config;

@@ -93,6 +93,9 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     pub worker: WorkerConfig,
     pub idle: Idle,
+    /// Where the tables are saved on a planned stop and checkpointed, and
+    /// read back at start; `None`: they start empty every time.
+    pub state: Option<crate::checkpoint::StateOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -683,17 +686,33 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     if opts.links.is_empty() {
         return Err(RunError::NoInterface);
     }
+    // The last process's tables, and the ids its entries name: read
+    // before the configuration, so the same names get the same ids.
+    let saved = opts
+        .state
+        .as_ref()
+        .and_then(|s| crate::checkpoint::load_at_start(&s.path));
+    let ids = saved.as_ref().map(crate::checkpoint::Checkpoint::ids);
     // A manifest configuration that does not load is fatal at start-up.
     // The Kubernetes source starts empty and publishes nothing until both
     // initial lists are complete, as kube-proxy waits for sync.
     let (mut live, specs) = match &opts.source {
         Source::Manifests(source) => {
             let mut source = source.clone();
+            if let Some(ids) = ids {
+                source = source.with_ids(ids);
+            }
             let specs = source.load()?;
             info!(service_ports = specs.len(), "configuration loaded");
             (Live::Manifests(source), Some(specs))
         }
-        Source::Kubernetes(kube) => (Live::Kubernetes(KubeSource::spawn(kube.clone())?), None),
+        Source::Kubernetes(kube) => (
+            Live::Kubernetes(KubeSource::spawn_with_ids(
+                kube.clone(),
+                ids.unwrap_or_default(),
+            )?),
+            None,
+        ),
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -744,6 +763,15 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         unresolved: HashMap::new(),
         compiler: SnapshotCompiler::new(),
     };
+    // Restored before the first snapshot, so no client is placed anew
+    // before its entry is back.
+    let links = opts.links.iter().map(|l| l.iface.clone()).collect();
+    let keeper = opts
+        .state
+        .as_ref()
+        .map(|state| crate::checkpoint::Keeper::start(&shared, links, state, saved))
+        .transpose()
+        .map_err(|e| RunError::Other(format!("starting the checkpoint thread: {e}")))?;
     if let Some(specs) = specs {
         control.adopt(specs);
         control.first_publish(&report_rx)?;
@@ -751,6 +779,9 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
 
     let result = control_loop(&mut control, &mut live, &report_rx, &retired);
     info!("stopping");
+    if let Some(keeper) = keeper {
+        keeper.stop();
+    }
     stop.store(true, Ordering::Relaxed);
     for join in joins {
         join();

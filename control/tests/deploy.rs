@@ -164,6 +164,7 @@ fn the_daemonset_runs_limpet_on_the_host_network_unprivileged() {
         "--io \"afpacket:${IFACE}\"",
         "--node-name \"${NODE_NAME}\"",
         "--admin 127.0.0.1:9901",
+        "--state-file /var/lib/limpet/state",
         "/etc/limpet/nodes/${NODE_NAME}",
     ] {
         assert!(line.contains(part), "{part:?} not in {line:?}");
@@ -192,6 +193,32 @@ fn the_daemonset_runs_limpet_on_the_host_network_unprivileged() {
     for (node, flags) in nodes.data.as_ref().unwrap() {
         assert!(flags.contains("--address "), "{node}: {flags}");
     }
+
+    // The state file outlives the pod: a writable hostPath at its
+    // directory, time to write it on SIGTERM, and a rollout that stops the
+    // old pod before the new one reads it.
+    let state = mount
+        .iter()
+        .find(|m| m.mount_path == "/var/lib/limpet")
+        .expect("the state directory is mounted");
+    assert_ne!(state.read_only, Some(true));
+    let host = volumes
+        .iter()
+        .find(|v| v.name == state.name)
+        .and_then(|v| v.host_path.as_ref())
+        .expect("the state directory is a hostPath");
+    assert_eq!(host.path, "/var/lib/limpet");
+    assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
+    assert!(pod.termination_grace_period_seconds.unwrap_or(30) >= 10);
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.rolling_update.as_ref())
+        .expect("a rolling update");
+    assert_eq!(
+        rolling.max_surge,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
 
     // Capabilities instead of privileged.
     let sc = c.security_context.as_ref().unwrap();
@@ -248,6 +275,10 @@ fn the_systemd_unit_keeps_af_packet_and_only_its_capabilities() {
     let arg = |flag: &str| exec.iter().position(|a| *a == flag).map(|i| exec[i + 1]);
     assert_eq!(arg("--config"), Some("/etc/limpet/manifests"));
     assert_eq!(arg("--io"), Some("afpacket:${LIMPET_IFACE}"));
+    // The state file lives in the unit's state directory, which systemd
+    // keeps across restarts and leaves writable under ProtectSystem.
+    assert_eq!(get("StateDirectory"), ["limpet"]);
+    assert_eq!(arg("--state-file"), Some("/var/lib/limpet/state"));
     let caps: BTreeSet<&str> = get("AmbientCapabilities")
         .iter()
         .flat_map(|v| v.split_whitespace())

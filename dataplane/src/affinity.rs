@@ -129,6 +129,32 @@ pub enum Sticky {
     Missing,
 }
 
+/// What became of one entry put back from saved state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// In the table, in a free entry.
+    Inserted,
+    /// In the table, in place of a live entry evicted for it (a smaller
+    /// table than the one it was saved from).
+    Evicted,
+    /// Left out: idle past its timeout by now.
+    Expired,
+    /// Left out: its key was already in the table.
+    Duplicate,
+    /// Left out: the table's invariants did not allow it (never expected).
+    Refused,
+}
+
+impl Restored {
+    pub(crate) fn from_room(room: Option<Room>) -> Self {
+        match room {
+            Some(Room::Free | Room::Expired) => Restored::Inserted,
+            Some(Room::Evicted) => Restored::Evicted,
+            None => Restored::Refused,
+        }
+    }
+}
+
 /// The sticky table for one address family.
 #[derive(Debug)]
 pub struct AffinityTable<A: Family> {
@@ -235,6 +261,36 @@ impl<A: Family> AffinityTable<A> {
             .map(|(_, room)| room)
     }
 
+    /// Puts back an entry saved by an earlier process, last refreshed at
+    /// `last_seen` under a service port whose timeout was then `timeout`,
+    /// in the tier it had (a restart must not put proven clients back on
+    /// probation, where a flood would take them first). An entry whose
+    /// timeout ran out meanwhile, or whose key is already here, is left
+    /// out; a full table makes room as an insert does.
+    pub fn restore(
+        &mut self,
+        entry: AffinityEntry<A>,
+        protected: bool,
+        last_seen: u32,
+        timeout: u32,
+        now: u32,
+        timeout_of: impl Fn(ServicePortId) -> Option<u32>,
+    ) -> Restored {
+        let due = deadline(last_seen, timeout);
+        if due <= now {
+            return Restored::Expired;
+        }
+        if self.table.contains_any_key(&entry) {
+            return Restored::Duplicate;
+        }
+        let inserted =
+            self.table
+                .insert_seen(tier_of(protected), entry, last_seen, now, due, |e, last| {
+                    timeout_of(e.key.service).map_or(0, |t| deadline(last, t))
+                });
+        Restored::from_room(inserted.map(|(_, room)| room))
+    }
+
     /// Reaps every entry idle past its service port's timeout at `now`;
     /// entries of service ports that lost affinity go when their wheel slot
     /// next fires (lookups never consult them meanwhile).
@@ -278,6 +334,19 @@ impl<A: Family> AffinityTable<A> {
         self.table.iter().map(|(_, e, last)| (e, last))
     }
 
+    /// Live entries among slots `start..start + count` (see
+    /// [`Table::iter_slots`]), with their last refresh and whether they are
+    /// protected.
+    pub fn iter_slots(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> impl Iterator<Item = (&AffinityEntry<A>, u32, bool)> + '_ {
+        self.table
+            .iter_slots(start, count)
+            .map(|(i, e, last)| (e, last, self.table.tier(i) == Tier::Protected))
+    }
+
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -301,6 +370,14 @@ impl<A: Family> AffinityTable<A> {
 
     pub fn bytes_per_entry(&self) -> f64 {
         self.table.bytes_per_entry()
+    }
+}
+
+fn tier_of(protected: bool) -> Tier {
+    if protected {
+        Tier::Protected
+    } else {
+        Tier::Probation
     }
 }
 

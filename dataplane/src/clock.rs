@@ -2,29 +2,43 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Seconds since some fixed start.
 pub trait Clock {
     fn now(&self) -> u32;
 }
 
-/// Monotonic wall time. `Instant::now` is a vDSO read, not a system call.
+/// Seconds since the Unix epoch, counted on the monotonic clock from the
+/// wall-clock time it was made at. Wall-clock anchored so that a
+/// `last_seen` saved by one process means the same instant to the next
+/// (timeouts keep running across a restart, see `state`); monotonic
+/// within a process so a clock step never expires or revives entries.
+/// `Instant::now` is a vDSO read, not a system call. `u32` seconds last
+/// until 2106.
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
     start: Instant,
+    /// Unix seconds at `start`.
+    anchor: u32,
+}
+
+/// The wall clock now, in whole Unix seconds (0 before 1970).
+pub fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
 impl MonotonicClock {
     pub fn new() -> Self {
-        Self {
-            start: Instant::now(),
-        }
+        Self::since(Instant::now())
     }
 
     /// A clock sharing `start` with others, so every worker agrees.
     pub fn since(start: Instant) -> Self {
-        Self { start }
+        let anchor = unix_now().saturating_sub(start.elapsed().as_secs() as u32);
+        Self { start, anchor }
     }
 }
 
@@ -37,7 +51,8 @@ impl Default for MonotonicClock {
 impl Clock for MonotonicClock {
     #[inline]
     fn now(&self) -> u32 {
-        self.start.elapsed().as_secs() as u32
+        self.anchor
+            .saturating_add(self.start.elapsed().as_secs() as u32)
     }
 }
 

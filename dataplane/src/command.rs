@@ -1,11 +1,12 @@
 //! Requests the control plane makes of a running worker: list, delete and
-//! flush affinity entries, and read counters. A worker owns its tables
+//! flush affinity entries, read counters, save and restore its tables. A worker owns its tables
 //! outright, so instead of locking them it answers these at a burst
 //! boundary, off the per-packet path.
 
 use crate::affinity::{AffinityTable, BackendId, ServicePortId};
 use crate::family::Family;
 use crate::snapshot::Snapshot;
+use crate::state::{ExportChunk, ExportCursor, RestoreReport, WorkerState};
 use crate::stats::WorkerStats;
 use crossbeam_channel::Sender;
 use std::net::IpAddr;
@@ -72,6 +73,25 @@ pub enum Command {
     },
     Report {
         reply: Sender<WorkerReport>,
+    },
+    /// Saves up to `slots` table slots' worth of entries from `from` on
+    /// (a checkpoint walks the tables a chunk per request, so a worker
+    /// never stalls long on one).
+    Export {
+        from: ExportCursor,
+        slots: usize,
+        reply: Sender<ExportChunk>,
+    },
+    /// Puts saved entries back (at start, before the first snapshot).
+    Restore {
+        state: Box<WorkerState>,
+        reply: Sender<RestoreReport>,
+    },
+    /// Stops taking packets; commands are still answered. A planned stop
+    /// holds every worker, then saves their tables: nothing changes them
+    /// after they are saved.
+    Hold {
+        reply: Sender<()>,
     },
 }
 

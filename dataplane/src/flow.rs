@@ -13,7 +13,7 @@
 
 use crate::family::Family;
 use crate::hash::table_hash;
-use crate::table::{Hit, NO_HINT, Room, Table, TableCounters, TableEntry, TableError};
+use crate::table::{Hit, NO_HINT, Room, Table, TableCounters, TableEntry, TableError, Tier};
 use crate::wire::MacAddr;
 
 /// A packet's 5-tuple as seen on the wire.
@@ -333,6 +333,32 @@ impl<A: Family> FlowTable<A> {
             .insert(flow, now, deadline, |f, last| timeouts.deadline(f, last))
     }
 
+    /// Puts back a connection saved by an earlier process, last seen at
+    /// `last_seen`: left out if it went idle past its timeout meanwhile
+    /// or one of its tuples is already here.
+    pub fn restore(
+        &mut self,
+        flow: Flow<A>,
+        last_seen: u32,
+        now: u32,
+    ) -> crate::affinity::Restored {
+        use crate::affinity::Restored;
+        let timeouts = self.timeouts;
+        let due = timeouts.deadline(&flow, last_seen);
+        if due <= now {
+            return Restored::Expired;
+        }
+        if self.table.contains_any_key(&flow) {
+            return Restored::Duplicate;
+        }
+        let inserted =
+            self.table
+                .insert_seen(Tier::Protected, flow, last_seen, now, due, |f, last| {
+                    timeouts.deadline(f, last)
+                });
+        Restored::from_room(inserted.map(|(_, room)| room))
+    }
+
     /// Removes a connection, e.g. one whose tuple is being reused.
     pub fn remove(&mut self, idx: u32) {
         self.table.remove(idx);
@@ -347,6 +373,22 @@ impl<A: Family> FlowTable<A> {
 
     pub fn iter(&self) -> impl Iterator<Item = (&Flow<A>, u32)> + '_ {
         self.table.iter().map(|(_, f, last)| (f, last))
+    }
+
+    /// Live connections among slots `start..start + count` (see
+    /// [`Table::iter_slots`](crate::table::Table::iter_slots)).
+    pub fn iter_slots(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> impl Iterator<Item = (&Flow<A>, u32)> + '_ {
+        self.table
+            .iter_slots(start, count)
+            .map(|(_, f, last)| (f, last))
+    }
+
+    pub fn timeouts(&self) -> FlowTimeouts {
+        self.timeouts
     }
 
     pub fn len(&self) -> usize {

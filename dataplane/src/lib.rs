@@ -17,6 +17,7 @@ pub mod nat;
 pub mod neighbour;
 pub mod pipeline;
 pub mod snapshot;
+pub mod state;
 pub mod stats;
 pub mod table;
 pub mod timer_wheel;

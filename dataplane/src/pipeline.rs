@@ -37,6 +37,7 @@ use crate::hash::stable_hash;
 use crate::io::{BURST, PacketBuf, PacketIo};
 use crate::nat::{End, IpRewrite, rewrite};
 use crate::snapshot::{Affinity, Backend, ForwardMode, ServicePort, Snapshot};
+use crate::state::{RestoreReport, TablesMut, TablesRef, WorkerState};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{NO_HINT, TableError};
 use crate::wire::tcp::flags::{ACK, RST, SYN};
@@ -209,6 +210,9 @@ pub struct Worker<I: PacketIo, C: Clock> {
     /// The tick of the last snapshot swap: a UDP flow seen since then was
     /// checked against the current snapshot.
     swapped_at: u32,
+    /// Taking no packets (`Command::Hold`): a planned stop is saving the
+    /// tables.
+    held: bool,
 }
 
 /// Affinity entries re-filed per poll after a timeout cut.
@@ -254,6 +258,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             busy_since: None,
             refile: None,
             swapped_at: now,
+            held: false,
         })
     }
 
@@ -336,7 +341,11 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     /// wheel under a timeout this snapshot cuts are re-filed over the next
     /// polls, or the wheel would reap them at their old, later deadline.
     fn swap_snapshot(&mut self, newest: Arc<Snapshot>) -> Arc<Snapshot> {
-        if newest.shortens_affinity_of(&self.snapshot) {
+        // Entries restored before the first snapshot were filed under the
+        // timeouts they were saved with: file them under today's.
+        let restored = self.snapshot.generation() == 0
+            && !(self.v4.affinity.is_empty() && self.v6.affinity.is_empty());
+        if restored || newest.shortens_affinity_of(&self.snapshot) {
             self.refile = Some((false, 0));
         }
         if !newest.same_frontend_addrs(&self.snapshot) {
@@ -359,6 +368,9 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         }
         if self.commands.as_ref().is_some_and(|c| !c.is_empty()) {
             self.serve_commands(now);
+        }
+        if self.held {
+            return 0;
         }
         let n = self.io.rx_burst(&mut self.rx);
         if n == 0 {
@@ -412,6 +424,24 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                         + command::delete(&mut self.v6.affinity, &filter);
                     let _ = reply.send(n);
                 }
+                Command::Export { from, slots, reply } => {
+                    let _ = reply.send(self.tables().export(&self.snapshot, from, slots, now));
+                }
+                Command::Restore { state, reply } => {
+                    // Field by field: `commands` is borrowed.
+                    let report = TablesMut {
+                        affinity_v4: &mut self.v4.affinity,
+                        affinity_v6: &mut self.v6.affinity,
+                        flows_v4: &mut self.v4.flows,
+                        flows_v6: &mut self.v6.flows,
+                    }
+                    .restore(&state, &self.snapshot, now);
+                    let _ = reply.send(report);
+                }
+                Command::Hold { reply } => {
+                    self.held = true;
+                    let _ = reply.send(());
+                }
                 Command::Report { reply } => {
                     let _ = reply.send(WorkerReport {
                         stats: self.stats(),
@@ -433,6 +463,27 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                 }
             }
         }
+    }
+
+    /// The four tables, to save from (see [`crate::state`]).
+    pub fn tables(&self) -> TablesRef<'_> {
+        TablesRef {
+            affinity_v4: &self.v4.affinity,
+            affinity_v6: &self.v6.affinity,
+            flows_v4: &self.v4.flows,
+            flows_v6: &self.v6.flows,
+        }
+    }
+
+    /// Puts saved entries back at `now`.
+    pub fn restore(&mut self, state: &WorkerState, now: u32) -> RestoreReport {
+        TablesMut {
+            affinity_v4: &mut self.v4.affinity,
+            affinity_v6: &mut self.v6.affinity,
+            flows_v4: &mut self.v4.flows,
+            flows_v6: &mut self.v6.flows,
+        }
+        .restore(state, &self.snapshot, now)
     }
 
     fn refile_chunk(&mut self, v6: bool, start: usize, now: u32) {
@@ -460,6 +511,12 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         let snap = &self.snapshot;
         self.v4.flows.expire(now);
         self.v6.flows.expire(now);
+        // Before the first snapshot no service port's timeout is known:
+        // entries restored then wait for it rather than be reaped as if
+        // their service ports had lost affinity.
+        if snap.generation() == 0 {
+            return;
+        }
         self.v4.affinity.expire(now, |id| snap.affinity_timeout(id));
         self.v6.affinity.expire(now, |id| snap.affinity_timeout(id));
     }

@@ -448,6 +448,22 @@ impl<E: TableEntry> Table<E> {
         deadline: u32,
         expiry: impl Fn(&E, u32) -> u32,
     ) -> Option<(u32, Room)> {
+        self.insert_seen(tier, entry, now, now, deadline, expiry)
+    }
+
+    /// [`insert_in`](Self::insert_in) an entry last refreshed at
+    /// `last_seen` (at or before `now`), as state carried over a restart
+    /// is: its timeout keeps running from then, in the tier it had.
+    pub fn insert_seen(
+        &mut self,
+        tier: Tier,
+        entry: E,
+        last_seen: u32,
+        now: u32,
+        deadline: u32,
+        expiry: impl Fn(&E, u32) -> u32,
+    ) -> Option<(u32, Room)> {
+        let last_seen = last_seen.min(now);
         let (idx, room) = match self.wheel.alloc() {
             Some(idx) => (idx, Room::Free),
             None => self.make_room(now, &expiry)?,
@@ -455,7 +471,7 @@ impl<E: TableEntry> Table<E> {
         self.slots[idx as usize] = Stored {
             _align: [],
             entry,
-            stamp: tier.stamp(now),
+            stamp: tier.stamp(last_seen),
         };
         for way in 0..entry.ways() {
             let hash = E::hash(&entry.key(way));
@@ -632,11 +648,32 @@ impl<E: TableEntry> Table<E> {
 
     /// Live entries with their index and last refresh.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &E, u32)> + '_ {
-        self.slots
+        self.iter_slots(0, self.slots.len())
+    }
+
+    /// Live entries among slots `start..start + count`, with their index
+    /// and last refresh: a table walked a chunk at a time (entries never
+    /// move, so a walk in chunks sees every entry that stayed put).
+    pub fn iter_slots(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> impl Iterator<Item = (u32, &E, u32)> + '_ {
+        let end = start.saturating_add(count).min(self.slots.len());
+        let start = start.min(end);
+        self.slots[start..end]
             .iter()
             .enumerate()
             .filter(|(_, s)| s.stamp != DEAD)
-            .map(|(i, s)| (i as u32, &s.entry, tick(s.stamp)))
+            .map(move |(i, s)| ((start + i) as u32, &s.entry, tick(s.stamp)))
+    }
+
+    /// Whether any key of `entry` is in the table.
+    pub fn contains_any_key(&self, entry: &E) -> bool {
+        (0..entry.ways()).any(|way| {
+            let key = entry.key(way);
+            self.find(E::hash(&key), &key).is_some()
+        })
     }
 
     /// Files `slot` under `hash`. The load bound guarantees room; `false`

@@ -166,6 +166,22 @@ struct RunArgs {
     /// What workers do when there is no traffic.
     #[arg(long, value_enum, default_value_t = Idle::Spin)]
     idle: Idle,
+    /// Keep the affinity and connection tables across restarts in this
+    /// file: written when limpet stops on SIGTERM / SIGINT and every
+    /// --state-interval, read at start (a file that is torn, corrupt or of
+    /// another version is refused, said in the log, and limpet starts with
+    /// empty tables). Without it, tables start empty on every start.
+    #[arg(long, value_name = "PATH")]
+    state_file: Option<PathBuf>,
+    /// Seconds between checkpoints of the tables to --state-file, which
+    /// bounds what a crash loses; 0 saves only on a planned stop.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        requires = "state_file"
+    )]
+    state_interval: u64,
     #[command(flatten)]
     dpdk: DpdkArgs,
 }
@@ -488,6 +504,13 @@ fn run(args: RunArgs) -> Result<(), String> {
             timeouts: FlowTimeouts::default(),
         },
         idle: args.idle,
+        state: args
+            .state_file
+            .map(|path| limpet_control::checkpoint::StateOptions {
+                path,
+                interval: (args.state_interval > 0)
+                    .then(|| std::time::Duration::from_secs(args.state_interval)),
+            }),
     };
     limpet_control::run::run(&opts).map_err(|e| e.to_string())
 }

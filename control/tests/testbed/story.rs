@@ -263,6 +263,15 @@ impl Limpet {
         }
     }
 
+    /// Ends limpet at once with SIGKILL: a crash, as far as its state
+    /// goes.
+    pub fn crash(self) {
+        // Not through Drop, whose SIGTERM could reach a reused pid.
+        let mut me = std::mem::ManuallyDrop::new(self);
+        let _ = me.child.kill();
+        let _ = me.child.wait();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -18,6 +18,21 @@
 
 use std::net::IpAddr;
 
+/// The worker (of `workers`) that sees `client`'s packets: what
+/// [`ClientSteering::owner`] and the fanout program compute from a frame,
+/// from the address alone (saved state is dealt to workers by it).
+#[inline]
+pub fn client_owner(client: IpAddr, workers: usize) -> usize {
+    let low = match client {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        }
+    };
+    low as usize % workers.max(1)
+}
+
 /// The frontends (service addresses) of the current snapshot, sorted for
 /// a binary search on the packet path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,6 +169,18 @@ mod tests {
             let reply = v6_frame(back6, client6);
             assert_eq!(steer.client_key(&fwd), steer.client_key(&reply));
             assert_eq!(steer.client_key(&fwd), interp::run(&prog, &fwd));
+        }
+        for c in [
+            IpAddr::V4(Ipv4Addr::new(198, 18, 7, 9)),
+            "2001:db8:c1::1:abcd".parse().unwrap(),
+        ] {
+            let frame = match c {
+                IpAddr::V4(a) => v4_frame(a, vip4, false),
+                IpAddr::V6(a) => v6_frame(a, vip6),
+            };
+            for workers in 1..=5 {
+                assert_eq!(steer.owner(&frame, workers), Some(client_owner(c, workers)));
+            }
         }
         // Not IP, or cut short: no owner.
         assert_eq!(steer.owner(&[0u8; 10], 2), None);
