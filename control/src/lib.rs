@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 pub mod compile;
 pub mod config;
+pub mod debounce;
 pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
