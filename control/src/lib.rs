@@ -12,6 +12,7 @@ pub mod dpdk;
 pub mod ids;
 pub mod kube_source;
 pub mod manifest;
+pub mod manifest_cache;
 pub mod run;
 pub mod state;
 pub mod translate;
