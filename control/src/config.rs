@@ -6,8 +6,9 @@
 //! configuration on a reload.
 
 use crate::ids::IdAllocator;
-use crate::manifest::{LoadError, load_path};
-use crate::translate::{ObjectError, TranslateContext};
+use crate::manifest::{Limits, LoadError};
+use crate::manifest_cache::ManifestCache;
+use crate::translate::{ObjectError, TranslateContext, translate};
 use crossbeam_channel::{Receiver, unbounded};
 use limpet_dataplane::snapshot::{ForwardMode, ServicePortSpec};
 use notify::{RecursiveMode, Watcher};
@@ -40,6 +41,8 @@ pub struct ConfigSource {
     path: PathBuf,
     ctx: TranslateContext,
     ids: IdAllocator,
+    /// What the last load parsed, reused for unchanged files.
+    cache: ManifestCache,
 }
 
 impl ConfigSource {
@@ -58,6 +61,7 @@ impl ConfigSource {
                 ..TranslateContext::default()
             },
             ids: IdAllocator::new(),
+            cache: ManifestCache::new(),
         }
     }
 
@@ -89,11 +93,11 @@ impl ConfigSource {
 
     /// Loads and translates the whole configuration.
     pub fn load(&mut self) -> Result<Vec<ServicePortSpec>, ConfigError> {
-        let manifests = load_path(&self.path)?;
-        for note in &manifests.notes {
+        let loaded = self.cache.load(&self.path, &Limits::DEFAULT)?;
+        for note in loaded.notes() {
             tracing::info!("{note}");
         }
-        let translation = manifests.translate(&self.ctx, &mut self.ids);
+        let translation = translate(loaded.services(), loaded.slices(), &self.ctx, &mut self.ids);
         for (name, reason) in &translation.skipped {
             tracing::debug!("skipped {name}: {reason}");
         }

@@ -6,12 +6,14 @@ pub mod checkpoint;
 pub mod client;
 pub mod compile;
 pub mod config;
+pub mod debounce;
 pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod ids;
 pub mod kube_source;
 pub mod manifest;
+pub mod manifest_cache;
 pub mod run;
 pub mod state;
 pub mod translate;

@@ -14,6 +14,19 @@
 //! [`translate`](crate::translate), object by object.
 //!
 //! JSON is YAML, so `.json` files go through the same parser.
+//!
+//! # Limits
+//!
+//! A manifest directory may be written by anyone who can write to it, so the
+//! loader bounds what one file can cost before it costs it: the
+//! [`Limits`] below, sized for the largest clusters (a `kubectl get -o yaml`
+//! export of 10,000 Services with 100,000 endpoints, 44 MB and about 4 M
+//! nodes, uses a quarter of each or less) and far below what would exhaust
+//! memory or stack. A file over a limit,
+//! or one that tries to amplify itself (an alias bomb: anchors referring to
+//! anchors, "billion laughs"), fails the load with [`LoadError::Limit`],
+//! which names the file and the limit; a reload keeps the running
+//! configuration.
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -54,6 +67,98 @@ pub struct Manifests {
     pub files: Vec<PathBuf>,
 }
 
+/// What one load may cost; [`Limits::DEFAULT`] is what `limpet run` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes in one file.
+    pub file_bytes: u64,
+    /// Bytes in all the files of a directory together.
+    pub total_bytes: u64,
+    /// YAML documents (`---`) in one file.
+    pub documents: usize,
+    /// YAML nodes (mappings, sequences, scalars) in one file.
+    pub nodes: usize,
+    /// Nesting of mappings and sequences (a Service is 6 deep, a
+    /// `kind: List` of them 8).
+    pub depth: usize,
+    /// Bytes of one scalar (the API server refuses objects over 1.5 MiB,
+    /// so no field of a real object comes near).
+    pub scalar_bytes: usize,
+    /// Nodes that aliases (`*anchor`) may expand to in one file.
+    pub alias_expansion: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        file_bytes: 256 << 20,
+        total_bytes: 1 << 30,
+        documents: 100_000,
+        nodes: 16_000_000,
+        depth: 64,
+        scalar_bytes: 2 << 20,
+        alias_expansion: 1_000_000,
+    };
+
+    /// serde-saphyr's options enforcing these limits while it parses.
+    fn parser_options(&self) -> serde_saphyr::Options {
+        serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: self.documents,
+                max_nodes: self.nodes,
+                // Every node is one event, every mapping and sequence one
+                // more at its end.
+                max_events: self.nodes.saturating_mul(2),
+                max_depth: self.depth,
+                flow_nesting_limit: self.depth,
+                // Tags and scalars of a file are in the file.
+                max_total_scalar_bytes: usize::try_from(self.file_bytes).unwrap_or(usize::MAX),
+                max_aliases: self.alias_expansion,
+                max_recorded_anchor_events: self.alias_expansion,
+            },
+            alias_limits: serde_saphyr::alias_limits! {
+                max_total_replayed_events: self.alias_expansion,
+            },
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Which of the [`Limits`] a file breached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    FileBytes,
+    TotalBytes,
+    Documents,
+    Nodes,
+    Depth,
+    ScalarBytes,
+    /// Aliases expand to too much, or nest too deeply.
+    AliasExpansion,
+}
+
+impl Limit {
+    /// The limit's value in `limits`, in words.
+    fn describe(self, limits: &Limits) -> String {
+        match self {
+            Limit::FileBytes => format!("{} bytes in one file", limits.file_bytes),
+            Limit::TotalBytes => format!("{} bytes in all files together", limits.total_bytes),
+            Limit::Documents => format!("{} YAML documents in one file", limits.documents),
+            Limit::Nodes => format!("{} YAML nodes in one file", limits.nodes),
+            Limit::Depth => format!("nesting {} deep", limits.depth),
+            Limit::ScalarBytes => format!("{} bytes in one scalar", limits.scalar_bytes),
+            Limit::AliasExpansion => format!(
+                "{} nodes expanded from aliases in one file",
+                limits.alias_expansion
+            ),
+        }
+    }
+}
+
 /// Why a path could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -72,6 +177,17 @@ pub enum LoadError {
         column: Option<u64>,
         message: String,
     },
+    /// The file is over one of the [`Limits`] (or tries to amplify itself
+    /// past one): it is refused unread, or unfinished.
+    #[error("{}: refused: {what}; the limit is {limit_text}", file.display())]
+    Limit {
+        file: PathBuf,
+        limit: Limit,
+        /// What the file has (or tried), as far as it was read.
+        what: String,
+        /// The limit's value, in words.
+        limit_text: String,
+    },
     /// A document parsed but is not a well-formed object of its kind.
     #[error("{} (document {document}): {what}: {message}", file.display())]
     Decode {
@@ -88,7 +204,9 @@ impl LoadError {
     pub fn file(&self) -> &Path {
         match self {
             LoadError::Io { path, .. } => path,
-            LoadError::Syntax { file, .. } | LoadError::Decode { file, .. } => file,
+            LoadError::Syntax { file, .. }
+            | LoadError::Decode { file, .. }
+            | LoadError::Limit { file, .. } => file,
         }
     }
 }
@@ -105,66 +223,223 @@ impl fmt::Display for Position {
     }
 }
 
-/// Loads a manifest file, or every manifest file in a directory.
+/// Loads a manifest file, or every manifest file in a directory, within
+/// [`Limits::DEFAULT`].
 pub fn load_path(path: &Path) -> Result<Manifests, LoadError> {
-    let io = |source| LoadError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    let files = if meta.is_dir() {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            let p = entry.path();
-            let is_manifest = p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-            let hidden = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-            if is_manifest && !hidden && entry.file_type().map_err(io)?.is_file() {
-                files.push(p);
-            }
-        }
-        files.sort();
-        files
-    } else {
-        vec![path.to_owned()]
-    };
+    load_path_with(path, &Limits::DEFAULT)
+}
+
+/// [`load_path`] within `limits`.
+pub fn load_path_with(path: &Path, limits: &Limits) -> Result<Manifests, LoadError> {
     let mut manifests = Manifests::default();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        load_str_into(&text, Some(&file), &mut manifests)?;
+    let mut total = 0u64;
+    for file in manifest_files(path)? {
+        let text = read_limited(&file, limits, &mut total)?;
+        load_str_into(&text, Some(&file), limits, &mut manifests)?;
         manifests.files.push(file);
     }
     Ok(manifests)
 }
 
-/// Loads the objects in `text` (one file's contents); `file` names it in
-/// errors and in the returned objects.
+/// The manifest files under `path`, in the order they are loaded.
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let p = entry.path();
+        let is_manifest = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if is_manifest && !hidden && entry.file_type().map_err(io)?.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads `file` as text if it and the files read before it (`total`
+/// bytes) are within `limits`; never reads more than the limit, even if
+/// the file grows while it is read.
+pub fn read_limited(file: &Path, limits: &Limits, total: &mut u64) -> Result<String, LoadError> {
+    use std::io::Read as _;
+    let io = |source| LoadError::Io {
+        path: file.to_owned(),
+        source,
+    };
+    let over = |limit: Limit, size: u64| LoadError::Limit {
+        file: file.to_owned(),
+        limit,
+        what: match limit {
+            Limit::TotalBytes => format!("the files read so far hold {size} bytes"),
+            _ => format!("{size} bytes"),
+        },
+        limit_text: limit.describe(limits),
+    };
+    let f = std::fs::File::open(file).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len > limits.file_bytes {
+        return Err(over(Limit::FileBytes, len));
+    }
+    if total.saturating_add(len) > limits.total_bytes {
+        return Err(over(Limit::TotalBytes, total.saturating_add(len)));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(limits.file_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    let read = bytes.len() as u64;
+    if read > limits.file_bytes {
+        return Err(over(Limit::FileBytes, read));
+    }
+    *total = total.saturating_add(read);
+    if *total > limits.total_bytes {
+        return Err(over(Limit::TotalBytes, *total));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        ))
+    })
+}
+
+/// Loads the objects in `text` (one file's contents) within
+/// [`Limits::DEFAULT`]; `file` names it in errors and in the returned
+/// objects.
 pub fn load_str(text: &str, file: Option<&Path>) -> Result<Manifests, LoadError> {
+    load_str_with(text, file, &Limits::DEFAULT)
+}
+
+/// [`load_str`] within `limits`.
+pub fn load_str_with(
+    text: &str,
+    file: Option<&Path>,
+    limits: &Limits,
+) -> Result<Manifests, LoadError> {
     let mut manifests = Manifests::default();
-    load_str_into(text, file, &mut manifests)?;
+    if text.len() as u64 > limits.file_bytes {
+        return Err(LoadError::Limit {
+            file: file.map_or_else(|| PathBuf::from("<input>"), Path::to_path_buf),
+            limit: Limit::FileBytes,
+            what: format!("{} bytes", text.len()),
+            limit_text: Limit::FileBytes.describe(limits),
+        });
+    }
+    load_str_into(text, file, limits, &mut manifests)?;
     Ok(manifests)
 }
 
-fn load_str_into(text: &str, file: Option<&Path>, out: &mut Manifests) -> Result<(), LoadError> {
-    let file_name = file.map_or_else(|| PathBuf::from("<input>"), Path::to_path_buf);
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
-        let loc = e.location();
-        LoadError::Syntax {
-            file: file_name.clone(),
-            line: loc.map(|l| l.line()).filter(|&l| l > 0),
-            column: loc.map(|l| l.column()).filter(|&c| c > 0),
-            message: e.without_snippet().to_string(),
+/// The limit a parser error reports, with what the input had or tried.
+fn breached_limit(mut e: &serde_saphyr::Error) -> Option<(Limit, String)> {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::ExternalMessageSource as Source;
+    use serde_saphyr::budget::BudgetBreach as B;
+    // The breach itself, under the locations and snippets it is wrapped in.
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    Some(match e {
+        E::Budget { breach, .. } => match breach {
+            B::Documents { documents } => (Limit::Documents, format!("{documents} documents")),
+            B::Nodes { nodes } => (Limit::Nodes, format!("{nodes} nodes")),
+            B::Events { events } => (Limit::Nodes, format!("{events} YAML events")),
+            B::Depth { depth } => (Limit::Depth, format!("nesting {depth} deep")),
+            B::ScalarBytes { total_scalar_bytes } => (
+                Limit::FileBytes,
+                format!("{total_scalar_bytes} bytes of scalars"),
+            ),
+            B::Aliases { aliases } => (Limit::AliasExpansion, format!("{aliases} aliases")),
+            B::Anchors { anchors } => (Limit::AliasExpansion, format!("{anchors} anchors")),
+            B::AliasAnchorRatio { aliases, anchors } => (
+                Limit::AliasExpansion,
+                format!("{aliases} aliases of {anchors} anchors (an alias bomb)"),
+            ),
+            B::RecordedAnchorEvents {
+                recorded_anchor_events,
+            } => (
+                Limit::AliasExpansion,
+                format!("{recorded_anchor_events} nodes recorded for anchors"),
+            ),
+            B::RecordedAnchorBytes {
+                recorded_anchor_bytes,
+            } => (
+                Limit::AliasExpansion,
+                format!("{recorded_anchor_bytes} bytes recorded for anchors"),
+            ),
+            _ => return None,
+        },
+        E::AliasReplayLimitExceeded {
+            total_replayed_events,
+            ..
+        } => (
+            Limit::AliasExpansion,
+            format!("aliases expanding to more than {total_replayed_events} nodes (an alias bomb)"),
+        ),
+        E::AliasReplayStackDepthExceeded { depth, .. } => (
+            Limit::AliasExpansion,
+            format!("aliases nested {depth} deep (an alias bomb)"),
+        ),
+        // Flow collections (`[[[...`): the scanner counts them ahead of
+        // the budget.
+        E::ExternalMessage { source, .. }
+            if matches!(&**source, Source::Parser(scan)
+                if matches!(scan.kind(), serde_saphyr::granit_parser::ErrorKind::RecursionLimitExceeded)) =>
+        {
+            (Limit::Depth, "flow collections nested deeper".to_owned())
         }
-    })?;
+        _ => return None,
+    })
+}
+
+fn load_str_into(
+    text: &str,
+    file: Option<&Path>,
+    limits: &Limits,
+    out: &mut Manifests,
+) -> Result<(), LoadError> {
+    let file_name = file.map_or_else(|| PathBuf::from("<input>"), Path::to_path_buf);
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, limits.parser_options())
+        .map_err(|e| {
+            if let Some((limit, what)) = breached_limit(&e) {
+                return LoadError::Limit {
+                    file: file_name.clone(),
+                    limit,
+                    what,
+                    limit_text: limit.describe(limits),
+                };
+            }
+            let loc = e.location();
+            LoadError::Syntax {
+                file: file_name.clone(),
+                line: loc.map(|l| l.line()).filter(|&l| l > 0),
+                column: loc.map(|l| l.column()).filter(|&c| c > 0),
+                message: e.without_snippet().to_string(),
+            }
+        })?;
+    for (document, doc) in docs.iter().enumerate() {
+        if let Some(len) = longest_scalar_over(doc, limits.scalar_bytes) {
+            return Err(LoadError::Limit {
+                file: file_name.clone(),
+                limit: Limit::ScalarBytes,
+                what: format!("a scalar of {len} bytes in document {document}"),
+                limit_text: Limit::ScalarBytes.describe(limits),
+            });
+        }
+    }
     for (document, doc) in docs.into_iter().enumerate() {
         let mut cx = DocContext {
             file,
@@ -175,6 +450,29 @@ fn load_str_into(text: &str, file: Option<&Path>, out: &mut Manifests) -> Result
         cx.object(doc, None)?;
     }
     Ok(())
+}
+
+/// The length of a string (key or value) in `doc` longer than `max`, if
+/// any. Iterative: depth is bounded by the parser, but this owes nothing
+/// to that.
+fn longest_scalar_over(doc: &Value, max: usize) -> Option<usize> {
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if s.len() > max => return Some(s.len()),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k.len() > max {
+                        return Some(k.len());
+                    }
+                    stack.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 struct DocContext<'a> {

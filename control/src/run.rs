@@ -18,6 +18,7 @@
 
 use crate::compile::{CompileStats, SnapshotCompiler};
 use crate::config::{ConfigError, ConfigSource};
+use crate::debounce::Debounce;
 use crate::kube_source::{KubeOptions, KubeSource, KubeUpdate};
 use crate::state::PortMetrics;
 use crate::state::Shared;
@@ -916,13 +917,13 @@ fn control_loop(
         Live::Manifests(_) => crossbeam_channel::never(),
     };
     let signals = signal_channel()?;
-    let mut pending_reload: Option<Instant> = None;
+    let mut pending_reload = Debounce::default();
     let ticker = tick(Duration::from_millis(100));
     let mut probed = Instant::now();
     control.probe_ports();
     loop {
         select! {
-            recv(reload) -> _ => pending_reload = Some(Instant::now()),
+            recv(reload) -> _ => pending_reload.event(Instant::now()),
             recv(kube_updates) -> u => if let Ok(u) = u {
                 control.kube_update(u, reports);
             },
@@ -955,11 +956,10 @@ fn control_loop(
             // keep serving the last snapshot, but this node's view is stale.
             control.shared.lock().source_connected = k.connected() && k.synced();
         }
-        // Editors write files in several steps: settle for 200 ms first.
+        // Settled, or pending for too long (crate::debounce).
         if let Live::Manifests(source) = live
-            && pending_reload.is_some_and(|t| t.elapsed() >= Duration::from_millis(200))
+            && pending_reload.take_due(Instant::now())
         {
-            pending_reload = None;
             reload_config(control, source);
         }
     }

@@ -67,6 +67,7 @@ use crate::ids::IdAllocator;
 use crate::manifest::{Manifests, Sourced};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use limpet_dataplane::affinity::ServicePortId;
 use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, SourceRanges};
 use limpet_dataplane::wire::MacAddr;
@@ -1420,24 +1421,32 @@ impl<'o> Claims<'o> {
     }
 }
 
+/// The (namespace, name) objects are ordered by, without copying either.
+fn order_key(meta: &ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace
+            .as_deref()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
 /// Translates services and their endpoint slices into service port specs.
-pub fn translate(
-    services: &[Sourced<Service>],
-    slices: &[Sourced<EndpointSlice>],
+/// Objects are taken by reference from wherever they are kept (a
+/// [`Manifests`], or one per file), in load order.
+pub fn translate<'a>(
+    services: impl IntoIterator<Item = &'a Sourced<Service>>,
+    slices: impl IntoIterator<Item = &'a Sourced<EndpointSlice>>,
     ctx: &TranslateContext,
     ids: &mut IdAllocator,
 ) -> Translation {
     // Endpoint slices by (namespace, service), in slice-name order.
-    let mut by_service: BTreeMap<(String, String), Vec<ParsedSlice<'_>>> = BTreeMap::new();
+    let mut by_service: BTreeMap<(String, String), Vec<ParsedSlice<'a>>> = BTreeMap::new();
     let mut seen_slices: HashSet<(String, String)> = HashSet::new();
     let mut reports: Vec<SliceReport> = Vec::new();
-    let mut sorted_slices: Vec<&Sourced<EndpointSlice>> = slices.iter().collect();
-    sorted_slices.sort_by_key(|s| {
-        (
-            namespace_of(s.object.metadata.namespace.as_ref()),
-            s.object.metadata.name.clone().unwrap_or_default(),
-        )
-    });
+    let mut sorted_slices: Vec<&Sourced<EndpointSlice>> = slices.into_iter().collect();
+    sorted_slices.sort_by(|a, b| order_key(&a.object.metadata).cmp(&order_key(&b.object.metadata)));
     for src in sorted_slices {
         let meta = &src.object.metadata;
         let ns = namespace_of(meta.namespace.as_ref());
@@ -1466,13 +1475,8 @@ pub fn translate(
         reports.push(report);
     }
 
-    let mut sorted: Vec<&Sourced<Service>> = services.iter().collect();
-    sorted.sort_by_key(|s| {
-        (
-            namespace_of(s.object.metadata.namespace.as_ref()),
-            s.object.metadata.name.clone().unwrap_or_default(),
-        )
-    });
+    let mut sorted: Vec<&Sourced<Service>> = services.into_iter().collect();
+    sorted.sort_by(|a, b| order_key(&a.object.metadata).cmp(&order_key(&b.object.metadata)));
     let mut seen_services: HashSet<(String, String)> = HashSet::new();
     let mut parts: Vec<ServiceTranslation> = Vec::with_capacity(sorted.len());
     for src in sorted {
