@@ -135,11 +135,21 @@ pub fn load_path(path: &Path) -> Result<Manifests, LoadError> {
         vec![path.to_owned()]
     };
     let mut manifests = Manifests::default();
+    let listed = meta.is_dir();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            // Deleted between listing the directory and reading it: the
+            // deletion is the newer state (and its own change event
+            // follows), not a broken configuration.
+            Err(e) if listed && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(LoadError::Io {
+                    path: file.clone(),
+                    source,
+                });
+            }
+        };
         load_str_into(&text, Some(&file), &mut manifests)?;
         manifests.files.push(file);
     }

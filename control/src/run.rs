@@ -920,9 +920,10 @@ fn control_loop(
             control.probe_ports();
         }
         if let Live::Kubernetes(k) = live {
-            // Not ready while the API server is out of reach: the workers
-            // keep serving the last snapshot, but this node's view is stale.
-            control.shared.lock().source_connected = k.connected() && k.synced();
+            // Not ready while the API server is out of reach or a relist
+            // after 410 Gone is pending: the workers keep serving the last
+            // snapshot, but this node's view is stale.
+            control.shared.lock().source_connected = k.ready();
         }
         // Editors write files in several steps: settle for 200 ms first.
         if let Live::Manifests(source) = live
