@@ -105,6 +105,9 @@ pub struct Cluster {
     rng: SplitMix64,
     /// Services that never go away.
     stable: usize,
+    /// Whether changes create and delete services (else only endpoints
+    /// of the stable services change).
+    pub churn: bool,
 }
 
 impl Cluster {
@@ -116,6 +119,7 @@ impl Cluster {
             next_endpoint: 0,
             rng: SplitMix64::new(seed),
             stable,
+            churn: true,
         };
         for i in 0..stable {
             let svc = c.fresh(endpoints, false);
@@ -154,7 +158,7 @@ impl Cluster {
             .filter(|(_, s)| s.churn)
             .map(|(i, _)| *i)
             .collect();
-        let roll = self.rng.below(100);
+        let roll = self.rng.below(if self.churn { 100 } else { 88 });
         if roll >= 88 {
             return if churned.len() < 3 || (churned.len() < 8 && roll >= 94) {
                 let i = self.next_service;
