@@ -35,7 +35,7 @@ use limpet_dataplane::io::{BURST, MemoryIo};
 use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
 use limpet_dataplane::snapshot::Snapshot;
 use limpet_dataplane::stats::WorkerStats;
-use limpet_pktgen::{ACK, PacketSpec, SYN, TcpFlags, parse_frame};
+use limpet_pktgen::{ACK, PacketSpec, RST, SYN, TcpFlags, parse_frame};
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -52,7 +52,8 @@ pub struct Traffic {
     pub interval: Duration,
     /// Connections open at once per worker.
     pub connections: usize,
-    /// Data segments each connection sends before it is retired.
+    /// Data segments each connection sends before it is retired (the last
+    /// one resets the connection).
     pub segments: u32,
     /// What a worker thread does between polls while no burst is due:
     /// `None` spins (as `--idle spin`), `Some(d)` sleeps `d`.
@@ -178,8 +179,10 @@ impl Forwarders {
                 MemoryIo::new(4 * BURST),
                 MonotonicClock::new(),
                 WorkerConfig {
-                    flow_capacity: 1 << 16,
-                    affinity_capacity: 1 << 16,
+                    // Room for every connection open at once many times
+                    // over: eviction is not what this harness is about.
+                    flow_capacity: 1 << 18,
+                    affinity_capacity: 1 << 18,
                     flow_capacity_v6: Some(64),
                     affinity_capacity_v6: Some(64),
                     ..WorkerConfig::default()
@@ -417,10 +420,14 @@ impl Generator {
                 let c = self.conns[i];
                 let (backend, port) = c.backend.expect("due connections are open");
                 if c.replied {
+                    // The last segment resets the connection: its flow
+                    // entry is then the first to go when the table is full.
+                    let last = c.sent + 1 >= self.traffic.segments;
+                    let flags = if last { TcpFlags(ACK.0 | RST.0) } else { ACK };
                     let spec = PacketSpec::tcp(c.client, c.vip, c.client_port, c.vport)
-                        .flags(ACK)
-                        .seq(1 + c.sent)
-                        .payload(&[0x5a; 16]);
+                        .flags(flags)
+                        .seq(1 + c.sent * 16)
+                        .payload_len(if last { 0 } else { 16 });
                     self.inject(&spec);
                     sent.push(Sent::Data(i));
                 } else {
