@@ -157,7 +157,7 @@ fn kube(services: usize, changes: usize, workers: usize) {
     let (first, _) = compiler.compile_on(t.specs, threads).expect("compile");
     assert!(cluster.reflected_in(&first));
     let fw = Forwarders::start(workers, &first, &traffic());
-    fw.wait_forwarded(10_000, Duration::from_secs(60));
+    fw.wait_forwarded(10_000, Duration::from_mins(1));
     let ctl = control::kube(Arc::clone(&source), compiler, fw.publisher());
     let started = Instant::now();
     let applied = control::drive(
@@ -204,7 +204,7 @@ fn manifests(services: usize, changes: usize, workers: usize) {
         .expect("compile");
     assert!(cluster.reflected_in(&first));
     let fw = Forwarders::start(workers, &first, &traffic());
-    fw.wait_forwarded(10_000, Duration::from_secs(60));
+    fw.wait_forwarded(10_000, Duration::from_mins(1));
     let ctl = control::manifests(source, compiler, fw.publisher());
     let started = Instant::now();
     let applied = control::drive(

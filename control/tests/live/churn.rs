@@ -317,7 +317,7 @@ pub fn apply_dir(dir: &Path, change: &Change) {
     match &change.after {
         Some(s) => write_manifest(dir, change.service, s),
         None => {
-            std::fs::remove_file(manifest_path(dir, change.service)).expect("remove a manifest")
+            std::fs::remove_file(manifest_path(dir, change.service)).expect("remove a manifest");
         }
     }
 }

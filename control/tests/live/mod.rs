@@ -413,8 +413,8 @@ impl Generator {
     fn fill(&mut self, sent: &mut Vec<Sent>) {
         while sent.len() < self.traffic.burst {
             let open = self.conns.len() - self.free.len();
-            let pick_due =
-                !self.due.is_empty() && (open >= self.traffic.connections || sent.len() % 4 != 0);
+            let pick_due = !self.due.is_empty()
+                && (open >= self.traffic.connections || !sent.len().is_multiple_of(4));
             if pick_due {
                 let i = self.due.pop_front().expect("due");
                 let c = self.conns[i];
@@ -473,6 +473,7 @@ impl Generator {
 
     /// Checks every packet of the last burst against the snapshot that
     /// processed it.
+    #[allow(clippy::too_many_lines)] // one match over what was sent
     fn check(&mut self, sent: &[Sent]) {
         let mut actions = [Action::SlowPath; BURST];
         actions[..sent.len()].copy_from_slice(self.worker.last_actions(sent.len()));
