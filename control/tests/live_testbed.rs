@@ -254,15 +254,12 @@ fn slice_object(name: &str, eps: &BTreeMap<u8, bool>) -> Value {
 /// service, service before a gone one's slice).
 fn apply_api(api: &FakeApiServer, model: &Model, names: &[String]) {
     for name in names {
-        match model.services.get(name) {
-            Some((vip, eps)) => {
-                api.apply(slice_object(name, eps));
-                api.apply(service_object(name, vip));
-            }
-            None => {
-                api.delete(Resource::Services, "default", name);
-                api.delete(Resource::EndpointSlices, "default", &format!("{name}-v4"));
-            }
+        if let Some((vip, eps)) = model.services.get(name) {
+            api.apply(slice_object(name, eps));
+            api.apply(service_object(name, vip));
+        } else {
+            api.delete(Resource::Services, "default", name);
+            api.delete(Resource::EndpointSlices, "default", &format!("{name}-v4"));
         }
     }
 }
