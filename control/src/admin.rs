@@ -238,7 +238,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     } else if !state.source_connected {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the Kubernetes API is out of reach; serving the last snapshot\n",
+            "not ready: the Kubernetes API is out of reach or relisting; serving the last snapshot\n",
         )
             .into_response()
     } else {

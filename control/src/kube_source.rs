@@ -20,10 +20,22 @@
 //!   translation as it was sends nothing.
 //! - Errors (API server unreachable, a watch dropped, `410 Gone`) are
 //!   retried with exponential backoff ([`BackoffOptions`], client-go's
-//!   parameters by default). The stores keep the last known objects
-//!   meanwhile, so an outage never produces an empty state; a relist (after
-//!   `410 Gone`) replaces a store atomically once it completes. Watch
-//!   bookmarks are requested.
+//!   parameters by default), capped, so the first try after the server
+//!   returns is at most [`BackoffOptions::max`] away however long it was
+//!   gone. The stores keep the last known objects meanwhile, so an outage
+//!   never produces an empty state; a relist (after `410 Gone`) replaces a
+//!   store atomically once it completes. Watch bookmarks are requested.
+//! - `410 Gone` has its own backoff, apart from that of other errors: one
+//!   `410` (history compacted while the watch was away) costs one relist,
+//!   after [`BackoffOptions::initial`] even if an outage had already
+//!   pushed the other backoff to its cap; a storm of them (a server that
+//!   answers every watch with `410`) makes the relists ever rarer, up to
+//!   one per [`BackoffOptions::max`], instead of one full list of the
+//!   cluster per `410`. kube-rs's own stream backoff resets on every event
+//!   a relist produces, which is exactly what a storm feeds it.
+//! - [`KubeSource::ready`] says whether the state is current: the API
+//!   server answers, the first state was sent and no relist is pending
+//!   after a `410`. While it is not, the last state keeps being served.
 //! - This node's identity comes from its `Node` object when
 //!   [`TranslateContext::node_name`] is set and the addresses or the zone
 //!   are not given: its `InternalIP` and `ExternalIP` addresses are where
@@ -73,9 +85,11 @@ pub const LABEL_SELECTOR: &str =
 /// Retry timing after an error (list or watch failed, watch dropped,
 /// `410 Gone`). The delay starts at `initial`, is multiplied by `factor`
 /// after every consecutive error up to `max`, and, with `jitter`, a random
-/// part of up to the same amount is added (never beyond `max`). It starts
-/// again from `initial` once a stream has delivered an event after
-/// `reset_after` has passed since the last delay.
+/// part of up to the same amount is added (never beyond `max`). Errors
+/// other than `410` start again from `initial` once the server answers
+/// (a list page or a watch event); `410`s start again once `reset_after`
+/// has passed since the last delay (a relist's own answers do not count:
+/// a storm of `410`s would otherwise relist at `initial` for ever).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffOptions {
     pub initial: Duration,
@@ -151,6 +165,8 @@ pub enum KubeError {
 struct Status {
     connected: AtomicBool,
     synced: AtomicBool,
+    /// A relist is pending after `410 Gone` (the stores are behind).
+    relisting: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -217,6 +233,13 @@ impl KubeSource {
     /// [`KubeUpdate::Synced`] was sent.
     pub fn synced(&self) -> bool {
         self.status.synced.load(Ordering::Relaxed)
+    }
+
+    /// Whether the state sent so far is current: [`connected`](Self::connected),
+    /// [`synced`](Self::synced), and no relist pending after `410 Gone`
+    /// (through a `410` storm it is mostly not).
+    pub fn ready(&self) -> bool {
+        self.connected() && self.synced() && !self.status.relisting.load(Ordering::Relaxed)
     }
 
     /// The most recent list or watch error, if any (kept after recovery;
@@ -360,6 +383,59 @@ fn backoff(opts: &BackoffOptions) -> ResetTimerBackoff<Exponential> {
     ResetTimerBackoff::new(Exponential::new(opts.clone()), opts.reset_after)
 }
 
+/// The delays of one resource's watcher: one backoff for `410 Gone`, one
+/// for every other error (see [`BackoffOptions`]).
+struct Retry {
+    failing: ResetTimerBackoff<Exponential>,
+    gone: ResetTimerBackoff<Exponential>,
+}
+
+impl Retry {
+    fn new(opts: &BackoffOptions) -> Self {
+        Self {
+            failing: backoff(opts),
+            gone: backoff(opts),
+        }
+    }
+
+    /// How long to wait before asking the watcher for more, after `item`.
+    fn after<K>(&mut self, item: &Result<watcher::Event<K>, watcher::Error>) -> Option<Duration> {
+        match item {
+            // Sent before any request is made.
+            Ok(watcher::Event::Init) => None,
+            Ok(_) => {
+                self.failing.reset();
+                None
+            }
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                // The server answered; what it said was "relist".
+                self.failing.reset();
+                self.gone.next()
+            }
+            Err(_) => self.failing.next(),
+        }
+    }
+}
+
+/// `stream` (a watcher's), paused after each error as [`Retry`] says.
+fn with_retry<K: Send + 'static>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    opts: &BackoffOptions,
+) -> futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>> {
+    futures::stream::unfold(
+        (stream.boxed(), Retry::new(opts), None),
+        |(mut stream, mut retry, pause)| async move {
+            if let Some(d) = pause {
+                tokio::time::sleep(d).await;
+            }
+            let item = stream.next().await?;
+            let pause = retry.after(&item);
+            Some((item, (stream, retry, pause)))
+        },
+    )
+    .boxed()
+}
+
 /// What a watcher event means here (the stores hold the objects).
 enum Signal<K: Lookup> {
     /// A relist started or listed an object: the store is unchanged until
@@ -402,6 +478,8 @@ struct Progress<K: Lookup> {
     synced: bool,
     /// A list completed: the whole store may have changed.
     relisted: bool,
+    /// `410 Gone` was answered and the relist has not completed.
+    gone: bool,
     dirty: Vec<ObjectRef<K>>,
 }
 
@@ -411,6 +489,7 @@ impl<K: Lookup> Progress<K> {
             what,
             synced: false,
             relisted: false,
+            gone: false,
             dirty: Vec::new(),
         }
     }
@@ -426,6 +505,7 @@ impl<K: Lookup> Progress<K> {
                 }
                 self.synced = true;
                 self.relisted = true;
+                self.gone = false;
                 self.dirty.clear();
                 true
             }
@@ -438,6 +518,7 @@ impl<K: Lookup> Progress<K> {
             Signal::Error { message, gone } => {
                 if gone {
                     debug!("{what}: resource version too old, relisting");
+                    self.gone = true;
                 } else {
                     warn!("{what}: {message}");
                 }
@@ -676,6 +757,9 @@ async fn run(
                 while let Some(Some(item)) = events.next().now_or_never() {
                     dirty |= take(item, &mut svc_progress, &mut slice_progress, &status);
                 }
+                status
+                    .relisting
+                    .store(svc_progress.gone || slice_progress.gone, Ordering::Relaxed);
             }
             () = wait => retry = None,
             Some(node) = nodes.next() => {
@@ -879,16 +963,18 @@ fn watch(
     let config = watcher::Config::default().labels(LABEL_SELECTOR);
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let svc_stream = watcher(Api::<Service>::all(client.clone()), config.clone())
-        .backoff(backoff(&opts.backoff))
-        .reflect(svc_writer)
-        .map(|ev| Ok(Signal::of(ev)))
-        .boxed();
-    let slice_stream = watcher(Api::<EndpointSlice>::all(client.clone()), config)
-        .backoff(backoff(&opts.backoff))
-        .reflect(slice_writer)
-        .map(|ev| Err(Signal::of(ev)))
-        .boxed();
+    let svc_stream = with_retry(
+        watcher(Api::<Service>::all(client.clone()), config.clone()).reflect(svc_writer),
+        &opts.backoff,
+    )
+    .map(|ev| Ok(Signal::of(ev)))
+    .boxed();
+    let slice_stream = with_retry(
+        watcher(Api::<EndpointSlice>::all(client.clone()), config).reflect(slice_writer),
+        &opts.backoff,
+    )
+    .map(|ev| Err(Signal::of(ev)))
+    .boxed();
     (
         services,
         slices,

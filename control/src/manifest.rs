@@ -233,8 +233,11 @@ pub fn load_path(path: &Path) -> Result<Manifests, LoadError> {
 pub fn load_path_with(path: &Path, limits: &Limits) -> Result<Manifests, LoadError> {
     let mut manifests = Manifests::default();
     let mut total = 0u64;
+    let listed = path.is_dir();
     for file in manifest_files(path)? {
-        let text = read_limited(&file, limits, &mut total)?;
+        let Some(text) = read_listed(&file, listed, limits, &mut total)? else {
+            continue;
+        };
         load_str_into(&text, Some(&file), limits, &mut manifests)?;
         manifests.files.push(file);
     }
@@ -269,6 +272,26 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     }
     files.sort();
     Ok(files)
+}
+
+/// [`read_limited`] of a file that [`manifest_files`] found by `listed`
+/// (`true`) a directory: `None` if it was deleted since. The deletion is
+/// the newer state (its own change event follows), not a broken
+/// configuration.
+pub fn read_listed(
+    file: &Path,
+    listed: bool,
+    limits: &Limits,
+    total: &mut u64,
+) -> Result<Option<String>, LoadError> {
+    match read_limited(file, limits, total) {
+        Err(LoadError::Io { source, .. })
+            if listed && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        read => read.map(Some),
+    }
 }
 
 /// Reads `file` as text if it and the files read before it (`total`

@@ -12,7 +12,7 @@
 //! A load is all or nothing, as [`load_path`](crate::manifest::load_path):
 //! on any error the cache is left as it was.
 
-use crate::manifest::{Limits, LoadError, Manifests, load_str_with, manifest_files, read_limited};
+use crate::manifest::{Limits, LoadError, Manifests, load_str_with, manifest_files, read_listed};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,8 +63,11 @@ impl ManifestCache {
         let mut total = 0u64;
         // (file, hash, its text when it must be parsed)
         let mut found: Vec<(PathBuf, u128, Option<String>)> = Vec::new();
+        let listed = path.is_dir();
         for file in manifest_files(path)? {
-            let text = read_limited(&file, limits, &mut total)?;
+            let Some(text) = read_listed(&file, listed, limits, &mut total)? else {
+                continue;
+            };
             let hash = xxh3_128(text.as_bytes());
             let known = self.files.get(&file).is_some_and(|(h, _)| *h == hash);
             found.push((file, hash, (!known).then_some(text)));

@@ -952,9 +952,10 @@ fn control_loop(
             control.probe_ports();
         }
         if let Live::Kubernetes(k) = live {
-            // Not ready while the API server is out of reach: the workers
-            // keep serving the last snapshot, but this node's view is stale.
-            control.shared.lock().source_connected = k.connected() && k.synced();
+            // Not ready while the API server is out of reach or a relist
+            // after 410 Gone is pending: the workers keep serving the last
+            // snapshot, but this node's view is stale.
+            control.shared.lock().source_connected = k.ready();
         }
         // Settled, or pending for too long (crate::debounce).
         if let Live::Manifests(source) = live

@@ -27,8 +27,10 @@
 //! compacted ([`FakeApiServer::compact`]), after which a watch from an older
 //! version gets an `ERROR` event with a `410 Gone` `Status` ("too old
 //! resource version") and ends, as with the real server; watches can be
-//! dropped; lists can be held back; and the server can go down (its port
-//! closed, every connection cut) and come back up on the same port.
+//! dropped; lists can be held back; every watch can be answered with
+//! `410 Gone` at once for as long as a test says ([`FakeApiServer::gone_storm`]);
+//! and the server can go down (its port closed, every connection cut) and
+//! come back up on the same port.
 #![allow(dead_code)] // each test binary uses a part
 
 use bytes::Bytes;
@@ -122,6 +124,10 @@ struct State {
     bookmark_generation: u64,
     /// Lists of these resources wait until released.
     held: HashMap<Resource, bool>,
+    /// Every watch, open or new, is answered with `410 Gone`.
+    gone_storm: bool,
+    /// `410 Gone` events sent.
+    gone_sent: usize,
     /// Pages of list snapshots: token -> (resource version, items, offset).
     pages: HashMap<String, (u64, Vec<Value>, usize)>,
     next_token: u64,
@@ -324,6 +330,20 @@ impl FakeApiServer {
     pub fn change_unseen(&self, change: impl FnOnce(&UnseenChanges<'_>)) {
         change(&UnseenChanges(self));
         self.compact();
+    }
+
+    /// While `on`, every watch (those open included) gets `410 Gone` at
+    /// once, whatever its resource version: a server whose watch cache
+    /// cannot serve anyone (restarting, or compacting faster than clients
+    /// relist). Lists are answered as usual.
+    pub fn gone_storm(&self, on: bool) {
+        self.inner.lock().gone_storm = on;
+        self.inner.wake();
+    }
+
+    /// How many `410 Gone` events watches were sent.
+    pub fn gone_sent(&self) -> usize {
+        self.inner.lock().gone_sent
     }
 
     /// Ends every open watch cleanly (as a watch timeout does).
@@ -716,11 +736,12 @@ async fn watch_stream(
         let mut lines = Vec::new();
         let mut end = false;
         {
-            let st = inner.lock();
+            let mut st = inner.lock();
             if st.drop_generation != drop_gen {
                 return;
             }
-            if cursor < st.compacted {
+            if cursor < st.compacted || st.gone_storm {
+                st.gone_sent += 1;
                 let status = status_object(
                     410,
                     "Expired",
