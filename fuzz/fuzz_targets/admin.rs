@@ -98,11 +98,15 @@ fn worker_thread(msgs: Receiver<Msg>) {
             Msg::Refill => {
                 for c in CLIENTS4 {
                     port = port.wrapping_add(1).max(1024);
-                    worker.io_mut().inject(&syn(c.parse().unwrap(), VIP4.parse().unwrap(), port), 0);
+                    worker
+                        .io_mut()
+                        .inject(&syn(c.parse().unwrap(), VIP4.parse().unwrap(), port), 0);
                 }
                 for c in CLIENTS6 {
                     port = port.wrapping_add(1).max(1024);
-                    worker.io_mut().inject(&syn(c.parse().unwrap(), VIP6.parse().unwrap(), port), 0);
+                    worker
+                        .io_mut()
+                        .inject(&syn(c.parse().unwrap(), VIP6.parse().unwrap(), port), 0);
                 }
                 worker.poll();
                 worker.io_mut().recycle_sent();
@@ -348,7 +352,10 @@ fn check_response(
             let Ok(q) = query else {
                 // axum's own rejection, in its words (plain text).
                 assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {text}");
-                assert!(text.starts_with("Failed to deserialize query string"), "{text}");
+                assert!(
+                    text.starts_with("Failed to deserialize query string"),
+                    "{text}"
+                );
                 return;
             };
             let v: serde_json::Value = serde_json::from_str(text).expect("JSON body");
@@ -373,7 +380,10 @@ fn check_response(
                         );
                     }
                     if let Some(c) = q.client {
-                        assert_eq!(entry["client"].as_str().unwrap().parse::<IpAddr>().unwrap(), c);
+                        assert_eq!(
+                            entry["client"].as_str().unwrap().parse::<IpAddr>().unwrap(),
+                            c
+                        );
                     }
                 }
             } else {
@@ -392,7 +402,10 @@ fn request(data: &[u8]) -> Option<(Method, Uri)> {
     }
     let text = std::str::from_utf8(data).ok()?;
     let (method, uri) = text.trim_end().split_once(' ')?;
-    Some((Method::from_bytes(method.as_bytes()).ok()?, uri.parse().ok()?))
+    Some((
+        Method::from_bytes(method.as_bytes()).ok()?,
+        uri.parse().ok()?,
+    ))
 }
 
 fuzz_target!(|data: &[u8]| {

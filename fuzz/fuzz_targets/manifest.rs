@@ -16,8 +16,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
-    SessionAffinityConfig, ClientIPConfig,
+    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+    ServiceStatus, SessionAffinityConfig,
 };
 use k8s_openapi::api::discovery::v1::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
@@ -34,7 +34,13 @@ use limpet_control::translate::{
 use limpet_dataplane::snapshot::{ForwardMode, ServicePortSpec};
 use std::collections::{BTreeMap, BTreeSet};
 
-const NAMES: [&str; 5] = ["web", "db", "dns", "", "a-very-long-name-with-dashes-0123456789"];
+const NAMES: [&str; 5] = [
+    "web",
+    "db",
+    "dns",
+    "",
+    "a-very-long-name-with-dashes-0123456789",
+];
 const NAMESPACES: [&str; 3] = ["default", "kube-system", ""];
 const V4: [&str; 8] = [
     "10.96.0.10",
@@ -46,19 +52,52 @@ const V4: [&str; 8] = [
     "10.96.0.256",
     "None",
 ];
-const V6: [&str; 6] = ["fd00::10", "fd00::11", "2001:db8::1", "::", "fd00::zz", "::ffff:10.0.0.1"];
-const ENDPOINTS4: [&str; 6] = ["10.244.0.1", "10.244.0.2", "10.244.1.1", "10.244.0.1 ", "x", ""];
-const ENDPOINTS6: [&str; 4] = ["fd00:244::1", "fd00:244::2", "fd00:244::1%eth0", "10.244.0.1"];
+const V6: [&str; 6] = [
+    "fd00::10",
+    "fd00::11",
+    "2001:db8::1",
+    "::",
+    "fd00::zz",
+    "::ffff:10.0.0.1",
+];
+const ENDPOINTS4: [&str; 6] = [
+    "10.244.0.1",
+    "10.244.0.2",
+    "10.244.1.1",
+    "10.244.0.1 ",
+    "x",
+    "",
+];
+const ENDPOINTS6: [&str; 4] = [
+    "fd00:244::1",
+    "fd00:244::2",
+    "fd00:244::1%eth0",
+    "10.244.0.1",
+];
 const PORT_NAMES: [&str; 4] = ["", "http", "dns", "HTTP"];
 const PROTOCOLS: [&str; 5] = ["TCP", "UDP", "SCTP", "tcp", "ICMP"];
-const TYPES: [&str; 5] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName", "Bogus"];
+const TYPES: [&str; 5] = [
+    "ClusterIP",
+    "NodePort",
+    "LoadBalancer",
+    "ExternalName",
+    "Bogus",
+];
 const AFFINITIES: [&str; 3] = ["ClientIP", "None", "Sticky"];
 const POLICIES: [&str; 3] = ["Cluster", "Local", "Nowhere"];
 const FAMILIES: [&str; 3] = ["IPv4", "IPv6", "FQDN"];
-const RANGES: [&str; 5] = ["198.18.0.0/15", "0.0.0.0/0", "2001:db8::/32", "10.0.0.0/33", "garbage"];
+const RANGES: [&str; 5] = [
+    "198.18.0.0/15",
+    "0.0.0.0/0",
+    "2001:db8::/32",
+    "10.0.0.0/33",
+    "garbage",
+];
 const NODES: [&str; 3] = ["node-a", "node-b", ""];
 const ZONES: [&str; 2] = ["zone-a", "zone-b"];
-const INTS: [i32; 12] = [1, 53, 80, 443, 8080, 9376, 30080, 32767, 65535, 0, -1, 70000];
+const INTS: [i32; 12] = [
+    1, 53, 80, 443, 8080, 9376, 30080, 32767, 65535, 0, -1, 70000,
+];
 const TIMEOUTS: [i32; 7] = [1, 60, 10800, 86400, 0, -5, 86401];
 
 fn pick<T: Copy>(items: &[T], i: u8) -> T {
@@ -144,9 +183,17 @@ impl ServiceDesc {
         }
         let mut annotations = BTreeMap::new();
         if self.topology == Some(true) {
-            annotations.insert("service.kubernetes.io/topology-mode".to_owned(), "Auto".to_owned());
+            annotations.insert(
+                "service.kubernetes.io/topology-mode".to_owned(),
+                "Auto".to_owned(),
+            );
         }
-        let cluster_ips: Vec<String> = self.cluster_ips.iter().take(3).map(|&(v6, i)| addr(v6, i)).collect();
+        let cluster_ips: Vec<String> = self
+            .cluster_ips
+            .iter()
+            .take(3)
+            .map(|&(v6, i)| addr(v6, i))
+            .collect();
         let spec = ServiceSpec {
             type_: opt(self.type_, |i| pick_s(&TYPES, i)),
             cluster_ip: cluster_ips.first().cloned(),
@@ -185,10 +232,19 @@ impl ServiceDesc {
                 }),
             }),
             external_ips: (!self.external_ips.is_empty()).then(|| {
-                self.external_ips.iter().take(3).map(|&(v6, i)| addr(v6, i)).collect()
+                self.external_ips
+                    .iter()
+                    .take(3)
+                    .map(|&(v6, i)| addr(v6, i))
+                    .collect()
             }),
-            load_balancer_source_ranges: (!self.source_ranges.is_empty())
-                .then(|| self.source_ranges.iter().take(3).map(|&i| pick_s(&RANGES, i)).collect()),
+            load_balancer_source_ranges: (!self.source_ranges.is_empty()).then(|| {
+                self.source_ranges
+                    .iter()
+                    .take(3)
+                    .map(|&i| pick_s(&RANGES, i))
+                    .collect()
+            }),
             internal_traffic_policy: opt(self.internal_policy, |i| pick_s(&POLICIES, i)),
             external_traffic_policy: opt(self.external_policy, |i| pick_s(&POLICIES, i)),
             traffic_distribution: (self.topology == Some(false)).then(|| "PreferClose".to_owned()),
@@ -252,34 +308,44 @@ impl SliceDesc {
             }),
             endpoints: Some(
                 self.endpoints
-                .iter()
-                .take(6)
-                .map(|e| Endpoint {
-                    addresses: e
-                        .addresses
-                        .iter()
-                        .take(2)
-                        .map(|&i| if v6 { pick_s(&ENDPOINTS6, i) } else { pick_s(&ENDPOINTS4, i) })
-                        .collect(),
-                    conditions: (e.ready.is_some() || e.serving.is_some() || e.terminating.is_some())
+                    .iter()
+                    .take(6)
+                    .map(|e| Endpoint {
+                        addresses: e
+                            .addresses
+                            .iter()
+                            .take(2)
+                            .map(|&i| {
+                                if v6 {
+                                    pick_s(&ENDPOINTS6, i)
+                                } else {
+                                    pick_s(&ENDPOINTS4, i)
+                                }
+                            })
+                            .collect(),
+                        conditions: (e.ready.is_some()
+                            || e.serving.is_some()
+                            || e.terminating.is_some())
                         .then_some(EndpointConditions {
                             ready: e.ready,
                             serving: e.serving,
                             terminating: e.terminating,
                         }),
-                    node_name: opt(e.node, |i| pick_s(&NODES, i)),
-                    hints: e.zones.as_ref().map(|z| EndpointHints {
-                        for_zones: Some(
-                            z.iter()
-                                .take(2)
-                                .map(|&i| ForZone { name: pick_s(&ZONES, i) })
-                                .collect(),
-                        ),
-                        ..EndpointHints::default()
-                    }),
-                    ..Endpoint::default()
-                })
-                .collect(),
+                        node_name: opt(e.node, |i| pick_s(&NODES, i)),
+                        hints: e.zones.as_ref().map(|z| EndpointHints {
+                            for_zones: Some(
+                                z.iter()
+                                    .take(2)
+                                    .map(|&i| ForZone {
+                                        name: pick_s(&ZONES, i),
+                                    })
+                                    .collect(),
+                            ),
+                            ..EndpointHints::default()
+                        }),
+                        ..Endpoint::default()
+                    })
+                    .collect(),
             ),
         }
     }
@@ -306,7 +372,10 @@ fn unnumbered(specs: &[ServicePortSpec]) -> Vec<ServicePortSpec> {
 fn check_translation(t: &Translation) {
     assert_eq!(t.specs.len(), t.info.len(), "one info per spec");
     for e in &t.errors {
-        assert!(!e.kind.is_empty() && !e.field.is_empty() && !e.message.is_empty(), "{e}");
+        assert!(
+            !e.kind.is_empty() && !e.field.is_empty() && !e.message.is_empty(),
+            "{e}"
+        );
         assert!(!e.to_string().is_empty());
     }
     let mut names = BTreeSet::new();
@@ -314,7 +383,9 @@ fn check_translation(t: &Translation) {
         assert!(names.insert(s.name.clone()), "spec name {} twice", s.name);
         for b in &s.backends {
             assert!(
-                s.frontends.iter().all(|(f, _)| f.is_ipv4() == b.addr.is_ipv4()),
+                s.frontends
+                    .iter()
+                    .all(|(f, _)| f.is_ipv4() == b.addr.is_ipv4()),
                 "{}: backend of another family",
                 s.name
             );
@@ -330,14 +401,22 @@ fn ctx(objects: &Objects) -> TranslateContext {
     TranslateContext {
         node_name: opt(objects.node_name, |i| pick_s(&NODES, i)),
         node_addresses: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
-        mode: if objects.dsr { ForwardMode::Dsr } else { ForwardMode::Nat },
+        mode: if objects.dsr {
+            ForwardMode::Dsr
+        } else {
+            ForwardMode::Nat
+        },
         node_zone: opt(objects.node_zone, |i| pick_s(&ZONES, i)),
         ..TranslateContext::default()
     }
 }
 
 fn key(meta: &ObjectMeta) -> (String, String) {
-    let ns = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".to_owned());
+    let ns = meta
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
     (ns, meta.name.clone().unwrap_or_default())
 }
 
@@ -346,9 +425,19 @@ fn translate_objects(services: &[Service], slices: &[EndpointSlice], ctx: &Trans
         services.iter().cloned().map(Sourced::unfiled).collect();
     let sourced_slices: Vec<Sourced<EndpointSlice>> =
         slices.iter().cloned().map(Sourced::unfiled).collect();
-    let t = translate::translate(&sourced_services, &sourced_slices, ctx, &mut IdAllocator::new());
+    let t = translate::translate(
+        &sourced_services,
+        &sourced_slices,
+        ctx,
+        &mut IdAllocator::new(),
+    );
     check_translation(&t);
-    let again = translate::translate(&sourced_services, &sourced_slices, ctx, &mut IdAllocator::new());
+    let again = translate::translate(
+        &sourced_services,
+        &sourced_slices,
+        ctx,
+        &mut IdAllocator::new(),
+    );
     assert_eq!(t, again, "translation is a pure function");
 
     // The kube path, where names are unique as the API server keeps them.
@@ -366,14 +455,19 @@ fn translate_objects(services: &[Service], slices: &[EndpointSlice], ctx: &Trans
             let (ns, name) = key(&svc.metadata);
             let mine: Vec<&EndpointSlice> = slices
                 .iter()
-                .filter(|s| key(&s.metadata).0 == ns && translate::slice_service(s) == Some(name.as_str()))
+                .filter(|s| {
+                    key(&s.metadata).0 == ns && translate::slice_service(s) == Some(name.as_str())
+                })
                 .collect();
             translate::translate_service(svc, &mine, ctx, &mut ids)
         })
         .collect();
     let mut sorted_slices: Vec<&EndpointSlice> = slices.iter().collect();
     sorted_slices.sort_by_key(|s| key(&s.metadata));
-    let reports: Vec<_> = sorted_slices.iter().map(|s| translate::slice_report(s)).collect();
+    let reports: Vec<_> = sorted_slices
+        .iter()
+        .map(|s| translate::slice_report(s))
+        .collect();
     let kube = translate::assemble(&reports, &parts);
     assert_eq!(
         unnumbered(&kube.specs),
@@ -430,8 +524,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(objects) = Objects::arbitrary_take_rest(Unstructured::new(body)) else {
         return;
     };
-    let services: Vec<Service> = objects.services.iter().take(6).map(ServiceDesc::build).collect();
-    let slices: Vec<EndpointSlice> = objects.slices.iter().take(6).map(SliceDesc::build).collect();
+    let services: Vec<Service> = objects
+        .services
+        .iter()
+        .take(6)
+        .map(ServiceDesc::build)
+        .collect();
+    let slices: Vec<EndpointSlice> = objects
+        .slices
+        .iter()
+        .take(6)
+        .map(SliceDesc::build)
+        .collect();
     round_trip(&services, &slices);
     translate_objects(&services, &slices, &ctx(&objects));
 });

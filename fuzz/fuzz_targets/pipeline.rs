@@ -126,7 +126,11 @@ impl Harness {
             self.worker
                 .set_snapshot(Arc::clone(&snapshots()[self.current]));
         }
-        let frames: Vec<&Vec<u8>> = burst.frames.iter().filter(|f| f.len() <= BUF_SIZE).collect();
+        let frames: Vec<&Vec<u8>> = burst
+            .frames
+            .iter()
+            .filter(|f| f.len() <= BUF_SIZE)
+            .collect();
         for chunk in frames.chunks(BURST) {
             self.poll(chunk);
         }
@@ -151,7 +155,11 @@ impl Harness {
         check_counters(&before, &after, &actions);
         let io = self.worker.io();
         let forwarded = actions.iter().filter(|a| **a == Action::Forward).count() as u64;
-        assert_eq!(io.sent - io_before.0, forwarded, "backend sent what was forwarded");
+        assert_eq!(
+            io.sent - io_before.0,
+            forwarded,
+            "backend sent what was forwarded"
+        );
         assert_eq!(
             io.freed - io_before.1,
             n as u64 - forwarded,
@@ -171,7 +179,10 @@ impl Harness {
                 Action::SlowPath => {}
             }
         }
-        assert!(self.worker.io_mut().take_sent().is_none(), "nothing else sent");
+        assert!(
+            self.worker.io_mut().take_sent().is_none(),
+            "nothing else sent"
+        );
     }
 }
 
@@ -180,7 +191,11 @@ fn check_counters(before: &WorkerStats, after: &WorkerStats, actions: &[Action])
     let n = actions.len() as u64;
     let count = |want: Action| actions.iter().filter(|a| **a == want).count() as u64;
     assert_eq!(d(|s| s.rx_packets), n, "rx counts the burst");
-    assert_eq!(d(|s| s.tx_packets), count(Action::Forward), "tx = forwarded");
+    assert_eq!(
+        d(|s| s.tx_packets),
+        count(Action::Forward),
+        "tx = forwarded"
+    );
     assert_eq!(d(|s| s.slow_path), count(Action::SlowPath), "slow path");
     for reason in DropReason::ALL {
         assert_eq!(
@@ -291,8 +306,12 @@ fn parse(frame: &[u8]) -> Option<Parsed> {
     let (src_port, dst_port, protocol, l4, l4_sum) = match p.transport.as_ref()? {
         TransportSlice::Tcp(t) => {
             let computed = match (src_ip, dst_ip) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => t.calc_checksum_ipv4(s.octets(), d.octets()).ok()?,
-                (IpAddr::V6(s), IpAddr::V6(d)) => t.calc_checksum_ipv6(s.octets(), d.octets()).ok()?,
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    t.calc_checksum_ipv4(s.octets(), d.octets()).ok()?
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    t.calc_checksum_ipv6(s.octets(), d.octets()).ok()?
+                }
                 _ => return None,
             };
             let sum = if same_sum(t.checksum(), computed) {
@@ -300,17 +319,23 @@ fn parse(frame: &[u8]) -> Option<Parsed> {
             } else {
                 L4Sum::Invalid
             };
-            (t.source_port(), t.destination_port(), 6u8, offset(frame, t.slice()), sum)
+            (
+                t.source_port(),
+                t.destination_port(),
+                6u8,
+                offset(frame, t.slice()),
+                sum,
+            )
         }
         TransportSlice::Udp(u) => {
             let h = u.to_header();
             let computed = match (src_ip, dst_ip) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => {
-                    h.calc_checksum_ipv4_raw(s.octets(), d.octets(), u.payload()).ok()?
-                }
-                (IpAddr::V6(s), IpAddr::V6(d)) => {
-                    h.calc_checksum_ipv6_raw(s.octets(), d.octets(), u.payload()).ok()?
-                }
+                (IpAddr::V4(s), IpAddr::V4(d)) => h
+                    .calc_checksum_ipv4_raw(s.octets(), d.octets(), u.payload())
+                    .ok()?,
+                (IpAddr::V6(s), IpAddr::V6(d)) => h
+                    .calc_checksum_ipv6_raw(s.octets(), d.octets(), u.payload())
+                    .ok()?,
                 _ => return None,
             };
             lenient = u.length() < 8;
@@ -321,7 +346,13 @@ fn parse(frame: &[u8]) -> Option<Parsed> {
             } else {
                 L4Sum::Invalid
             };
-            (u.source_port(), u.destination_port(), 17u8, offset(frame, u.slice()), sum)
+            (
+                u.source_port(),
+                u.destination_port(),
+                17u8,
+                offset(frame, u.slice()),
+                sum,
+            )
         }
         _ => return None,
     };
@@ -346,7 +377,10 @@ fn is_frontend(addr: SocketAddr, protocol: u8, mode: ForwardMode) -> bool {
 }
 
 fn is_backend(addr: SocketAddr, mode: ForwardMode) -> bool {
-    universe().backends.iter().any(|&(a, m)| a == addr && m == mode)
+    universe()
+        .backends
+        .iter()
+        .any(|&(a, m)| a == addr && m == mode)
 }
 
 fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]]) {
@@ -442,7 +476,9 @@ fn check_drop(input: &[u8], reason: DropReason) {
     };
     let plain_l2 = match u16::from_be_bytes([input[12], input[13]]) {
         0x0800 | 0x86dd => p.l3 == 14,
-        0x8100 => p.l3 == 18 && matches!(u16::from_be_bytes([input[16], input[17]]), 0x0800 | 0x86dd),
+        0x8100 => {
+            p.l3 == 18 && matches!(u16::from_be_bytes([input[16], input[17]]), 0x0800 | 0x86dd)
+        }
         _ => false,
     };
     if !plain_l2 || p.extended {

@@ -52,7 +52,10 @@ fn ethernet_view(buf: &[u8], v: &Values) {
     let mut copy = buf.to_vec();
     let mut f = ethernet::Frame::new_checked(&mut copy[..]).unwrap();
     f.set_dst_addr(MacAddr(v.mac));
-    assert_eq!((f.dst_addr(), f.src_addr(), f.ethertype()), (MacAddr(v.mac), src, ty));
+    assert_eq!(
+        (f.dst_addr(), f.src_addr(), f.ethertype()),
+        (MacAddr(v.mac), src, ty)
+    );
     f.set_src_addr(MacAddr(v.mac));
     f.set_ethertype(v.u16a);
     assert_eq!(f.ethertype(), v.u16a);
@@ -64,7 +67,11 @@ fn ethernet_view(buf: &[u8], v: &Values) {
     f.set_src_addr(src);
     f.set_ethertype(ty);
     assert_eq!(f.payload_mut().len(), buf.len() - ethernet::HEADER_LEN);
-    assert_eq!(f.as_ref(), buf, "setters put back leave the frame as it was");
+    assert_eq!(
+        f.as_ref(),
+        buf,
+        "setters put back leave the frame as it was"
+    );
 }
 
 fn vlan_view(buf: &[u8], v: &Values) {
@@ -105,7 +112,12 @@ fn arp_view(buf: &[u8], v: &Values) {
         p.target_hardware_addr(),
         p.target_protocol_addr(),
     );
-    let _ = (p.hardware_type(), p.protocol_type(), p.hardware_len(), p.protocol_len());
+    let _ = (
+        p.hardware_type(),
+        p.protocol_type(),
+        p.hardware_len(),
+        p.protocol_len(),
+    );
     let op = p.operation();
     assert_eq!(u16::from(op), u16::from_be_bytes([buf[6], buf[7]]));
     let mut copy = buf.to_vec();
@@ -167,11 +179,22 @@ fn ipv4_view(buf: &[u8], v: &Values) {
     let mut p = ipv4::Packet::new_checked(&mut copy[..]).unwrap();
     p.set_dst_addr_update_checksum(Ipv4Addr::from(v.v4));
     p.set_src_addr_update_checksum(Ipv4Addr::from(v.v4));
-    assert_eq!((p.src_addr(), p.dst_addr()), (Ipv4Addr::from(v.v4), Ipv4Addr::from(v.v4)));
-    assert_eq!(p.verify_checksum(), valid, "address update keeps the checksum's validity");
+    assert_eq!(
+        (p.src_addr(), p.dst_addr()),
+        (Ipv4Addr::from(v.v4), Ipv4Addr::from(v.v4))
+    );
+    assert_eq!(
+        p.verify_checksum(),
+        valid,
+        "address update keeps the checksum's validity"
+    );
     p.decrement_ttl_update_checksum();
     assert_eq!(p.ttl(), ttl.saturating_sub(1));
-    assert_eq!(p.verify_checksum(), valid, "TTL update keeps the checksum's validity");
+    assert_eq!(
+        p.verify_checksum(),
+        valid,
+        "TTL update keeps the checksum's validity"
+    );
     p.set_src_addr(src);
     p.set_dst_addr(dst);
     p.set_ttl(v.u8a);
@@ -226,9 +249,15 @@ fn ipv6_view(buf: &[u8], v: &Values) {
     let mut p = ipv6::Packet::new_checked(&mut copy[..]).unwrap();
     let (tc, label) = (p.traffic_class(), p.flow_label());
     p.set_traffic_class(v.u8a);
-    assert_eq!((p.traffic_class(), p.flow_label(), p.version()), (v.u8a, label, 6));
+    assert_eq!(
+        (p.traffic_class(), p.flow_label(), p.version()),
+        (v.u8a, label, 6)
+    );
     p.set_flow_label(v.u32a);
-    assert_eq!((p.traffic_class(), p.flow_label()), (v.u8a, v.u32a & 0xf_ffff));
+    assert_eq!(
+        (p.traffic_class(), p.flow_label()),
+        (v.u8a, v.u32a & 0xf_ffff)
+    );
     p.set_traffic_class(tc);
     p.set_flow_label(label);
     p.set_next_header(v.u8a);
@@ -290,15 +319,36 @@ fn tcp_view(buf: &[u8], v: &Values, pseudo: Pseudo) {
     assert_eq!(t.payload().len(), buf.len() - header_len);
     let flags = t.flags();
     assert_eq!(
-        [t.fin(), t.syn(), t.rst(), t.psh(), t.ack(), t.urg(), t.ece(), t.cwr()],
+        [
+            t.fin(),
+            t.syn(),
+            t.rst(),
+            t.psh(),
+            t.ack(),
+            t.urg(),
+            t.ece(),
+            t.cwr()
+        ],
         std::array::from_fn(|i| flags & (1 << i) != 0)
     );
     if let Ok(e) = etherparse::TcpHeaderSlice::from_slice(buf) {
-        assert_eq!((t.src_port(), t.dst_port()), (e.source_port(), e.destination_port()));
-        assert_eq!((t.seq_number(), t.ack_number()), (e.sequence_number(), e.acknowledgment_number()));
+        assert_eq!(
+            (t.src_port(), t.dst_port()),
+            (e.source_port(), e.destination_port())
+        );
+        assert_eq!(
+            (t.seq_number(), t.ack_number()),
+            (e.sequence_number(), e.acknowledgment_number())
+        );
         assert_eq!(header_len, usize::from(e.data_offset()) * 4);
-        assert_eq!((t.syn(), t.ack(), t.fin(), t.rst()), (e.syn(), e.ack(), e.fin(), e.rst()));
-        assert_eq!((t.window_len(), t.checksum(), t.urgent_at()), (e.window_size(), e.checksum(), e.urgent_pointer()));
+        assert_eq!(
+            (t.syn(), t.ack(), t.fin(), t.rst()),
+            (e.syn(), e.ack(), e.fin(), e.rst())
+        );
+        assert_eq!(
+            (t.window_len(), t.checksum(), t.urgent_at()),
+            (e.window_size(), e.checksum(), e.urgent_pointer())
+        );
     }
     let ps = pseudo.sum(6, buf.len());
     let valid = refsum::verifies(ps, buf);
@@ -308,7 +358,11 @@ fn tcp_view(buf: &[u8], v: &Values, pseudo: Pseudo) {
     };
     let mut copy = buf.to_vec();
     let mut t = tcp::Packet::new_checked(&mut copy[..]).unwrap();
-    assert_eq!(verify(&t, pseudo), valid, "verify agrees with the reference");
+    assert_eq!(
+        verify(&t, pseudo),
+        valid,
+        "verify agrees with the reference"
+    );
     let mut zeroed = buf.to_vec();
     zeroed[16..18].fill(0);
     let expect = refsum::field_value(ps, &zeroed);
@@ -338,7 +392,14 @@ fn tcp_view(buf: &[u8], v: &Values, pseudo: Pseudo) {
     t.set_urgent_at(v.u16b);
     t.set_checksum(v.u16a);
     assert_eq!(
-        (t.seq_number(), t.ack_number(), t.flags(), t.window_len(), t.urgent_at(), t.checksum()),
+        (
+            t.seq_number(),
+            t.ack_number(),
+            t.flags(),
+            t.window_len(),
+            t.urgent_at(),
+            t.checksum()
+        ),
         (v.u32a, v.u32b, v.u8a, v.u16a, v.u16b, v.u16a)
     );
     assert_eq!(t.header_len(), header_len);
@@ -359,7 +420,10 @@ fn udp_view(buf: &[u8], v: &Values, pseudo: Pseudo) {
     assert!(len >= 8 && len <= buf.len());
     assert_eq!(u.payload().len(), len - 8);
     if let Ok(e) = etherparse::UdpHeaderSlice::from_slice(buf) {
-        assert_eq!((u.src_port(), u.dst_port()), (e.source_port(), e.destination_port()));
+        assert_eq!(
+            (u.src_port(), u.dst_port()),
+            (e.source_port(), e.destination_port())
+        );
         assert_eq!((u.len(), u.checksum()), (e.length(), e.checksum()));
     }
     let datagram = &buf[..len];
@@ -375,7 +439,11 @@ fn udp_view(buf: &[u8], v: &Values, pseudo: Pseudo) {
     };
     let mut copy = buf.to_vec();
     let mut u = udp::Packet::new_checked(&mut copy[..]).unwrap();
-    assert_eq!(verify(&u, pseudo), valid, "verify agrees with the reference");
+    assert_eq!(
+        verify(&u, pseudo),
+        valid,
+        "verify agrees with the reference"
+    );
     let mut zeroed = datagram.to_vec();
     zeroed[6..8].fill(0);
     let mut expect = refsum::field_value(ps, &zeroed);
@@ -394,7 +462,11 @@ fn udp_view(buf: &[u8], v: &Values, pseudo: Pseudo) {
     let (old, _) = pseudo.octets();
     let (new, _) = moved.octets();
     u.update_checksum_for_addr_change(&old, &new);
-    assert_eq!(u.checksum() == 0, zero, "a zero checksum stays zero, no other becomes zero");
+    assert_eq!(
+        u.checksum() == 0,
+        zero,
+        "a zero checksum stays zero, no other becomes zero"
+    );
     assert_eq!(verify(&u, moved), valid, "updates keep validity");
     match moved {
         Pseudo::V4(s, d) => u.fill_checksum_v4(s, d),
@@ -417,7 +489,13 @@ fn icmpv4_view(buf: &[u8], v: &Values) {
     };
     let valid = p.verify_checksum();
     assert_eq!(valid, refsum::sum(buf) == 0xffff);
-    let _ = (p.msg_type(), p.msg_code(), p.checksum(), p.echo_ident(), p.echo_seq_no());
+    let _ = (
+        p.msg_type(),
+        p.msg_code(),
+        p.checksum(),
+        p.echo_ident(),
+        p.echo_seq_no(),
+    );
     assert_eq!(p.rest_of_header()[..], buf[4..8]);
     assert_eq!(p.data().len(), buf.len() - 8);
     let mut copy = buf.to_vec();
@@ -456,7 +534,13 @@ fn icmpv6_view(buf: &[u8], v: &Values, src: Ipv6Addr, dst: Ipv6Addr) {
         let ps = refsum::pseudo_v6(src.octets(), dst.octets(), 58, buf.len());
         let valid = p.verify_checksum(src, dst);
         assert_eq!(valid, refsum::verifies(ps, buf));
-        let _ = (p.msg_type(), p.msg_code(), p.checksum(), p.echo_ident(), p.echo_seq_no());
+        let _ = (
+            p.msg_type(),
+            p.msg_code(),
+            p.checksum(),
+            p.echo_ident(),
+            p.echo_seq_no(),
+        );
         assert_eq!(p.data().len(), buf.len() - 8);
         let mut copy = buf.to_vec();
         let mut p = icmpv6::Packet::new_checked(&mut copy[..]).unwrap();
@@ -465,7 +549,11 @@ fn icmpv6_view(buf: &[u8], v: &Values, src: Ipv6Addr, dst: Ipv6Addr) {
         assert_eq!(p.verify_checksum(src, dst), valid);
         let new = Ipv6Addr::from(v.v6);
         p.update_checksum_for_addr_change(&src.octets(), &new.octets());
-        assert_eq!(p.verify_checksum(new, dst), valid, "address update keeps validity");
+        assert_eq!(
+            p.verify_checksum(new, dst),
+            valid,
+            "address update keeps validity"
+        );
         p.set_msg_type(v.u8a);
         p.set_msg_code(v.u8b);
         p.set_echo_ident(v.u16a);
@@ -481,7 +569,12 @@ fn icmpv6_view(buf: &[u8], v: &Values, src: Ipv6Addr, dst: Ipv6Addr) {
         assert_eq!(p.checksum(), v.u16a);
     }
     if let Ok(ns) = icmpv6::NeighborSolicit::new_checked(buf) {
-        let _ = (ns.checksum(), ns.target_addr(), ns.source_ll_addr(), ns.verify_checksum(src, dst));
+        let _ = (
+            ns.checksum(),
+            ns.target_addr(),
+            ns.source_ll_addr(),
+            ns.verify_checksum(src, dst),
+        );
         assert_eq!(ns.options().len(), buf.len() - icmpv6::ND_LEN);
         let mut copy = buf.to_vec();
         let mut ns = icmpv6::NeighborSolicit::new_checked(&mut copy[..]).unwrap();
@@ -499,7 +592,12 @@ fn icmpv6_view(buf: &[u8], v: &Values, src: Ipv6Addr, dst: Ipv6Addr) {
         let _ = icmpv6::NeighborSolicit::new_checked(&copy[..]).map(|n| n.source_ll_addr());
     }
     if let Ok(na) = icmpv6::NeighborAdvert::new_checked(buf) {
-        let _ = (na.checksum(), na.target_addr(), na.target_ll_addr(), na.verify_checksum(src, dst));
+        let _ = (
+            na.checksum(),
+            na.target_addr(),
+            na.target_ll_addr(),
+            na.verify_checksum(src, dst),
+        );
         let f = na.flags();
         assert_eq!(
             (na.router_flag(), na.solicited_flag(), na.override_flag()),
@@ -532,12 +630,22 @@ fn checksum_module(buf: &[u8], v: &Values) {
     let (s4, d4) = (Ipv4Addr::from(v.v4), Ipv4Addr::from(v.u32a));
     assert_eq!(
         checksum::pseudo_header_v4(s4, d4, v.u8a, u32::from(v.u16a)),
-        u32::from(refsum::pseudo_v4(s4.octets(), d4.octets(), v.u8a, usize::from(v.u16a)))
+        u32::from(refsum::pseudo_v4(
+            s4.octets(),
+            d4.octets(),
+            v.u8a,
+            usize::from(v.u16a)
+        ))
     );
     let (s6, d6) = (Ipv6Addr::from(v.v6), Ipv6Addr::from(u128::from(v.u32b)));
     assert_eq!(
         checksum::pseudo_header_v6(s6, d6, v.u8a, v.u32a),
-        u32::from(refsum::pseudo_v6(s6.octets(), d6.octets(), v.u8a, v.u32a as usize))
+        u32::from(refsum::pseudo_v6(
+            s6.octets(),
+            d6.octets(),
+            v.u8a,
+            v.u32a as usize
+        ))
     );
     // Incremental updates against recomputation: replace one word, then a
     // 4- and a 16-byte field, at even offsets of the data.
@@ -557,7 +665,10 @@ fn checksum_module(buf: &[u8], v: &Values) {
                 let mut changed = data.to_vec();
                 changed[at..at + field].copy_from_slice(&v.v6[..field]);
                 let updated = checksum::update_bytes(c, &data[at..at + field], &v.v6[..field]);
-                assert!(refsum::same(updated, !refsum::sum(&changed)), "update_bytes");
+                assert!(
+                    refsum::same(updated, !refsum::sum(&changed)),
+                    "update_bytes"
+                );
             }
         }
     }

@@ -86,12 +86,24 @@ impl<'a> Arbitrary<'a> for FrameDesc {
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub enum Flow {
     /// A client to a service frontend (a connection opening or going on).
-    ClientToService { client: u8, service: u8 },
+    ClientToService {
+        client: u8,
+        service: u8,
+    },
     /// A backend's reply to a client (`nat` traffic comes back this way).
-    BackendToClient { backend: u8, client: u8 },
+    BackendToClient {
+        backend: u8,
+        client: u8,
+    },
     /// A client to a backend directly, or anything else.
-    ClientToBackend { client: u8, backend: u8 },
-    Any { src: [u8; 16], dst: [u8; 16] },
+    ClientToBackend {
+        client: u8,
+        backend: u8,
+    },
+    Any {
+        src: [u8; 16],
+        dst: [u8; 16],
+    },
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -144,8 +156,15 @@ pub enum Ext6 {
     HopByHop(u8),
     DestOpts(u8),
     Routing(u8),
-    Fragment { offset: u16, more: bool },
-    Raw { next_is_self: bool, kind: u8, units: u8 },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
+    Raw {
+        next_is_self: bool,
+        kind: u8,
+        units: u8,
+    },
 }
 
 /// What goes wrong with the frame, if anything.
@@ -203,7 +222,10 @@ pub enum IpExtras {
     /// IPv4 options (padded, cut at 40); ignored on IPv6.
     Options(Vec<u8>),
     /// IPv4 MF / offset; on IPv6 a Fragment header.
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
     /// IPv6 extension headers before the transport header; ignored on
     /// IPv4.
     Ext(Vec<Ext6>),
@@ -343,12 +365,7 @@ impl PacketDesc {
         };
         if let Some(at) = csum_at {
             let pseudo = if self.v6 {
-                refsum::pseudo_v6(
-                    dst16(&src),
-                    dst16(&dst),
-                    protocol,
-                    l4.len(),
-                )
+                refsum::pseudo_v6(dst16(&src), dst16(&dst), protocol, l4.len())
             } else if protocol == 1 {
                 0
             } else {

@@ -190,7 +190,8 @@ pub fn universe() -> &'static Universe {
                     .push((SocketAddr::new(a, p), spec.protocol, spec.mode));
             }
             for b in &spec.backends {
-                u.backends.push((SocketAddr::new(b.addr, b.port), spec.mode));
+                u.backends
+                    .push((SocketAddr::new(b.addr, b.port), spec.mode));
                 u.backend_macs.push(b.mac.0);
             }
         }
