@@ -29,16 +29,23 @@ use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
 use limpet_dataplane::snapshot::ForwardMode;
 use limpet_dataplane::stats::{DropReason, WorkerStats};
 use limpet_dataplane::wire::MacAddr;
-use limpet_fuzz::frames::{FrameDesc, Session};
+use limpet_fuzz::frames::{FrameDesc, PacketDesc, Seen, Session};
 use limpet_fuzz::raw;
 use limpet_fuzz::services::{LIMPET_MAC, backend_mac, snapshots, universe};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+/// A frame as the input gives it: bytes, or a description built when its
+/// burst comes (so that replies can answer what was forwarded before).
+enum Frame {
+    Bytes(Vec<u8>),
+    Built(Box<PacketDesc>),
+}
+
 struct Burst {
     advance: u32,
     swap: bool,
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
 }
 
 fn bursts(data: &[u8]) -> Vec<Burst> {
@@ -55,7 +62,10 @@ fn bursts(data: &[u8]) -> Vec<Burst> {
                     frames: Vec::new(),
                 });
             }
-            out.last_mut().unwrap().frames.push(r.frame.to_vec());
+            out.last_mut()
+                .unwrap()
+                .frames
+                .push(Frame::Bytes(r.frame.to_vec()));
         }
         return out;
     }
@@ -70,10 +80,10 @@ fn bursts(data: &[u8]) -> Vec<Burst> {
             swap: b.swap,
             frames: b
                 .frames
-                .iter()
+                .into_iter()
                 .map(|f| match f {
-                    FrameDesc::Packet(p) => p.build(),
-                    FrameDesc::Raw(bytes) => bytes.clone(),
+                    FrameDesc::Packet(p) => Frame::Built(p),
+                    FrameDesc::Raw(bytes) => Frame::Bytes(bytes),
                 })
                 .collect(),
         })
@@ -86,6 +96,8 @@ struct Harness {
     current: usize,
     /// Source MACs seen so far: where replies may be sent.
     client_macs: Vec<[u8; 6]>,
+    /// The last `nat` connections forwarded, for replies to answer.
+    seen: Vec<Seen>,
 }
 
 impl Harness {
@@ -116,6 +128,7 @@ impl Harness {
             clock,
             current: 0,
             client_macs: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -126,11 +139,16 @@ impl Harness {
             self.worker
                 .set_snapshot(Arc::clone(&snapshots()[self.current]));
         }
-        let frames: Vec<&Vec<u8>> = burst
+        let frames: Vec<Vec<u8>> = burst
             .frames
             .iter()
+            .map(|f| match f {
+                Frame::Bytes(b) => b.clone(),
+                Frame::Built(p) => p.build_with(&self.seen),
+            })
             .filter(|f| f.len() <= BUF_SIZE)
             .collect();
+        let frames: Vec<&Vec<u8>> = frames.iter().collect();
         for chunk in frames.chunks(BURST) {
             self.poll(chunk);
         }
@@ -173,7 +191,12 @@ impl Harness {
                         .io_mut()
                         .take_sent()
                         .expect("a forwarded frame was sent");
-                    check_forwarded(frame, &out, port, &self.client_macs);
+                    if let Some(seen) = check_forwarded(frame, &out, port, &self.client_macs) {
+                        if self.seen.len() == 16 {
+                            self.seen.remove(0);
+                        }
+                        self.seen.push(seen);
+                    }
                 }
                 Action::Drop(reason) => check_drop(frame, *reason),
                 Action::SlowPath => {}
@@ -383,7 +406,9 @@ fn is_backend(addr: SocketAddr, mode: ForwardMode) -> bool {
         .any(|&(a, m)| a == addr && m == mode)
 }
 
-fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]]) {
+/// Checks one forwarded frame; returns the connection if it was a `nat`
+/// forward.
+fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]]) -> Option<Seen> {
     assert_eq!(out.len(), input.len(), "a forwarded frame keeps its length");
     assert!(out.len() <= BUF_SIZE);
     assert_eq!(out[6..12], LIMPET_MAC, "sent from limpet's MAC");
@@ -456,6 +481,11 @@ fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]])
     for (i, ((a, b), o)) in input.iter().zip(out).zip(&owned).enumerate() {
         assert!(*o || a == b, "byte {i} changed ({a:#04x} -> {b:#04x})");
     }
+    nat_forward.then_some(Seen {
+        backend: pout.dst,
+        client: pin.src,
+        protocol: proto,
+    })
 }
 
 fn hex(frame: &[u8]) -> String {
@@ -498,6 +528,31 @@ fn check_drop(input: &[u8], reason: DropReason) {
     }
 }
 
+/// How deep inputs reach, printed per execution when `LIMPET_FUZZ_STATS`
+/// is set: executions, structured ones, structured ones that forwarded a
+/// frame, frames, frames forwarded, of which replies.
+mod depth {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    pub static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+    pub fn enabled() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("LIMPET_FUZZ_STATS").is_some())
+    }
+
+    pub fn add(i: usize, n: u64) {
+        COUNTS[i].fetch_add(n, Relaxed);
+    }
+
+    pub fn print() {
+        let c: Vec<u64> = COUNTS.iter().map(|c| c.load(Relaxed)).collect();
+        eprintln!(
+            "depth: execs {} structured {} forwarding {} frames {} forwarded {} replies {}",
+            c[0], c[1], c[2], c[3], c[4], c[5]
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let bursts = bursts(data);
     if bursts.is_empty() {
@@ -506,5 +561,19 @@ fuzz_target!(|data: &[u8]| {
     let mut h = Harness::new();
     for b in &bursts {
         h.run(b);
+    }
+    if depth::enabled() {
+        let s = h.worker.stats();
+        let structured = data[0] & 1 == 0;
+        depth::add(0, 1);
+        depth::add(1, u64::from(structured));
+        depth::add(2, u64::from(structured && s.tx_packets > 0));
+        depth::add(3, s.rx_packets);
+        depth::add(4, s.tx_packets);
+        depth::add(5, s.replies);
+        depth::print();
+        if std::env::var_os("LIMPET_FUZZ_STATS_DETAIL").is_some() {
+            eprintln!("{s:?}");
+        }
     }
 });

@@ -14,6 +14,15 @@ use crate::services::{
 use arbitrary::{Arbitrary, Result, Unstructured};
 use std::net::IpAddr;
 
+/// A connection the pipeline forwarded with `nat`: replies are built to
+/// match it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    pub backend: std::net::SocketAddr,
+    pub client: std::net::SocketAddr,
+    pub protocol: u8,
+}
+
 /// A whole pipeline session: bursts in order, one worker.
 #[derive(Debug)]
 pub struct Session {
@@ -83,7 +92,7 @@ impl<'a> Arbitrary<'a> for FrameDesc {
 }
 
 /// Who sends, and to whom.
-#[derive(Debug, Clone, Copy, Arbitrary)]
+#[derive(Debug, Clone, Copy)]
 pub enum Flow {
     /// A client to a service frontend (a connection opening or going on).
     ClientToService {
@@ -106,7 +115,7 @@ pub enum Flow {
     },
 }
 
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone)]
 pub enum Transport {
     Tcp {
         flags: TcpFlags,
@@ -196,7 +205,7 @@ impl<'a> Arbitrary<'a> for Mutation {
     }
 }
 
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone)]
 pub struct PacketDesc {
     pub v6: bool,
     pub vlan: Option<u16>,
@@ -216,7 +225,7 @@ pub struct PacketDesc {
     pub mutation: Mutation,
 }
 
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone)]
 pub enum IpExtras {
     Plain,
     /// IPv4 options (padded, cut at 40); ignored on IPv6.
@@ -229,6 +238,102 @@ pub enum IpExtras {
     /// IPv6 extension headers before the transport header; ignored on
     /// IPv4.
     Ext(Vec<Ext6>),
+}
+
+// Weighted choices, so that most frames are well-formed connections to
+// the services and replies to them, and the odd ones stay the minority.
+
+impl<'a> Arbitrary<'a> for Flow {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.int_in_range(0u8..=7)? {
+            0..=3 => Flow::ClientToService {
+                client: u.arbitrary()?,
+                service: u.arbitrary()?,
+            },
+            4 | 5 => Flow::BackendToClient {
+                backend: u.arbitrary()?,
+                client: u.arbitrary()?,
+            },
+            6 => Flow::ClientToBackend {
+                client: u.arbitrary()?,
+                backend: u.arbitrary()?,
+            },
+            _ => Flow::Any {
+                src: u.arbitrary()?,
+                dst: u.arbitrary()?,
+            },
+        })
+    }
+}
+
+impl<'a> Arbitrary<'a> for Transport {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.int_in_range(0u8..=19)? {
+            0..=8 => Transport::Tcp {
+                flags: u.arbitrary()?,
+                seq: u.arbitrary()?,
+                ack: u.arbitrary()?,
+                window: u.arbitrary()?,
+                options: if u.ratio(1u8, 4u8)? {
+                    u.arbitrary()?
+                } else {
+                    Vec::new()
+                },
+            },
+            9..=15 => Transport::Udp {
+                zero_checksum: u.ratio(1u8, 8u8)?,
+            },
+            16 | 17 => Transport::Icmp {
+                kind: u.arbitrary()?,
+                code: u.arbitrary()?,
+            },
+            _ => Transport::Other {
+                protocol: u.arbitrary()?,
+            },
+        })
+    }
+}
+
+impl<'a> Arbitrary<'a> for IpExtras {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(match u.int_in_range(0u8..=19)? {
+            0..=13 => IpExtras::Plain,
+            14 | 15 => IpExtras::Options(u.arbitrary()?),
+            16 => IpExtras::Fragment {
+                offset: u.arbitrary()?,
+                more: u.arbitrary()?,
+            },
+            _ => IpExtras::Ext(u.arbitrary()?),
+        })
+    }
+}
+
+/// `Some` one time in eight.
+fn rarely<'a, T: Arbitrary<'a>>(u: &mut Unstructured<'a>) -> Result<Option<T>> {
+    Ok(if u.ratio(1u8, 8u8)? {
+        Some(u.arbitrary()?)
+    } else {
+        None
+    })
+}
+
+impl<'a> Arbitrary<'a> for PacketDesc {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        Ok(PacketDesc {
+            v6: u.ratio(1u8, 3u8)?,
+            vlan: rarely(u)?,
+            src_mac: u.arbitrary()?,
+            flow: u.arbitrary()?,
+            src_port: rarely(u)?,
+            dst_port: rarely(u)?,
+            ttl: u.arbitrary()?,
+            ip: u.arbitrary()?,
+            transport: u.arbitrary()?,
+            payload_len: u.int_in_range(0u8..=u8::MAX)? % 96,
+            pad_to_min: !u.ratio(1u8, 8u8)?,
+            mutation: u.arbitrary()?,
+        })
+    }
 }
 
 fn pick<T: Copy>(items: &[T], i: u8) -> T {
@@ -253,7 +358,12 @@ impl PacketDesc {
         let v6 = self.v6;
         let (src, sport, dst, dport) = match self.flow {
             Flow::ClientToService { client: c, service } => {
-                let fronts = frontend_addrs(v6);
+                let protocol = match self.transport {
+                    Transport::Tcp { .. } => Some(6),
+                    Transport::Udp { .. } => Some(17),
+                    _ => None,
+                };
+                let fronts = frontend_addrs(v6, protocol);
                 (
                     octets(client(v6, c)),
                     pick(&CLIENT_PORTS, c >> 2),
@@ -311,6 +421,52 @@ impl PacketDesc {
             }
             _ => self.src_mac.1,
         }
+    }
+
+    /// The frame this describes, a backend's reply answering one of the
+    /// connections `seen` forwarded (its backend, client and protocol)
+    /// where there is one.
+    pub fn build_with(&self, seen: &[Seen]) -> Vec<u8> {
+        let Flow::BackendToClient { backend, .. } = self.flow else {
+            return self.build();
+        };
+        if seen.is_empty() {
+            return self.build();
+        }
+        let s = seen[usize::from(backend) % seen.len()];
+        let mut d = self.clone();
+        let octets16 = |a: IpAddr| match a {
+            IpAddr::V4(a) => {
+                let mut o = [0u8; 16];
+                o[..4].copy_from_slice(&a.octets());
+                o
+            }
+            IpAddr::V6(a) => a.octets(),
+        };
+        d.v6 = s.backend.is_ipv6();
+        d.flow = Flow::Any {
+            src: octets16(s.backend.ip()),
+            dst: octets16(s.client.ip()),
+        };
+        d.src_port = Some(s.backend.port());
+        d.dst_port = Some(s.client.port());
+        d.transport = match (s.protocol, &self.transport) {
+            (6, t @ Transport::Tcp { .. }) | (17, t @ Transport::Udp { .. }) => t.clone(),
+            (6, _) => Transport::Tcp {
+                flags: TcpFlags::SynAck,
+                seq: 1,
+                ack: 2,
+                window: 512,
+                options: Vec::new(),
+            },
+            _ => Transport::Udp {
+                zero_checksum: false,
+            },
+        };
+        if d.src_mac.0 % 4 == 3 {
+            d.src_mac.0 = 2;
+        }
+        d.build()
     }
 
     /// The frame this describes.

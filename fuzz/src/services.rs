@@ -199,14 +199,16 @@ pub fn universe() -> &'static Universe {
     })
 }
 
-/// The frontend addresses of one family, for the generator.
-pub fn frontend_addrs(v6: bool) -> Vec<IpAddr> {
+/// The frontend addresses of one family (and protocol, if given), for the
+/// generator.
+pub fn frontend_addrs(v6: bool, protocol: Option<u8>) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = universe()
         .frontends
         .iter()
+        .filter(|(s, p, _)| s.is_ipv6() == v6 && protocol.is_none_or(|want| want == *p))
         .map(|(s, _, _)| s.ip())
-        .filter(|a| a.is_ipv6() == v6)
         .collect();
+    out.sort_unstable();
     out.dedup();
     out
 }
