@@ -8,8 +8,9 @@
 
 use crate::state::Shared;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use crossbeam_channel::{Sender, bounded};
@@ -37,10 +38,17 @@ pub struct AffinityView {
     pub worker: usize,
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct FilterQuery {
-    service: Option<String>,
-    client: Option<IpAddr>,
+/// The query string of the affinity endpoints.
+#[derive(Debug, Deserialize, Default, PartialEq, Eq)]
+pub struct FilterQuery {
+    pub service: Option<String>,
+    pub client: Option<IpAddr>,
+}
+
+/// Parses the affinity endpoints' query string from a request URI, as the
+/// handlers do (a separate function so the parsing can be fuzzed alone).
+pub fn parse_filter_query(uri: &Uri) -> Result<FilterQuery, QueryRejection> {
+    Query::try_from_uri(uri).map(|Query(q)| q)
 }
 
 /// Sends a command built by `make` to every worker and gathers answers.
@@ -163,7 +171,11 @@ pub fn list_affinity(
     Ok(out)
 }
 
-async fn get_affinity(State(shared): State<Arc<Shared>>, Query(q): Query<FilterQuery>) -> Response {
+async fn get_affinity(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let q = match parse_filter_query(&uri) {
+        Ok(q) => q,
+        Err(rejection) => return rejection.into_response(),
+    };
     let result = blocking(move || list_affinity(&shared, q.service, q.client)).await;
     match result {
         Ok(list) => axum::Json(list).into_response(),
@@ -172,10 +184,11 @@ async fn get_affinity(State(shared): State<Arc<Shared>>, Query(q): Query<FilterQ
     }
 }
 
-async fn delete_affinity(
-    State(shared): State<Arc<Shared>>,
-    Query(q): Query<FilterQuery>,
-) -> Response {
+async fn delete_affinity(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let q = match parse_filter_query(&uri) {
+        Ok(q) => q,
+        Err(rejection) => return rejection.into_response(),
+    };
     if q.client.is_none() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -185,10 +198,11 @@ async fn delete_affinity(
     remove(shared, q).await
 }
 
-async fn flush_affinity(
-    State(shared): State<Arc<Shared>>,
-    Query(q): Query<FilterQuery>,
-) -> Response {
+async fn flush_affinity(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let q = match parse_filter_query(&uri) {
+        Ok(q) => q,
+        Err(rejection) => return rejection.into_response(),
+    };
     remove(
         shared,
         FilterQuery {

@@ -158,9 +158,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let data = self.buffer.as_mut();
         let old = u16::from_be_bytes([data[field::TYPE], data[field::CODE]]);
         let new = u16::from_be_bytes([msg_type::ECHO_REPLY, 0]);
-        let csum = checksum::update_u16(get_u16(data, field::CHECKSUM), old, new);
+        let mut csum = checksum::update_u16(get_u16(data, field::CHECKSUM), old, new);
         data[field::TYPE] = msg_type::ECHO_REPLY;
         data[field::CODE] = 0;
+        if csum == 0 {
+            // RFC 1624's update gives 0 both for a reply whose words sum
+            // to 0xffff (right) and for an all-zero reply (ident 0, seq 0,
+            // no data), whose checksum is 0xffff: only then can the words
+            // sum to zero, so look in this one case in 65536.
+            set_u16(data, field::CHECKSUM, 0);
+            if checksum::sum(data) == 0 {
+                csum = 0xffff;
+            }
+        }
         set_u16(data, field::CHECKSUM, csum);
     }
 }
@@ -208,6 +218,18 @@ mod tests {
         let mut p = Packet::new_checked(&mut buf[..]).unwrap();
         p.make_echo_reply();
         assert_eq!(buf, REPLY);
+        assert!(Packet::new_checked(&buf[..]).unwrap().verify_checksum());
+    }
+
+    /// Found by the wire fuzz target: ident 0, seq 0 and no data make an
+    /// all-zero reply, whose checksum is 0xffff, not the 0 RFC 1624's
+    /// update gives.
+    #[test]
+    fn echo_reply_of_an_all_zero_request() {
+        let mut buf = [8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+        assert!(Packet::new_checked(&buf[..]).unwrap().verify_checksum());
+        Packet::new_checked(&mut buf[..]).unwrap().make_echo_reply();
+        assert_eq!(buf, [0, 0, 0xff, 0xff, 0, 0, 0, 0]);
         assert!(Packet::new_checked(&buf[..]).unwrap().verify_checksum());
     }
 

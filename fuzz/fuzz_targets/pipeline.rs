@@ -1,0 +1,579 @@
+//! The whole worker pipeline (parse, flow and affinity tables, Maglev,
+//! NAT / DSR rewrite, timer wheel) over the in-memory backend, on bursts
+//! of frames against a small snapshot, with a hand-moved clock.
+//!
+//! Input: byte 0 odd is raw mode ([`limpet_fuzz::raw`]: the seed corpus,
+//! fixture frames as they are); even is structured mode (an `arbitrary`
+//! [`Session`] of built frames). Every poll is checked:
+//! - counters add up: rx = tx + drops (by reason, matching each packet's
+//!   action) + slow path; forwarded = new flows + flow hits + replies;
+//! - every forwarded frame keeps its length (so within its buffer), comes
+//!   from limpet's MAC, parses with etherparse, has a valid IPv4 header
+//!   checksum, a TCP/UDP checksum exactly as valid as it arrived with (a
+//!   zero UDP checksum stays zero), changes no byte but the MACs, TTL, IP
+//!   checksum, one address, one port and the L4 checksum, and is a NAT
+//!   forward to a backend, a NAT reply from a frontend or a DSR frame
+//!   with its L3 untouched;
+//! - a frame etherparse reads as plain IPv4/IPv6 TCP/UDP with a good
+//!   header checksum is never dropped as truncated, malformed or bad.
+#![no_main]
+
+use arbitrary::{Arbitrary, Unstructured};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use libfuzzer_sys::fuzz_target;
+use limpet_dataplane::clock::ManualClock;
+use limpet_dataplane::flow::FlowTimeouts;
+use limpet_dataplane::io::memory::BUF_SIZE;
+use limpet_dataplane::io::{BURST, MemoryIo};
+use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
+use limpet_dataplane::snapshot::ForwardMode;
+use limpet_dataplane::stats::{DropReason, WorkerStats};
+use limpet_dataplane::wire::MacAddr;
+use limpet_fuzz::frames::{FrameDesc, PacketDesc, Seen, Session};
+use limpet_fuzz::raw;
+use limpet_fuzz::services::{LIMPET_MAC, backend_mac, snapshots, universe};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// A frame as the input gives it: bytes, or a description built when its
+/// burst comes (so that replies can answer what was forwarded before).
+enum Frame {
+    Bytes(Vec<u8>),
+    Built(Box<PacketDesc>),
+}
+
+struct Burst {
+    advance: u32,
+    swap: bool,
+    frames: Vec<Frame>,
+}
+
+fn bursts(data: &[u8]) -> Vec<Burst> {
+    let Some((&mode, body)) = data.split_first() else {
+        return Vec::new();
+    };
+    if mode & 1 == 1 {
+        let mut out: Vec<Burst> = Vec::new();
+        for r in raw::records(body) {
+            if r.ctrl & raw::NEW_BURST != 0 || out.is_empty() {
+                out.push(Burst {
+                    advance: u32::from(r.ctrl & raw::ADVANCE_MASK),
+                    swap: r.ctrl & raw::SWAP != 0,
+                    frames: Vec::new(),
+                });
+            }
+            out.last_mut()
+                .unwrap()
+                .frames
+                .push(Frame::Bytes(r.frame.to_vec()));
+        }
+        return out;
+    }
+    let Ok(session) = Session::arbitrary_take_rest(Unstructured::new(body)) else {
+        return Vec::new();
+    };
+    session
+        .bursts
+        .into_iter()
+        .map(|b| Burst {
+            advance: b.advance,
+            swap: b.swap,
+            frames: b
+                .frames
+                .into_iter()
+                .map(|f| match f {
+                    FrameDesc::Packet(p) => Frame::Built(p),
+                    FrameDesc::Raw(bytes) => Frame::Bytes(bytes),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+struct Harness {
+    worker: Worker<MemoryIo, ManualClock>,
+    clock: ManualClock,
+    current: usize,
+    /// Source MACs seen so far: where replies may be sent.
+    client_macs: Vec<[u8; 6]>,
+    /// The last `nat` connections forwarded, for replies to answer.
+    seen: Vec<Seen>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let clock = ManualClock::new(1000);
+        // Small tables so that eviction and the wheel's reaping are
+        // reached within a few bursts, and short timeouts so that a
+        // clock step can expire them.
+        let config = WorkerConfig {
+            mac: MacAddr(LIMPET_MAC),
+            flow_capacity: 16,
+            affinity_capacity: 8,
+            flow_capacity_v6: Some(8),
+            affinity_capacity_v6: Some(4),
+            timeouts: FlowTimeouts {
+                tcp_syn: 5,
+                tcp_established: 60,
+                tcp_closing: 5,
+                tcp_reset: 2,
+                udp: 10,
+            },
+        };
+        let snapshot = Arc::clone(&snapshots()[0]);
+        let worker = Worker::new(MemoryIo::new(BURST), clock.clone(), config, snapshot)
+            .expect("worker with small tables");
+        Self {
+            worker,
+            clock,
+            current: 0,
+            client_macs: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, burst: &Burst) {
+        self.clock.advance(burst.advance);
+        if burst.swap {
+            self.current ^= 1;
+            self.worker
+                .set_snapshot(Arc::clone(&snapshots()[self.current]));
+        }
+        let frames: Vec<Vec<u8>> = burst
+            .frames
+            .iter()
+            .map(|f| match f {
+                Frame::Bytes(b) => b.clone(),
+                Frame::Built(p) => p.build_with(&self.seen),
+            })
+            .filter(|f| f.len() <= BUF_SIZE)
+            .collect();
+        let frames: Vec<&Vec<u8>> = frames.iter().collect();
+        for chunk in frames.chunks(BURST) {
+            self.poll(chunk);
+        }
+    }
+
+    fn poll(&mut self, frames: &[&Vec<u8>]) {
+        for f in frames {
+            assert!(self.worker.io_mut().inject(f, 0), "pool has room");
+            if let Some(mac) = f.get(6..12) {
+                let mac: [u8; 6] = mac.try_into().unwrap();
+                if !self.client_macs.contains(&mac) {
+                    self.client_macs.push(mac);
+                }
+            }
+        }
+        let before = self.worker.stats();
+        let io_before = (self.worker.io().sent, self.worker.io().freed);
+        let n = self.worker.poll();
+        assert_eq!(n, frames.len(), "a poll takes the whole burst");
+        let after = self.worker.stats();
+        let actions: Vec<Action> = self.worker.last_actions(n).to_vec();
+        check_counters(&before, &after, &actions);
+        let io = self.worker.io();
+        let forwarded = actions.iter().filter(|a| **a == Action::Forward).count() as u64;
+        assert_eq!(
+            io.sent - io_before.0,
+            forwarded,
+            "backend sent what was forwarded"
+        );
+        assert_eq!(
+            io.freed - io_before.1,
+            n as u64 - forwarded,
+            "backend got every other buffer back"
+        );
+        for (frame, action) in frames.iter().zip(&actions) {
+            match action {
+                Action::Forward => {
+                    let (port, out) = self
+                        .worker
+                        .io_mut()
+                        .take_sent()
+                        .expect("a forwarded frame was sent");
+                    if let Some(seen) = check_forwarded(frame, &out, port, &self.client_macs) {
+                        if self.seen.len() == 16 {
+                            self.seen.remove(0);
+                        }
+                        self.seen.push(seen);
+                    }
+                }
+                Action::Drop(reason) => check_drop(frame, *reason),
+                Action::SlowPath => {}
+            }
+        }
+        assert!(
+            self.worker.io_mut().take_sent().is_none(),
+            "nothing else sent"
+        );
+    }
+}
+
+fn check_counters(before: &WorkerStats, after: &WorkerStats, actions: &[Action]) {
+    let d = |f: fn(&WorkerStats) -> u64| f(after) - f(before);
+    let n = actions.len() as u64;
+    let count = |want: Action| actions.iter().filter(|a| **a == want).count() as u64;
+    assert_eq!(d(|s| s.rx_packets), n, "rx counts the burst");
+    assert_eq!(
+        d(|s| s.tx_packets),
+        count(Action::Forward),
+        "tx = forwarded"
+    );
+    assert_eq!(d(|s| s.slow_path), count(Action::SlowPath), "slow path");
+    for reason in DropReason::ALL {
+        assert_eq!(
+            after.dropped(reason) - before.dropped(reason),
+            count(Action::Drop(reason)),
+            "drops by reason {reason:?}"
+        );
+    }
+    assert_eq!(
+        d(|s| s.tx_packets) + (after.total_drops() - before.total_drops()) + d(|s| s.slow_path),
+        n,
+        "rx = tx + drops + slow path"
+    );
+    assert_eq!(
+        d(|s| s.new_flows) + d(|s| s.flow_hits) + d(|s| s.replies),
+        count(Action::Forward),
+        "every forwarded packet is a new flow, a flow hit or a reply"
+    );
+    assert!(d(|s| s.no_service) <= d(|s| s.slow_path));
+    let sticky = d(|s| s.affinity_hits)
+        + d(|s| s.affinity_misses)
+        + d(|s| s.affinity_expired)
+        + d(|s| s.affinity_stale);
+    assert!(
+        sticky
+            <= d(|s| s.new_flows)
+                + count(Action::Drop(DropReason::NoBackend))
+                + count(Action::Drop(DropReason::FlowTableFull)),
+        "affinity lookups only for connections being balanced"
+    );
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L4Sum {
+    Valid,
+    Invalid,
+    /// UDP's zero: no checksum.
+    Absent,
+}
+
+/// Whether a checksum field agrees with the one computed from scratch
+/// (0x0000 and 0xffff are the same number in ones-complement).
+fn same_sum(field: u16, computed: u16) -> bool {
+    field == computed || (field | computed == 0xffff && (field == 0 || computed == 0))
+}
+
+struct Parsed {
+    src: SocketAddr,
+    dst: SocketAddr,
+    protocol: u8,
+    ttl: u8,
+    /// Offset of the IP header and of the transport header in the frame.
+    l3: usize,
+    l4: usize,
+    ip_header_ok: bool,
+    l4_sum: L4Sum,
+    /// IPv6 with extension headers, or a header etherparse reads more
+    /// leniently than the protocol allows (a UDP length below 8, which it
+    /// takes for a jumbogram's).
+    extended: bool,
+}
+
+fn offset(frame: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - frame.as_ptr() as usize
+}
+
+/// Reads a frame with etherparse: the independent oracle.
+fn parse(frame: &[u8]) -> Option<Parsed> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let (src_ip, dst_ip, ttl, l3, ip_header_ok, extended): (IpAddr, IpAddr, u8, usize, bool, bool) =
+        match p.net.as_ref()? {
+            NetSlice::Ipv4(v4) => {
+                let h = v4.header();
+                // etherparse rebuilds the header from its fields to
+                // checksum it, and has no field for the reserved flag bit:
+                // with that bit set, sum the bytes as they are.
+                let ok = if h.slice()[6] & 0x80 == 0 {
+                    h.header_checksum() == h.to_header().calc_header_checksum()
+                } else {
+                    limpet_fuzz::refsum::sum(h.slice()) == 0xffff
+                };
+                (
+                    h.source_addr().into(),
+                    h.destination_addr().into(),
+                    h.ttl(),
+                    offset(frame, h.slice()),
+                    ok,
+                    false,
+                )
+            }
+            NetSlice::Ipv6(v6) => {
+                let h = v6.header();
+                (
+                    h.source_addr().into(),
+                    h.destination_addr().into(),
+                    h.hop_limit(),
+                    offset(frame, h.slice()),
+                    true,
+                    // A zero payload length etherparse reads as "to the
+                    // end of the buffer" (a jumbogram's).
+                    !v6.extensions().is_empty()
+                        || v6.payload().len_source != etherparse::LenSource::Ipv6HeaderPayloadLen,
+                )
+            }
+            NetSlice::Arp(_) => return None,
+        };
+    let mut lenient = false;
+    let (src_port, dst_port, protocol, l4, l4_sum) = match p.transport.as_ref()? {
+        TransportSlice::Tcp(t) => {
+            let computed = match (src_ip, dst_ip) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    t.calc_checksum_ipv4(s.octets(), d.octets()).ok()?
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    t.calc_checksum_ipv6(s.octets(), d.octets()).ok()?
+                }
+                _ => return None,
+            };
+            let sum = if same_sum(t.checksum(), computed) {
+                L4Sum::Valid
+            } else {
+                L4Sum::Invalid
+            };
+            (
+                t.source_port(),
+                t.destination_port(),
+                6u8,
+                offset(frame, t.slice()),
+                sum,
+            )
+        }
+        TransportSlice::Udp(u) => {
+            let h = u.to_header();
+            let computed = match (src_ip, dst_ip) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => h
+                    .calc_checksum_ipv4_raw(s.octets(), d.octets(), u.payload())
+                    .ok()?,
+                (IpAddr::V6(s), IpAddr::V6(d)) => h
+                    .calc_checksum_ipv6_raw(s.octets(), d.octets(), u.payload())
+                    .ok()?,
+                _ => return None,
+            };
+            lenient = u.length() < 8;
+            let sum = if u.checksum() == 0 {
+                L4Sum::Absent
+            } else if same_sum(u.checksum(), computed) {
+                L4Sum::Valid
+            } else {
+                L4Sum::Invalid
+            };
+            (
+                u.source_port(),
+                u.destination_port(),
+                17u8,
+                offset(frame, u.slice()),
+                sum,
+            )
+        }
+        _ => return None,
+    };
+    Some(Parsed {
+        src: SocketAddr::new(src_ip, src_port),
+        dst: SocketAddr::new(dst_ip, dst_port),
+        protocol,
+        ttl,
+        l3,
+        l4,
+        ip_header_ok,
+        l4_sum,
+        extended: extended || lenient,
+    })
+}
+
+fn is_frontend(addr: SocketAddr, protocol: u8, mode: ForwardMode) -> bool {
+    universe()
+        .frontends
+        .iter()
+        .any(|&(a, p, m)| a == addr && p == protocol && m == mode)
+}
+
+fn is_backend(addr: SocketAddr, mode: ForwardMode) -> bool {
+    universe()
+        .backends
+        .iter()
+        .any(|&(a, m)| a == addr && m == mode)
+}
+
+/// Checks one forwarded frame; returns the connection if it was a `nat`
+/// forward.
+fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]]) -> Option<Seen> {
+    assert_eq!(out.len(), input.len(), "a forwarded frame keeps its length");
+    assert!(out.len() <= BUF_SIZE);
+    assert_eq!(out[6..12], LIMPET_MAC, "sent from limpet's MAC");
+    let pin = parse(input).expect("limpet forwarded a frame etherparse cannot read as TCP/UDP");
+    let pout = parse(out).expect("limpet sent a frame etherparse cannot read");
+    assert!(pin.ip_header_ok, "forwarded a bad IPv4 header checksum");
+    assert!(pout.ip_header_ok, "sent a bad IPv4 header checksum");
+    assert_eq!(pin.l4_sum, pout.l4_sum, "L4 checksum validity changed");
+    assert_eq!((pin.l3, pin.l4), (pout.l3, pout.l4));
+    assert_eq!(pin.protocol, pout.protocol);
+    let proto = pin.protocol;
+    let dst_mac: [u8; 6] = out[0..6].try_into().unwrap();
+
+    let nat_forward = pout.src == pin.src
+        && is_frontend(pin.dst, proto, ForwardMode::Nat)
+        && is_backend(pout.dst, ForwardMode::Nat);
+    let nat_reply = pout.dst == pin.dst
+        && is_backend(pin.src, ForwardMode::Nat)
+        && is_frontend(pout.src, proto, ForwardMode::Nat);
+    let dsr = pout.src == pin.src
+        && pout.dst == pin.dst
+        && (is_frontend(pin.dst, proto, ForwardMode::Dsr) || is_backend(pin.src, ForwardMode::Dsr));
+    assert!(
+        nat_forward || nat_reply || dsr,
+        "forwarded {}->{} as {}->{}: neither NAT forward, NAT reply nor DSR",
+        pin.src,
+        pin.dst,
+        pout.src,
+        pout.dst
+    );
+    if nat_forward {
+        assert_eq!(dst_mac, backend_mac(pout.dst.ip()), "to the backend's MAC");
+        assert_eq!(port, 1, "out of the backends' port");
+    } else if nat_reply {
+        assert!(client_macs.contains(&dst_mac), "reply to a client's MAC");
+        assert_eq!(port, 0, "back out of the client's port");
+    } else {
+        assert!(
+            universe().backend_macs.contains(&dst_mac) || client_macs.contains(&dst_mac),
+            "dsr to a backend or back to a client"
+        );
+    }
+    if nat_forward || nat_reply {
+        assert_eq!(pout.ttl, pin.ttl - 1, "NAT forwarding costs a hop");
+    } else {
+        assert_eq!(pout.ttl, pin.ttl, "dsr leaves L3 alone");
+    }
+
+    // No byte changes but those the rewrite owns.
+    let mut owned = vec![false; input.len()];
+    owned[..12].fill(true);
+    if nat_forward || nat_reply {
+        let (l3, l4) = (pin.l3, pin.l4);
+        let v6 = pin.src.is_ipv6();
+        let (ttl_at, addr) = if v6 {
+            let a = if nat_forward { l3 + 24 } else { l3 + 8 };
+            (l3 + 7, a..a + 16)
+        } else {
+            owned[l3 + 10..l3 + 12].fill(true);
+            let a = if nat_forward { l3 + 16 } else { l3 + 12 };
+            (l3 + 8, a..a + 4)
+        };
+        owned[ttl_at] = true;
+        owned[addr].fill(true);
+        let p = if nat_forward { l4 + 2 } else { l4 };
+        owned[p..p + 2].fill(true);
+        let c = if proto == 6 { l4 + 16 } else { l4 + 6 };
+        owned[c..c + 2].fill(true);
+    }
+    for (i, ((a, b), o)) in input.iter().zip(out).zip(&owned).enumerate() {
+        assert!(*o || a == b, "byte {i} changed ({a:#04x} -> {b:#04x})");
+    }
+    nat_forward.then_some(Seen {
+        backend: pout.dst,
+        client: pin.src,
+        protocol: proto,
+    })
+}
+
+fn hex(frame: &[u8]) -> String {
+    frame.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_drop(input: &[u8], reason: DropReason) {
+    if !matches!(
+        reason,
+        DropReason::Truncated | DropReason::Malformed | DropReason::BadChecksum
+    ) {
+        return;
+    }
+    // Only frames both parsers must read alike: one tag at most, no IPv6
+    // extension headers, not a fragment.
+    let Some(p) = parse(input) else {
+        return;
+    };
+    let plain_l2 = match u16::from_be_bytes([input[12], input[13]]) {
+        0x0800 | 0x86dd => p.l3 == 14,
+        0x8100 => {
+            p.l3 == 18 && matches!(u16::from_be_bytes([input[16], input[17]]), 0x0800 | 0x86dd)
+        }
+        _ => false,
+    };
+    if !plain_l2 || p.extended {
+        return;
+    }
+    if reason == DropReason::BadChecksum {
+        assert!(
+            !p.ip_header_ok,
+            "dropped a good IPv4 header as a bad checksum: {}",
+            hex(input)
+        );
+    } else {
+        panic!(
+            "dropped as {reason:?} a frame etherparse reads as plain TCP/UDP: {}",
+            hex(input)
+        );
+    }
+}
+
+/// How deep inputs reach, printed per execution when `LIMPET_FUZZ_STATS`
+/// is set: executions, structured ones, structured ones that forwarded a
+/// frame, frames, frames forwarded, of which replies.
+mod depth {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    pub static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+    pub fn enabled() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("LIMPET_FUZZ_STATS").is_some())
+    }
+
+    pub fn add(i: usize, n: u64) {
+        COUNTS[i].fetch_add(n, Relaxed);
+    }
+
+    pub fn print() {
+        let c: Vec<u64> = COUNTS.iter().map(|c| c.load(Relaxed)).collect();
+        eprintln!(
+            "depth: execs {} structured {} forwarding {} frames {} forwarded {} replies {}",
+            c[0], c[1], c[2], c[3], c[4], c[5]
+        );
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let bursts = bursts(data);
+    if bursts.is_empty() {
+        return;
+    }
+    let mut h = Harness::new();
+    for b in &bursts {
+        h.run(b);
+    }
+    if depth::enabled() {
+        let s = h.worker.stats();
+        let structured = data[0] & 1 == 0;
+        depth::add(0, 1);
+        depth::add(1, u64::from(structured));
+        depth::add(2, u64::from(structured && s.tx_packets > 0));
+        depth::add(3, s.rx_packets);
+        depth::add(4, s.tx_packets);
+        depth::add(5, s.replies);
+        depth::print();
+        if std::env::var_os("LIMPET_FUZZ_STATS_DETAIL").is_some() {
+            eprintln!("{s:?}");
+        }
+    }
+});
