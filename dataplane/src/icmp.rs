@@ -3,7 +3,7 @@
 //! port that cannot be served are refused with a port unreachable, all in
 //! place in the received buffer.
 //!
-//! **Errors.** An ICMP or ICMPv6 error (destination unreachable, including
+//! **Errors.** An ICMP or `ICMPv6` error (destination unreachable, including
 //! fragmentation needed; packet too big; time exceeded; parameter problem)
 //! quotes the header of the packet it is about. Reversing the quoted tuple
 //! gives the tuple of a packet travelling the error's way, so one flow-table
@@ -22,7 +22,7 @@
 //!
 //! The quoted IPv4 header checksum, the quoted TCP or UDP checksum (where
 //! the quote holds it; a zero UDP checksum stays zero) and the ICMP checksum
-//! (with the IPv6 pseudo-header for ICMPv6) are updated incrementally. The
+//! (with the IPv6 pseudo-header for `ICMPv6`) are updated incrementally. The
 //! MTU of a fragmentation-needed or packet-too-big is left as it is: the
 //! translation changes no packet's size, so the path's MTU is the client's
 //! too. An error quoting no connection limpet holds is dropped and counted
@@ -57,7 +57,7 @@ pub const DEFAULT_REJECT_RATE: u32 = 1000;
 
 /// Largest IPv4 datagram an ICMP error may be (RFC 1812 4.3.2.3).
 const MAX_ERROR_V4: usize = 576;
-/// Largest IPv6 packet an ICMPv6 error may be (RFC 4443 2.4 (c)).
+/// Largest IPv6 packet an `ICMPv6` error may be (RFC 4443 2.4 (c)).
 const MAX_ERROR_V6: usize = 1280;
 
 const IPV4_HEADER: usize = 20;
@@ -176,14 +176,14 @@ impl Icmp {
                 || snapshot.frontend_addrs().binary_search(&addr).is_ok())
     }
 
-    /// Handles an ICMP or ICMPv6 message the parser found: the IP header
+    /// Handles an ICMP or `ICMPv6` message the parser found: the IP header
     /// at `l3` (checked, an IPv4 one's checksum verified), the message at
     /// `l4` within it. `port` holds the port it arrived on and is set to
     /// the one it leaves by. Messages for the neighbour machinery and
     /// anything else limpet does not handle here go to the slow path.
     pub fn message<B: PacketBuf>(
         &self,
-        env: Env<'_>,
+        env: &mut Env<'_>,
         buf: &mut B,
         l3: usize,
         l4: usize,
@@ -199,7 +199,7 @@ impl Icmp {
 
     fn message_v4(
         &self,
-        env: Env<'_>,
+        env: &mut Env<'_>,
         frame: &mut [u8],
         l3: usize,
         l4: usize,
@@ -256,7 +256,7 @@ impl Icmp {
 
     fn message_v6(
         &self,
-        env: Env<'_>,
+        env: &mut Env<'_>,
         frame: &mut [u8],
         l3: usize,
         l4: usize,
@@ -322,7 +322,7 @@ impl Icmp {
     /// Returns the action to take.
     pub fn reject<B: PacketBuf>(
         &mut self,
-        env: Env<'_>,
+        env: &mut Env<'_>,
         buf: &mut B,
         l3: usize,
         dst: IpAddr,
@@ -442,7 +442,7 @@ fn quoted_v4(q: &[u8]) -> Result<Quote<Ipv4Addr>, DropReason> {
     })
 }
 
-/// Reads the IPv6 header, extension headers and ports an ICMPv6 error
+/// Reads the IPv6 header, extension headers and ports an `ICMPv6` error
 /// quotes.
 fn quoted_v6(q: &[u8]) -> Result<Quote<Ipv6Addr>, DropReason> {
     if q.len() < IPV6_HEADER {
@@ -603,7 +603,7 @@ fn translate<A: IpRewrite>(
         }
     }
     if !v4 {
-        // ICMPv6 covers the pseudo-header, which holds the outer address.
+        // `ICMPv6` covers the pseudo-header, which holds the outer address.
         icmp_delta += outer_delta;
     }
     let old = get_u16(ip, l4 + 2);
@@ -628,7 +628,7 @@ fn echo_v4(frame: &mut [u8], l3: usize, total: usize, mac: MacAddr) {
     icmpv4::Packet::new_unchecked(&mut ip[IPV4_HEADER..]).make_echo_reply();
 }
 
-/// Turns the ICMPv6 echo request in `frame` into its reply; swapping the
+/// Turns the `ICMPv6` echo request in `frame` into its reply; swapping the
 /// addresses leaves the pseudo-header's sum as it was.
 fn echo_v6(frame: &mut [u8], l3: usize, l4: usize, total: usize, mac: MacAddr) {
     swap_macs(frame, mac);
@@ -667,7 +667,7 @@ fn answerable(frame: &[u8], l3: usize) -> bool {
 }
 
 /// Turns the packet in `buf` (Ethernet header, any VLAN tag, IP header at
-/// `l3`) into an ICMP (IPv4) or ICMPv6 (IPv6) error of `kind` and `code`
+/// `l3`) into an ICMP (IPv4) or `ICMPv6` (IPv6) error of `kind` and `code`
 /// about it, from its destination back to its source and sender: the new
 /// IP and ICMP headers go before the packet, which becomes the quote, cut
 /// to the size limit of an error message. `rest` is the message's four

@@ -38,7 +38,7 @@ use crate::table::{NO_HINT, TableError};
 use crate::wire::tcp::flags::{ACK, SYN};
 use crate::wire::{EtherType, IpProtocol, MacAddr, ethernet, ipv4, ipv6, tcp, udp, vlan};
 use crossbeam_channel::{Receiver, Sender};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -148,7 +148,7 @@ struct Meta {
     /// in the snapshot, and the service port's index if one claims it.
     service_known: bool,
     service: Option<u32>,
-    /// ICMP or ICMPv6 (`l4`: the message), for [`crate::icmp`].
+    /// ICMP or `ICMPv6` (`l4`: the message), for [`crate::icmp`].
     icmp: bool,
 }
 
@@ -539,56 +539,11 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         for i in 0..n {
             let meta = self.meta[i];
             let action = if meta.icmp {
-                self.ports[i] = self.rx[i].port();
-                let env = icmp::Env {
-                    snapshot: &self.snapshot,
-                    flows4: &self.v4.flows,
-                    flows6: &self.v6.flows,
-                    mac: self.config.mac,
-                    now,
-                    counters: &mut self.stats.icmp,
-                };
-                let (l3, l4) = (usize::from(meta.l3), usize::from(meta.l4));
-                self.icmp
-                    .message(env, &mut self.rx[i], l3, l4, &mut self.ports[i])
+                self.icmp_message(i, &meta, now)
             } else if let Some(action) = meta.early {
                 action
             } else {
-                let port = &mut self.ports[i];
-                *port = self.rx[i].port();
-                let frame = self.rx[i].data_mut();
-                let ctx = Ctx {
-                    snapshot: &self.snapshot,
-                    mac: self.config.mac,
-                    now,
-                    stats: &mut self.stats,
-                };
-                let (action, dst) = match meta.tuple {
-                    Tuple::V4(key) => (
-                        handle(ctx, &mut self.v4, key, &meta, frame, port),
-                        key.dst.ip(),
-                    ),
-                    Tuple::V6(key) => (
-                        handle(ctx, &mut self.v6, key, &meta, frame, port),
-                        key.dst.ip(),
-                    ),
-                };
-                if action == Action::Forward {
-                    action
-                } else {
-                    // No usable endpoint, or no such port: refused as
-                    // kube-proxy refuses it, where the rate allows.
-                    let env = icmp::Env {
-                        snapshot: &self.snapshot,
-                        flows4: &self.v4.flows,
-                        flows6: &self.v6.flows,
-                        mac: self.config.mac,
-                        now,
-                        counters: &mut self.stats.icmp,
-                    };
-                    let l3 = usize::from(meta.l3);
-                    self.icmp.reject(env, &mut self.rx[i], l3, dst, action)
-                }
+                self.decide(i, &meta, now)
             };
             match action {
                 Action::Drop(reason) => self.stats.drop(reason),
@@ -613,6 +568,67 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         // The slow path (ARP, ND, ICMP) is served by the I/O layer's
         // control plane: the backend frees these or passes them on.
         self.io.slow_burst(&mut self.slow);
+    }
+
+    /// Decides the burst's `i`th packet, a TCP or UDP one, and rewrites it.
+    #[inline]
+    fn decide(&mut self, i: usize, meta: &Meta, now: u32) -> Action {
+        let port = &mut self.ports[i];
+        *port = self.rx[i].port();
+        let frame = self.rx[i].data_mut();
+        let ctx = Ctx {
+            snapshot: &self.snapshot,
+            mac: self.config.mac,
+            now,
+            stats: &mut self.stats,
+        };
+        let (action, dst) = match meta.tuple {
+            Tuple::V4(key) => (
+                handle(ctx, &mut self.v4, key, meta, frame, port),
+                key.dst.ip(),
+            ),
+            Tuple::V6(key) => (
+                handle(ctx, &mut self.v6, key, meta, frame, port),
+                key.dst.ip(),
+            ),
+        };
+        if action == Action::Forward {
+            action
+        } else {
+            self.reject(i, meta, dst, action, now)
+        }
+    }
+
+    /// Answers or translates the burst's `i`th packet, an ICMP message.
+    fn icmp_message(&mut self, i: usize, meta: &Meta, now: u32) -> Action {
+        self.ports[i] = self.rx[i].port();
+        let env = &mut icmp::Env {
+            snapshot: &self.snapshot,
+            flows4: &self.v4.flows,
+            flows6: &self.v6.flows,
+            mac: self.config.mac,
+            now,
+            counters: &mut self.stats.icmp,
+        };
+        let (l3, l4) = (usize::from(meta.l3), usize::from(meta.l4));
+        self.icmp
+            .message(env, &mut self.rx[i], l3, l4, &mut self.ports[i])
+    }
+
+    /// No usable endpoint, or no such port: refused as kube-proxy refuses
+    /// it (a port unreachable in place of the packet), where the rate
+    /// allows; otherwise `action` stands.
+    fn reject(&mut self, i: usize, meta: &Meta, dst: IpAddr, action: Action, now: u32) -> Action {
+        let env = &mut icmp::Env {
+            snapshot: &self.snapshot,
+            flows4: &self.v4.flows,
+            flows6: &self.v6.flows,
+            mac: self.config.mac,
+            now,
+            counters: &mut self.stats.icmp,
+        };
+        let l3 = usize::from(meta.l3);
+        self.icmp.reject(env, &mut self.rx[i], l3, dst, action)
     }
 
     /// Runs `poll` until `stop` says so.

@@ -84,14 +84,14 @@ fn icmp4(
     h.dscp = etherparse::IpDscp::try_new(0x30).unwrap();
     let mut out = Vec::new();
     PacketBuilder::ethernet2(macs.0, macs.1)
-        .ip(IpHeaders::Ipv4(h, Default::default()))
+        .ip(IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
         .icmpv4_raw(kind, code, rest)
         .write(&mut out, quote)
         .unwrap();
     out
 }
 
-/// An ICMPv6 message in a frame, from etherparse.
+/// An `ICMPv6` message in a frame, from etherparse.
 #[allow(clippy::too_many_arguments)]
 fn icmp6(
     macs: ([u8; 6], [u8; 6]),
@@ -147,12 +147,12 @@ fn reject4(frame: &[u8], from: &str, to: &str, vlan: Option<u16>) -> Vec<u8> {
     match vlan {
         Some(id) => eth
             .single_vlan(etherparse::VlanId::try_new(id).unwrap())
-            .ip(IpHeaders::Ipv4(h, Default::default()))
+            .ip(IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
             .icmpv4_raw(DEST_UNREACHABLE4, 3, [0; 4])
             .write(&mut out, &quote)
             .unwrap(),
         None => eth
-            .ip(IpHeaders::Ipv4(h, Default::default()))
+            .ip(IpHeaders::Ipv4(h, etherparse::Ipv4Extensions::default()))
             .icmpv4_raw(DEST_UNREACHABLE4, 3, [0; 4])
             .write(&mut out, &quote)
             .unwrap(),
@@ -479,7 +479,7 @@ pub fn fixtures() -> Vec<Fixture> {
 }
 
 /// Checks an ICMP frame's checksums with etherparse alone: the outer IPv4
-/// header, the ICMP (with the IPv6 pseudo-header for ICMPv6), the quoted
+/// header, the ICMP (with the IPv6 pseudo-header for `ICMPv6`), the quoted
 /// IPv4 header, and the quoted TCP or UDP checksum where the quote holds
 /// the whole segment. Returns whether the frame was ICMP at all.
 pub fn check_icmp(frame: &[u8]) -> bool {
