@@ -114,8 +114,10 @@ fn in_ns(ns: &str, args: &[&str]) -> String {
     sh(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
-/// The router and the far backend, removed when dropped.
-struct Behind;
+/// The router and the far backend (and its server), removed when dropped.
+struct Behind {
+    server: Option<std::process::Child>,
+}
 
 impl Behind {
     /// lp-rt: rt0 on the testbed's bridge (203.0.113.254, its way back to
@@ -124,29 +126,42 @@ impl Behind {
     /// running a server that answers each connection with the number of
     /// bytes it received.
     fn up() -> Self {
-        let behind = Behind;
-        for ns in ["lp-rt", "lp-far"] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            in_ns(
-                ns,
-                &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
-            );
-            in_ns(
-                ns,
-                &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
-            );
+        let mut behind = Behind { server: None };
+        let setup = [
+            "netns add lp-rt",
+            "netns add lp-far",
+            "-n lp-rt link set lo up",
+            "-n lp-far link set lo up",
+            "-n lp-sw link add sw-rt type veth peer name rt0 netns lp-rt",
+            "-n lp-sw link set sw-rt master br0",
+            "-n lp-sw link set sw-rt up",
+            "-n lp-rt link add rt1 type veth peer name eth0 netns lp-far",
+            "-n lp-rt link set rt0 address 02:00:00:00:04:00",
+            "-n lp-rt addr add 203.0.113.254/24 dev rt0",
+            "-n lp-rt link set rt0 up",
+            "-n lp-rt link set rt1 mtu 1280",
+            "-n lp-rt addr add 198.19.0.1/24 dev rt1",
+            "-n lp-rt link set rt1 up",
+            // Back to the clients through limpet, as the testbed's backends.
+            "-n lp-rt route add default via 203.0.113.1",
+            "-n lp-far link set eth0 mtu 1280",
+            "-n lp-far addr add 198.19.0.2/24 dev eth0",
+            "-n lp-far link set eth0 up",
+            "-n lp-far route add default via 198.19.0.1 advmss 1460",
+        ];
+        for (i, cmd) in setup.iter().enumerate() {
+            ip(&cmd.split_whitespace().collect::<Vec<_>>());
+            if i == 1 {
+                for ns in ["lp-rt", "lp-far"] {
+                    for kv in [
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1",
+                    ] {
+                        in_ns(ns, &["sysctl", "-qw", kv]);
+                    }
+                }
+            }
         }
-        ip(&[
-            "-n", "lp-sw", "link", "add", "sw-rt", "type", "veth", "peer", "name", "rt0", "netns",
-            "lp-rt",
-        ]);
-        ip(&["-n", "lp-sw", "link", "set", "sw-rt", "master", "br0"]);
-        ip(&["-n", "lp-sw", "link", "set", "sw-rt", "up"]);
-        ip(&[
-            "-n", "lp-rt", "link", "add", "rt1", "type", "veth", "peer", "name", "eth0", "netns",
-            "lp-far",
-        ]);
         // Offloads off as on every testbed veth: limpet must see the real
         // frames (and their checksums), not 64 KB super-frames.
         for (ns, dev) in [
@@ -155,37 +170,11 @@ impl Behind {
             ("lp-rt", "rt1"),
             ("lp-far", "eth0"),
         ] {
-            in_ns(
-                ns,
-                &[
-                    "ethtool", "-K", dev, "tx", "off", "sg", "off", "tso", "off", "gso", "off",
-                    "gro", "off",
-                ],
-            );
+            let off = "tx off sg off tso off gso off gro off";
+            let mut args = vec!["ethtool", "-K", dev];
+            args.extend(off.split_whitespace());
+            in_ns(ns, &args);
         }
-        ip(&[
-            "-n",
-            "lp-rt",
-            "link",
-            "set",
-            "rt0",
-            "address",
-            "02:00:00:00:04:00",
-        ]);
-        ip(&["-n", "lp-rt", "addr", "add", "203.0.113.254/24", "dev", "rt0"]);
-        ip(&["-n", "lp-rt", "link", "set", "rt0", "up"]);
-        ip(&["-n", "lp-rt", "link", "set", "rt1", "mtu", "1280"]);
-        ip(&["-n", "lp-rt", "addr", "add", "198.19.0.1/24", "dev", "rt1"]);
-        ip(&["-n", "lp-rt", "link", "set", "rt1", "up"]);
-        ip(&[
-            "-n",
-            "lp-rt",
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.1",
-        ]);
         for kv in [
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",
@@ -194,19 +183,14 @@ impl Behind {
         ] {
             in_ns("lp-rt", &["sysctl", "-qw", kv]);
         }
-        ip(&["-n", "lp-far", "link", "set", "eth0", "mtu", "1280"]);
-        ip(&["-n", "lp-far", "addr", "add", "198.19.0.2/24", "dev", "eth0"]);
-        ip(&["-n", "lp-far", "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n", "lp-far", "route", "add", "default", "via", "198.19.0.1", "advmss", "1460",
-        ]);
-        // The server: runs until the namespace's processes are ended.
-        Command::new("ip")
-            .args(["netns", "exec", "lp-far", "python3", "-c", SERVER])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("starting the far backend's server");
+        behind.server = Some(
+            Command::new("ip")
+                .args(["netns", "exec", "lp-far", "python3", "-c", SERVER])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("starting the far backend's server"),
+        );
         let ready = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !in_ns("lp-far", &["ss", "-Hltn", "sport = :9376"]).contains("9376") {
             assert!(
@@ -221,6 +205,10 @@ impl Behind {
 
 impl Drop for Behind {
     fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         for ns in ["lp-far", "lp-rt"] {
             let pids = Command::new("ip")
                 .args(["netns", "pids", ns])
