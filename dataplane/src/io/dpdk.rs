@@ -716,29 +716,26 @@ impl PacketBuf for DpdkBuf {
         let Ok(n) = u16::try_from(n) else {
             return false;
         };
-        let m = self.mbuf.as_ptr();
-        // SAFETY: a live mbuf of ours, never shared (`&mut self`); the
-        // bytes `data_off - n .. data_off` are the buffer's headroom.
-        unsafe {
-            if (*m).nb_segs != 1 || (*m).data_off < n {
-                return false;
-            }
-            (*m).data_off -= n;
-            (*m).data_len += n;
-            (*m).pkt_len += u32::from(n);
+        // SAFETY: a live mbuf of ours, never shared (its reference count is
+        // 1), borrowed exclusively through `&mut self`.
+        let m = unsafe { &mut *self.mbuf.as_ptr() };
+        // The bytes `data_off - n .. data_off` are the buffer's headroom.
+        if m.nb_segs != 1 || m.data_off < n {
+            return false;
         }
+        m.data_off -= n;
+        m.data_len += n;
+        m.pkt_len += u32::from(n);
         true
     }
 
     #[inline]
     fn truncate(&mut self, len: usize) {
-        let m = self.mbuf.as_ptr();
-        // SAFETY: a live mbuf of ours, never shared (`&mut self`).
-        unsafe {
-            if (*m).nb_segs == 1 && len < usize::from((*m).data_len) {
-                (*m).data_len = len as u16;
-                (*m).pkt_len = len as u32;
-            }
+        // SAFETY: as in `prepend`.
+        let m = unsafe { &mut *self.mbuf.as_ptr() };
+        if m.nb_segs == 1 && len < usize::from(m.data_len) {
+            m.data_len = len as u16;
+            m.pkt_len = len as u32;
         }
     }
 }
