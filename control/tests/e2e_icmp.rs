@@ -14,7 +14,8 @@
 //!
 //! The router (`lp-rt`) and the far backend (`lp-far`) are built here on
 //! top of `scripts/testbed` and removed afterwards (`scripts/testbed down`
-//! removes them too, should this test die half-way).
+//! removes them too, should this test die half-way). Runs over `AF_PACKET`
+//! and, built with `--features dpdk`, over DPDK's `net_af_packet`.
 
 mod testbed;
 
@@ -356,13 +357,26 @@ fn metric(name: &str) -> f64 {
 
 #[test]
 fn icmp_through_limpet_end_to_end() {
+    icmp_story(Io::AfPacket, 2);
+}
+
+/// The same over DPDK's `net_af_packet` (two workers: errors from behind
+/// limpet are steered to the worker owning their client, as replies are).
+/// Run with `--features dpdk` (scripts/test.sh's DPDK block).
+#[cfg(feature = "dpdk")]
+#[test]
+fn icmp_through_limpet_end_to_end_over_dpdk_af_packet() {
+    icmp_story(Io::DpdkAfPacket, 2);
+}
+
+fn icmp_story(io: Io, workers: u16) {
     must_be_root();
     let testbed = Testbed::up(1);
     testbed.mode("nat");
     let _behind = Behind::up();
     let config = Config::new("icmp");
     config.write(&manifest());
-    let mut args = Io::AfPacket.args(&["lb0"], 1);
+    let mut args = io.args(&["lb0"], workers);
     args.extend(
         [
             "--address",
@@ -373,11 +387,10 @@ fn icmp_through_limpet_end_to_end() {
             ROUTER,
             "--forward",
             "nat",
-            "--workers",
-            "1",
         ]
         .map(str::to_owned),
     );
+    args.extend(["--workers".to_owned(), workers.to_string()]);
     let limpet = Limpet::start_with(&config, &args);
 
     // Path MTU discovery across limpet.
