@@ -25,17 +25,51 @@ use testbed::story::{Config, Io, Limpet};
 use testbed::{Testbed, must_be_root, sh};
 
 const UPLOAD_VIP: &str = "192.0.2.20";
+const UPLOAD_VIP6: &str = "2001:db8:5::20";
 const EMPTY_VIP4: &str = "192.0.2.21";
 const EMPTY_VIP6: &str = "2001:db8:5::21";
 const ROUTER: &str = "203.0.113.254";
+const ROUTER6: &str = "2001:db8:be::fe";
 const FAR_BACKEND: &str = "198.19.0.2";
 const UPLOAD_BYTES: usize = 200_000;
 
-/// The upload Service (its one endpoint behind the router) and a
-/// dual-stack Service whose ports have no endpoints.
+/// The upload Services (IPv4 and IPv6, each with its one endpoint behind
+/// the router) and a dual-stack Service whose ports have no endpoints.
 fn manifest() -> String {
     format!(
         r#"apiVersion: v1
+kind: Service
+metadata:
+  name: upload6
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: "{UPLOAD_VIP6}"
+  clusterIPs: ["{UPLOAD_VIP6}"]
+  ipFamilies: [IPv6]
+  ports:
+  - port: 80
+    protocol: TCP
+    targetPort: 9376
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: upload6-v6
+  namespace: default
+  labels:
+    kubernetes.io/service-name: upload6
+addressType: IPv6
+endpoints:
+- addresses: ["2001:db8:f0::2"]
+  conditions:
+    ready: true
+ports:
+- name: ""
+  port: 9376
+  protocol: TCP
+---
+apiVersion: v1
 kind: Service
 metadata:
   name: upload
@@ -145,18 +179,25 @@ impl Behind {
             "-n lp-rt link set rt1 up",
             // Back to the clients through limpet, as the testbed's backends.
             "-n lp-rt route add default via 203.0.113.1",
+            "-n lp-rt -6 addr add 2001:db8:be::fe/64 dev rt0 nodad",
+            "-n lp-rt -6 addr add 2001:db8:f0::1/64 dev rt1 nodad",
+            "-n lp-rt -6 route add default via 2001:db8:be::1",
             "-n lp-far link set eth0 mtu 1280",
             "-n lp-far addr add 198.19.0.2/24 dev eth0",
             "-n lp-far link set eth0 up",
             "-n lp-far route add default via 198.19.0.1 advmss 1460",
+            "-n lp-far -6 addr add 2001:db8:f0::2/64 dev eth0 nodad",
+            "-n lp-far -6 route add default via 2001:db8:f0::1 advmss 1440",
         ];
         for (i, cmd) in setup.iter().enumerate() {
             ip(&cmd.split_whitespace().collect::<Vec<_>>());
             if i == 1 {
                 for ns in ["lp-rt", "lp-far"] {
                     for kv in [
-                        "net.ipv6.conf.all.disable_ipv6=1",
-                        "net.ipv6.conf.default.disable_ipv6=1",
+                        "net.ipv6.conf.all.accept_dad=0",
+                        "net.ipv6.conf.default.accept_dad=0",
+                        "net.ipv6.conf.all.accept_ra=0",
+                        "net.ipv6.conf.default.accept_ra=0",
                     ] {
                         in_ns(ns, &["sysctl", "-qw", kv]);
                     }
@@ -181,6 +222,7 @@ impl Behind {
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
             "net.ipv4.conf.rt0.rp_filter=0",
+            "net.ipv6.conf.all.forwarding=1",
         ] {
             in_ns("lp-rt", &["sysctl", "-qw", kv]);
         }
@@ -235,9 +277,10 @@ def serve(c):
         n += len(b)
     c.sendall(str(n).encode())
     c.close()
-s = socket.socket()
+s = socket.socket(socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 9376))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 9376))
 s.listen(16)
 while True:
     c, _ = s.accept()
@@ -340,6 +383,40 @@ for spec in sys.argv[1:]:
 print(json.dumps(out))
 "#;
 
+/// A 200 kB upload to `vip`: it completes, the client started with
+/// segments too big for the backend's link and learnt the path's MTU, and
+/// limpet translated at least `errors` ICMP errors to the client.
+fn upload_through_small_link(limpet: &Limpet, vip: &str, errors: f64) {
+    let out = in_ns(
+        "lp-client",
+        &["python3", "-c", UPLOAD, vip, &UPLOAD_BYTES.to_string()],
+    );
+    let upload: Value = serde_json::from_str(&out).expect("upload JSON");
+    eprintln!("upload to {vip} through a 1280-byte link: {upload}");
+    let route = in_ns("lp-client", &["ip", "route", "get", vip]);
+    eprintln!("client's route to {vip} afterwards: {}", route.trim());
+    assert_eq!(
+        upload["reply"].as_str(),
+        Some(UPLOAD_BYTES.to_string().as_str()),
+        "the upload to {vip} did not complete: {upload}\n{}",
+        limpet.log_text()
+    );
+    let mss_before = upload["mss_before"].as_u64().unwrap_or(0);
+    let headers = if vip.contains(':') { 60 } else { 40 };
+    assert!(
+        mss_before + headers > 1280,
+        "the client should start with segments the 1280-byte link cannot carry (MSS {mss_before})"
+    );
+    assert!(
+        route.contains("mtu 1280"),
+        "the client never learnt the path MTU to {vip}: {route}"
+    );
+    assert!(
+        metric("icmp_errors_to_client_total") >= errors,
+        "no ICMP error was translated to the client"
+    );
+}
+
 fn metric(name: &str) -> f64 {
     let text = in_ns(
         "lp-lb",
@@ -393,41 +470,15 @@ fn icmp_story(io: Io, workers: u16) {
     args.extend(["--workers".to_owned(), workers.to_string()]);
     let limpet = Limpet::start_with(&config, &args);
 
-    // Path MTU discovery across limpet.
-    let out = in_ns(
-        "lp-client",
-        &[
-            "python3",
-            "-c",
-            UPLOAD,
-            UPLOAD_VIP,
-            &UPLOAD_BYTES.to_string(),
-        ],
-    );
-    let upload: Value = serde_json::from_str(&out).expect("upload JSON");
-    eprintln!("upload through a 1280-byte link: {upload}");
-    let route = in_ns("lp-client", &["ip", "route", "get", UPLOAD_VIP]);
-    eprintln!("client's route to the service afterwards: {}", route.trim());
-    assert_eq!(
-        upload["reply"].as_str(),
-        Some(UPLOAD_BYTES.to_string().as_str()),
-        "the upload did not complete: {upload}\n{}",
-        limpet.log_text()
-    );
-    let mss_before = upload["mss_before"].as_u64().unwrap_or(0);
-    assert!(
-        mss_before + 40 > 1280,
-        "the client should start with segments the 1280-byte link cannot carry (MSS {mss_before})"
-    );
-    assert!(
-        route.contains("mtu 1280"),
-        "the client never learnt the path MTU: {route}"
-    );
-    let translated = metric("icmp_errors_to_client_total");
-    assert!(
-        translated >= 1.0,
-        "no ICMP error was translated to the client"
-    );
+    // Path MTU discovery across limpet, IPv4 (the router's address is
+    // this link's gateway); then IPv6 (a link has one gateway: limpet again
+    // with the router's IPv6 address as its gateway).
+    upload_through_small_link(&limpet, UPLOAD_VIP, 1.0);
+    drop(limpet);
+    let gateway = args.iter().position(|a| a == ROUTER).unwrap();
+    args[gateway] = ROUTER6.to_owned();
+    let limpet = Limpet::start_with(&config, &args);
+    upload_through_small_link(&limpet, UPLOAD_VIP6, 1.0);
 
     // Rejects, and ping of service addresses.
     let probes = [
