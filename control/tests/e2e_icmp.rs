@@ -30,22 +30,20 @@ const EMPTY_VIP4: &str = "192.0.2.21";
 const EMPTY_VIP6: &str = "2001:db8:5::21";
 const ROUTER: &str = "203.0.113.254";
 const ROUTER6: &str = "2001:db8:be::fe";
-const FAR_BACKEND: &str = "198.19.0.2";
 const UPLOAD_BYTES: usize = 200_000;
 
 /// The upload Services (IPv4 and IPv6, each with its one endpoint behind
-/// the router) and a dual-stack Service whose ports have no endpoints.
-fn manifest() -> String {
-    format!(
-        r#"apiVersion: v1
+/// the router, 198.19.0.2 and `2001:db8:f0::2`) and a dual-stack Service
+/// whose ports have no endpoints.
+const MANIFEST: &str = r#"apiVersion: v1
 kind: Service
 metadata:
   name: upload6
   namespace: default
 spec:
   type: ClusterIP
-  clusterIP: "{UPLOAD_VIP6}"
-  clusterIPs: ["{UPLOAD_VIP6}"]
+  clusterIP: "2001:db8:5::20"
+  clusterIPs: ["2001:db8:5::20"]
   ipFamilies: [IPv6]
   ports:
   - port: 80
@@ -76,8 +74,8 @@ metadata:
   namespace: default
 spec:
   type: ClusterIP
-  clusterIP: {UPLOAD_VIP}
-  clusterIPs: [{UPLOAD_VIP}]
+  clusterIP: 192.0.2.20
+  clusterIPs: [192.0.2.20]
   ports:
   - port: 80
     protocol: TCP
@@ -92,7 +90,7 @@ metadata:
     kubernetes.io/service-name: upload
 addressType: IPv4
 endpoints:
-- addresses: ["{FAR_BACKEND}"]
+- addresses: ["198.19.0.2"]
   conditions:
     ready: true
 ports:
@@ -107,8 +105,8 @@ metadata:
   namespace: default
 spec:
   type: ClusterIP
-  clusterIP: {EMPTY_VIP4}
-  clusterIPs: [{EMPTY_VIP4}, "{EMPTY_VIP6}"]
+  clusterIP: 192.0.2.21
+  clusterIPs: [192.0.2.21, "2001:db8:5::21"]
   ipFamilies: [IPv4, IPv6]
   ipFamilyPolicy: RequireDualStack
   ports:
@@ -137,9 +135,7 @@ ports:
 - name: dns
   port: 5353
   protocol: UDP
-"#
-    )
-}
+"#;
 
 fn ip(args: &[&str]) {
     sh(Command::new("ip").args(args));
@@ -452,7 +448,7 @@ fn icmp_story(io: Io, workers: u16) {
     testbed.mode("nat");
     let _behind = Behind::up();
     let config = Config::new("icmp");
-    config.write(&manifest());
+    config.write(MANIFEST);
     let mut args = io.args(&["lb0"], workers);
     args.extend(
         [
@@ -476,7 +472,7 @@ fn icmp_story(io: Io, workers: u16) {
     upload_through_small_link(&limpet, UPLOAD_VIP, 1.0);
     drop(limpet);
     let gateway = args.iter().position(|a| a == ROUTER).unwrap();
-    args[gateway] = ROUTER6.to_owned();
+    ROUTER6.clone_into(&mut args[gateway]);
     let limpet = Limpet::start_with(&config, &args);
     upload_through_small_link(&limpet, UPLOAD_VIP6, 1.0);
 
