@@ -320,7 +320,7 @@ type Field = (
     fn(&WorkerReport) -> f64,
 );
 /// Per-worker metrics: name, type, help, and how to read it off a report.
-const WORKER_METRICS: [Field; 26] = [
+const WORKER_METRICS: [Field; 32] = [
     ("rx_packets_total", "counter", "Packets received.", |r| {
         r.stats.rx_packets as f64
     }),
@@ -434,6 +434,42 @@ const WORKER_METRICS: [Field; 26] = [
         "counter",
         "Packets to no service address and port.",
         |r| r.stats.no_service as f64,
+    ),
+    (
+        "icmp_errors_to_client_total",
+        "counter",
+        "ICMP errors about packets sent to a backend, translated to the client.",
+        |r| r.stats.icmp.errors_to_client as f64,
+    ),
+    (
+        "icmp_errors_to_backend_total",
+        "counter",
+        "ICMP errors about replies, translated to the backend.",
+        |r| r.stats.icmp.errors_to_backend as f64,
+    ),
+    (
+        "icmp_echo_replies_total",
+        "counter",
+        "Echo requests to limpet's or service addresses answered.",
+        |r| r.stats.icmp.echo_replies as f64,
+    ),
+    (
+        "icmp_rejects_total",
+        "counter",
+        "Port unreachables sent for a service port without endpoints or an undefined port.",
+        |r| r.stats.icmp.rejects as f64,
+    ),
+    (
+        "icmp_rejects_rate_limited_total",
+        "counter",
+        "Port unreachables held back by the per-worker rate limit (the packet was dropped).",
+        |r| r.stats.icmp.rejects_rate_limited as f64,
+    ),
+    (
+        "icmp_rejects_unsent_total",
+        "counter",
+        "Port unreachables not sent: no room in the buffer, or a source that may not be answered.",
+        |r| r.stats.icmp.rejects_unsent as f64,
     ),
     ("affinity_entries", "gauge", "Live affinity entries.", |r| {
         r.affinity_entries as f64

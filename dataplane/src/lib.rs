@@ -11,6 +11,7 @@ pub mod command;
 pub mod family;
 pub mod flow;
 pub mod hash;
+pub mod icmp;
 pub mod io;
 pub mod maglev;
 pub mod nat;

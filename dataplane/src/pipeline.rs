@@ -34,6 +34,7 @@ use crate::command::{self, Command, WorkerReport};
 use crate::family::Family;
 use crate::flow::{Direction, Flow, FlowKey, FlowState, FlowTable, FlowTimeouts};
 use crate::hash::stable_hash;
+use crate::icmp::{self, Icmp, IcmpConfig};
 use crate::io::{BURST, PacketBuf, PacketIo};
 use crate::nat::{End, IpRewrite, rewrite};
 use crate::snapshot::{Affinity, Backend, ForwardMode, ServicePort, Snapshot};
@@ -43,7 +44,7 @@ use crate::table::{NO_HINT, TableError};
 use crate::wire::tcp::flags::{ACK, RST, SYN};
 use crate::wire::{EtherType, IpProtocol, MacAddr, ethernet, ipv4, ipv6, tcp, udp, vlan};
 use crossbeam_channel::{Receiver, Sender};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,6 +64,8 @@ pub struct WorkerConfig {
     /// Sticky clients in the IPv6 table; `None`: `affinity_capacity`.
     pub affinity_capacity_v6: Option<usize>,
     pub timeouts: FlowTimeouts,
+    /// Echo answers, port unreachables (see [`crate::icmp`]).
+    pub icmp: IcmpConfig,
 }
 
 impl WorkerConfig {
@@ -89,6 +92,7 @@ impl Default for WorkerConfig {
             flow_capacity_v6: None,
             affinity_capacity_v6: None,
             timeouts: FlowTimeouts::default(),
+            icmp: IcmpConfig::default(),
         }
     }
 }
@@ -100,8 +104,9 @@ pub enum Action {
     Forward,
     /// Counted and dropped.
     Drop(DropReason),
-    /// Not for the fast path: ARP, neighbour discovery, ICMP, or a
-    /// destination no service claims. Counted and handed to the slow path.
+    /// Not for the fast path: ARP, neighbour discovery, ICMP limpet does
+    /// not answer or translate, or a destination no service claims.
+    /// Counted and handed to the slow path.
     SlowPath,
 }
 
@@ -149,6 +154,8 @@ struct Meta {
     /// in the snapshot, and the service port's index if one claims it.
     service_known: bool,
     service: Option<u32>,
+    /// ICMP or `ICMPv6` (`l4`: the message), for [`crate::icmp`].
+    icmp: bool,
 }
 
 impl Meta {
@@ -169,11 +176,24 @@ impl Meta {
         opens: false,
         service_known: false,
         service: None,
+        icmp: false,
     };
 
     fn decided(action: Action) -> Meta {
         Meta {
             early: Some(action),
+            ..Meta::EMPTY
+        }
+    }
+
+    /// An ICMP message at `l4` of the IP header at `l3`: decided in stage 3
+    /// (the slow path's unless [`crate::icmp`] answers or translates it).
+    fn icmp(l3: usize, l4: usize) -> Meta {
+        Meta {
+            early: Some(Action::SlowPath),
+            l3: l3 as u16,
+            l4: l4 as u16,
+            icmp: true,
             ..Meta::EMPTY
         }
     }
@@ -200,6 +220,7 @@ pub struct Worker<I: PacketIo, C: Clock> {
     /// The port each packet of the burst arrived on, then leaves by.
     ports: [u16; BURST],
     stats: WorkerStats,
+    icmp: Icmp,
     reaped_at: u32,
     /// When the last poll, if it was busy, finished its burst: the start of
     /// the next busy poll's time.
@@ -237,6 +258,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     ) -> Result<Self, TableError> {
         let now = clock.now();
         Ok(Self {
+            icmp: Icmp::new(config.icmp.clone(), now),
             v4: Tables::new(&config, now)?,
             v6: Tables::new(&config, now)?,
             io,
@@ -591,23 +613,12 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         // Stage 3: decide and rewrite.
         for i in 0..n {
             let meta = self.meta[i];
-            let action = if let Some(action) = meta.early {
+            let action = if meta.icmp {
+                self.icmp_message(i, &meta, now)
+            } else if let Some(action) = meta.early {
                 action
             } else {
-                let port = &mut self.ports[i];
-                *port = self.rx[i].port();
-                let frame = self.rx[i].data_mut();
-                let ctx = Ctx {
-                    snapshot: &self.snapshot,
-                    mac: self.config.mac,
-                    now,
-                    swapped_at: self.swapped_at,
-                    stats: &mut self.stats,
-                };
-                match meta.tuple {
-                    Tuple::V4(key) => handle(ctx, &mut self.v4, key, &meta, frame, port),
-                    Tuple::V6(key) => handle(ctx, &mut self.v6, key, &meta, frame, port),
-                }
+                self.decide(i, &meta, now)
             };
             match action {
                 Action::Drop(reason) => self.stats.drop(reason),
@@ -632,6 +643,68 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         // The slow path (ARP, ND, ICMP) is served by the I/O layer's
         // control plane: the backend frees these or passes them on.
         self.io.slow_burst(&mut self.slow);
+    }
+
+    /// Decides the burst's `i`th packet, a TCP or UDP one, and rewrites it.
+    #[inline]
+    fn decide(&mut self, i: usize, meta: &Meta, now: u32) -> Action {
+        let port = &mut self.ports[i];
+        *port = self.rx[i].port();
+        let frame = self.rx[i].data_mut();
+        let ctx = Ctx {
+            snapshot: &self.snapshot,
+            mac: self.config.mac,
+            now,
+            swapped_at: self.swapped_at,
+            stats: &mut self.stats,
+        };
+        let (action, dst) = match meta.tuple {
+            Tuple::V4(key) => (
+                handle(ctx, &mut self.v4, key, meta, frame, port),
+                key.dst.ip(),
+            ),
+            Tuple::V6(key) => (
+                handle(ctx, &mut self.v6, key, meta, frame, port),
+                key.dst.ip(),
+            ),
+        };
+        if action == Action::Forward {
+            action
+        } else {
+            self.reject(i, meta, dst, action, now)
+        }
+    }
+
+    /// Answers or translates the burst's `i`th packet, an ICMP message.
+    fn icmp_message(&mut self, i: usize, meta: &Meta, now: u32) -> Action {
+        self.ports[i] = self.rx[i].port();
+        let env = &mut icmp::Env {
+            snapshot: &self.snapshot,
+            flows4: &self.v4.flows,
+            flows6: &self.v6.flows,
+            mac: self.config.mac,
+            now,
+            counters: &mut self.stats.icmp,
+        };
+        let (l3, l4) = (usize::from(meta.l3), usize::from(meta.l4));
+        self.icmp
+            .message(env, &mut self.rx[i], l3, l4, &mut self.ports[i])
+    }
+
+    /// No usable endpoint, or no such port: refused as kube-proxy refuses
+    /// it (a port unreachable in place of the packet), where the rate
+    /// allows; otherwise `action` stands.
+    fn reject(&mut self, i: usize, meta: &Meta, dst: IpAddr, action: Action, now: u32) -> Action {
+        let env = &mut icmp::Env {
+            snapshot: &self.snapshot,
+            flows4: &self.v4.flows,
+            flows6: &self.v6.flows,
+            mac: self.config.mac,
+            now,
+            counters: &mut self.stats.icmp,
+        };
+        let l3 = usize::from(meta.l3);
+        self.icmp.reject(env, &mut self.rx[i], l3, dst, action)
     }
 
     /// Runs `poll` until `stop` says so.
@@ -792,6 +865,11 @@ fn parse_v4(ip: &[u8], l3: usize) -> Meta {
     if p.is_fragment() {
         return Meta::decided(Action::Drop(DropReason::Fragment));
     }
+    if p.protocol() == IpProtocol::ICMP {
+        // Echo to limpet is answered whatever the TTL; errors it forwards
+        // are checked there.
+        return Meta::icmp(l3, p.header_len());
+    }
     if p.ttl() <= 1 {
         return Meta::decided(Action::Drop(DropReason::TtlExceeded));
     }
@@ -821,6 +899,7 @@ fn parse_v4(ip: &[u8], l3: usize) -> Meta {
         opens: opens(protocol, tcp_flags),
         service_known: false,
         service: None,
+        icmp: false,
     }
 }
 
@@ -847,7 +926,8 @@ fn parse_v6(ip: &[u8], l3: usize) -> Meta {
         | IpProtocol::DSTOPTS => {
             return Meta::decided(Action::Drop(DropReason::Ipv6ExtHeader));
         }
-        // ICMPv6 (neighbour discovery, echo) and anything else: slow path.
+        IpProtocol::ICMPV6 => return Meta::icmp(l3, ipv6::HEADER_LEN + offset),
+        // Anything else: slow path.
         _ => return Meta::decided(Action::SlowPath),
     }
     let Some((src_port, dst_port, tcp_flags)) =
@@ -873,6 +953,7 @@ fn parse_v6(ip: &[u8], l3: usize) -> Meta {
         opens: opens(protocol, tcp_flags),
         service_known: false,
         service: None,
+        icmp: false,
     }
 }
 

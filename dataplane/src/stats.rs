@@ -28,10 +28,12 @@ pub enum DropReason {
     /// A client outside `loadBalancerSourceRanges` opened a connection to a
     /// load-balancer address.
     SourceRange,
+    /// An ICMP error quoting a packet of no connection limpet holds.
+    IcmpNoConnection,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::Malformed,
@@ -44,6 +46,7 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::FlowTableFull,
         DropReason::SourceRange,
+        DropReason::IcmpNoConnection,
     ];
 
     /// A stable `snake_case` name, for metrics labels.
@@ -60,6 +63,7 @@ impl DropReason {
             DropReason::NoBackend => "no_backend",
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::SourceRange => "source_range",
+            DropReason::IcmpNoConnection => "icmp_no_connection",
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct WorkerStats {
     /// Of those, packets whose destination no service claimed.
     pub no_service: u64,
     pub drops: [u64; DropReason::COUNT],
+    /// ICMP errors translated, echo answered, rejects sent.
+    pub icmp: crate::icmp::IcmpCounters,
     pub snapshot_swaps: u64,
     pub snapshot_generation: u64,
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fixtures::{BE4, CLIENT4, VIP4, inbound, ip, run_table, specs};
+use common::fixtures::{BE4, CLIENT4, VIP4, VIP4_EMPTY, inbound, ip, run_table, specs};
 use common::{Harness, LIMPET_MAC, backend, backend_mac, service};
 use limpet_dataplane::pipeline::Action;
 use limpet_dataplane::snapshot::{Affinity, ForwardMode};
@@ -26,8 +26,83 @@ fn fixture_table() {
     assert_eq!(stats.dropped(DropReason::Fragment), 2);
     assert_eq!(stats.dropped(DropReason::TtlExceeded), 2);
     assert_eq!(stats.replies, 2);
+    // ARP, the unknown VIP and the echo to an address limpet does not hold.
     assert_eq!(stats.slow_path, 3);
-    assert_eq!(stats.no_service, 2);
+    // The unknown VIP and the four packets to a port no service defines.
+    assert_eq!(stats.no_service, 5);
+    assert_eq!(stats.dropped(DropReason::IcmpNoConnection), 2);
+    assert_eq!(stats.dropped(DropReason::NoBackend), 0);
+    let icmp = stats.icmp;
+    assert_eq!((icmp.errors_to_client, icmp.errors_to_backend), (3, 2));
+    assert_eq!(icmp.echo_replies, 4);
+    assert_eq!(icmp.rejects, 6);
+    assert_eq!(icmp.rejects_rate_limited + icmp.rejects_unsent, 0);
+}
+
+/// The port unreachables a worker sends are bounded by its token bucket,
+/// refilled each second; what it holds back is dropped and counted.
+#[test]
+fn rejects_are_rate_limited_per_worker() {
+    let mut h = harness_with_reject_rate(2);
+    let syn = |sport: u16| {
+        inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4_EMPTY), sport, 80).flags(SYN)).build()
+    };
+    assert_eq!(h.send(&syn(1)).0, Action::Forward);
+    assert_eq!(h.send(&syn(2)).0, Action::Forward);
+    let (action, out) = h.send(&syn(3));
+    assert_eq!((action, out), (Action::Drop(DropReason::NoBackend), None));
+    h.tick(1);
+    assert_eq!(h.send(&syn(4)).0, Action::Forward);
+    let s = h.worker.stats();
+    assert_eq!((s.icmp.rejects, s.icmp.rejects_rate_limited), (3, 1));
+    assert_eq!(s.dropped(DropReason::NoBackend), 1);
+    // A rate of 0 sends none: the packet is dropped as before.
+    let mut off = harness_with_reject_rate(0);
+    assert_eq!(
+        off.send(&syn(5)),
+        (Action::Drop(DropReason::NoBackend), None)
+    );
+}
+
+#[test]
+fn echo_can_be_turned_off() {
+    let mut h = Harness::with_config(specs(), |c| c.icmp.echo = false);
+    let ping = etherparse::PacketBuilder::ethernet2(common::CLIENT_MAC, LIMPET_MAC)
+        .ipv4([198, 18, 0, 1], [192, 0, 2, 10], 64)
+        .icmpv4_echo_request(1, 1);
+    let mut frame = Vec::new();
+    ping.write(&mut frame, b"x").unwrap();
+    assert_eq!(h.send(&frame), (Action::SlowPath, None));
+}
+
+/// An ICMP error that names a connection but whose checksum is wrong is
+/// dropped, never translated.
+#[test]
+fn icmp_error_with_a_bad_checksum_is_dropped() {
+    let mut h = harness();
+    h.connect(ip(CLIENT4), 40000, ip(VIP4));
+    let inner = common::fixtures::dnat(
+        inbound(PacketSpec::tcp(ip(CLIENT4), ip(VIP4), 40000, 80).flags(SYN)),
+        BE4,
+    )
+    .build();
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], LIMPET_MAC)
+        .ipv4([203, 0, 113, 254], [198, 18, 0, 1], 64)
+        .icmpv4_raw(3, 4, [0, 0, 5, 0])
+        .write(&mut frame, &common::icmp::ip_packet(&inner))
+        .unwrap();
+    assert_eq!(h.send(&frame).0, Action::Forward);
+    let last = frame.len() - 1;
+    frame[last] ^= 0x55;
+    assert_eq!(
+        h.send(&frame),
+        (Action::Drop(DropReason::BadChecksum), None)
+    );
+}
+
+fn harness_with_reject_rate(rate: u32) -> Harness {
+    Harness::with_config(specs(), |c| c.icmp.reject_rate = rate)
 }
 
 #[test]

@@ -182,6 +182,16 @@ struct RunArgs {
         requires = "state_file"
     )]
     state_interval: u64,
+    /// Do not answer ICMP/ICMPv6 echo requests (ping) to limpet's own
+    /// --address es and to service addresses (answered by default).
+    #[arg(long)]
+    no_echo: bool,
+    /// ICMP/ICMPv6 port unreachables each worker sends per second, at
+    /// most, for packets to a service port without a usable endpoint or to
+    /// a port a service address does not define (kube-proxy's reject); 0
+    /// drops such packets silently instead.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = limpet_dataplane::icmp::DEFAULT_REJECT_RATE)]
+    icmp_reject_rate: u32,
     #[command(flatten)]
     dpdk: DpdkArgs,
 }
@@ -487,10 +497,19 @@ fn run(args: RunArgs) -> Result<(), String> {
             },
         )),
     };
+    let links = links(interfaces, args.addresses, args.gateways)?;
+    let icmp = limpet_dataplane::icmp::IcmpConfig {
+        echo: !args.no_echo,
+        own_addrs: links
+            .iter()
+            .flat_map(|l| l.addresses.iter().map(|a| a.addr))
+            .collect(),
+        reject_rate: args.icmp_reject_rate,
+    };
     let opts = RunOptions {
         source,
         io,
-        links: links(interfaces, args.addresses, args.gateways)?,
+        links,
         workers: usize::from(args.workers),
         cpus: args.cpus,
         mac: args.mac,
@@ -502,6 +521,7 @@ fn run(args: RunArgs) -> Result<(), String> {
             flow_capacity_v6: None,
             affinity_capacity_v6: None,
             timeouts: FlowTimeouts::default(),
+            icmp,
         },
         idle: args.idle,
         state: args

@@ -253,6 +253,9 @@ impl AfPacketStats {
 pub struct AfPacketBuf {
     ptr: NonNull<u8>,
     len: u32,
+    /// Bytes of this frame's slot before `ptr`: its `tpacket3_hdr` and the
+    /// slack after it, free once the header has been read.
+    headroom: u16,
     /// Block index in the ring of port `ring`.
     block: u32,
     /// Which backend received it.
@@ -293,6 +296,32 @@ impl PacketBuf for AfPacketBuf {
     #[inline(always)]
     fn set_port(&mut self, port: u16) {
         self.port = port;
+    }
+
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        let Ok(n) = u16::try_from(n) else {
+            return false;
+        };
+        if n > self.headroom {
+            return false;
+        }
+        // `take_frame` read the frame header before handing the buffer out
+        // and nothing reads it again (the kernel only looks at the block's
+        // status word, and the block is ours until every buffer from it
+        // comes back), so the slot's bytes before the frame are ours.
+        self.ptr = NonNull::new(self.ptr.as_ptr().wrapping_sub(usize::from(n)))
+            .expect("ring pointer is not null");
+        self.headroom -= n;
+        self.len += u32::from(n);
+        true
+    }
+
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        if len < self.len as usize {
+            self.len = len as u32;
+        }
     }
 }
 
@@ -445,6 +474,7 @@ impl Port {
             mac -= 4;
             len += 4;
         }
+        let headroom = mac.saturating_sub(cur.offset).min(usize::from(u16::MAX)) as u16;
         cur.left -= 1;
         cur.offset += hdr.tp_next_offset as usize;
         self.cursor = (cur.left > 0).then_some(cur);
@@ -462,6 +492,7 @@ impl Port {
         Some(AfPacketBuf {
             ptr: NonNull::new(block_ptr.wrapping_add(mac)).expect("ring pointer is not null"),
             len: len as u32,
+            headroom,
             block: cur.block as u32,
             owner,
             port,

@@ -708,6 +708,36 @@ impl PacketBuf for DpdkBuf {
         // SAFETY: a live mbuf of ours.
         unsafe { (*self.mbuf.as_ptr()).port = port };
     }
+
+    /// `rte_pktmbuf_prepend` (a static inline function the binding does
+    /// not export), for a single-segment mbuf.
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        let Ok(n) = u16::try_from(n) else {
+            return false;
+        };
+        // SAFETY: a live mbuf of ours, never shared (its reference count is
+        // 1), borrowed exclusively through `&mut self`.
+        let m = unsafe { &mut *self.mbuf.as_ptr() };
+        // The bytes `data_off - n .. data_off` are the buffer's headroom.
+        if m.nb_segs != 1 || m.data_off < n {
+            return false;
+        }
+        m.data_off -= n;
+        m.data_len += n;
+        m.pkt_len += u32::from(n);
+        true
+    }
+
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        // SAFETY: as in `prepend`.
+        let m = unsafe { &mut *self.mbuf.as_ptr() };
+        if m.nb_segs == 1 && len < usize::from(m.data_len) {
+            m.data_len = len as u16;
+            m.pkt_len = len as u32;
+        }
+    }
 }
 
 /// How a port spreads packets over its queues.

@@ -6,13 +6,20 @@
 use super::{PacketBuf, PacketIo};
 use std::collections::VecDeque;
 
-/// Room in one buffer: a full Ethernet frame with VLAN tag.
+/// Room in one buffer: a full Ethernet frame with VLAN tag, after
+/// [`HEADROOM`].
 pub const BUF_SIZE: usize = 2048;
+
+/// Bytes kept free before each received frame, as DPDK's mbufs keep them
+/// (`RTE_PKTMBUF_HEADROOM`), for [`PacketBuf::prepend`].
+pub const HEADROOM: usize = 128;
 
 /// One pooled packet buffer.
 #[derive(Debug)]
 pub struct MemoryPacket {
     buf: Box<[u8; BUF_SIZE]>,
+    /// Where the frame starts in `buf`.
+    head: u16,
     len: u16,
     port: u16,
 }
@@ -21,21 +28,29 @@ impl MemoryPacket {
     fn empty() -> Self {
         Self {
             buf: Box::new([0; BUF_SIZE]),
+            head: HEADROOM as u16,
             len: 0,
             port: 0,
         }
+    }
+
+    #[inline(always)]
+    fn range(&self) -> std::ops::Range<usize> {
+        let head = usize::from(self.head);
+        head..head + usize::from(self.len)
     }
 }
 
 impl PacketBuf for MemoryPacket {
     #[inline(always)]
     fn data(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
+        &self.buf[self.range()]
     }
 
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[..usize::from(self.len)]
+        let range = self.range();
+        &mut self.buf[range]
     }
 
     #[inline(always)]
@@ -46,6 +61,26 @@ impl PacketBuf for MemoryPacket {
     #[inline(always)]
     fn set_port(&mut self, port: u16) {
         self.port = port;
+    }
+
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        let Ok(n) = u16::try_from(n) else {
+            return false;
+        };
+        if n > self.head {
+            return false;
+        }
+        self.head -= n;
+        self.len += n;
+        true
+    }
+
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        if len < usize::from(self.len) {
+            self.len = len as u16;
+        }
     }
 }
 
@@ -80,14 +115,15 @@ impl MemoryIo {
     /// Queues a copy of `frame` for reception on `port`. Returns false (and
     /// counts it) when no buffer is free or the frame is too long.
     pub fn inject(&mut self, frame: &[u8], port: u16) -> bool {
-        if frame.len() > BUF_SIZE {
+        if frame.len() > BUF_SIZE - HEADROOM {
             return false;
         }
         let Some(mut p) = self.pool.pop() else {
             self.pool_empty += 1;
             return false;
         };
-        p.buf[..frame.len()].copy_from_slice(frame);
+        p.head = HEADROOM as u16;
+        p.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         p.len = frame.len() as u16;
         p.port = port;
         self.rx.push_back(p);
@@ -174,5 +210,28 @@ mod tests {
         assert_eq!(io.take_sent(), Some((1, vec![2; 60])));
         assert_eq!(io.take_sent(), None);
         assert_eq!(io.pending_rx(), 1);
+    }
+
+    #[test]
+    fn prepend_uses_the_headroom_and_truncate_shortens() {
+        let mut io = MemoryIo::new(1);
+        assert!(io.inject(&[7; 60], 0));
+        let mut burst = Vec::with_capacity(1);
+        io.rx_burst(&mut burst);
+        let p = &mut burst[0];
+        assert!(p.prepend(28));
+        assert_eq!(p.data().len(), 88);
+        assert_eq!(&p.data()[28..], &[7; 60]);
+        assert!(!p.prepend(HEADROOM));
+        assert_eq!(p.data().len(), 88);
+        p.truncate(30);
+        assert_eq!(p.data().len(), 30);
+        p.truncate(40);
+        assert_eq!(p.data().len(), 30);
+        io.free_burst(&mut burst);
+        // A recycled buffer starts at the headroom again.
+        assert!(io.inject(&[1; 60], 0));
+        io.rx_burst(&mut burst);
+        assert!(burst[0].prepend(HEADROOM));
     }
 }

@@ -26,6 +26,18 @@ pub trait PacketBuf {
     /// The port it arrived on, or (once set) the port to send it out of.
     fn port(&self) -> u16;
     fn set_port(&mut self, port: u16);
+
+    /// Grows the frame by `n` bytes at its front, into the room the buffer
+    /// has before the received frame (DPDK's headroom, an `AF_PACKET` frame
+    /// header already read): how limpet turns a packet into the ICMP error
+    /// that quotes it without copying it. The new bytes are unspecified.
+    /// Returns false, changing nothing, when there is no such room.
+    fn prepend(&mut self, _n: usize) -> bool {
+        false
+    }
+
+    /// Shortens the frame to `len` bytes; a longer `len` changes nothing.
+    fn truncate(&mut self, len: usize);
 }
 
 /// A packet I/O backend, polled by one worker.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod icmp;
 
 use limpet_dataplane::clock::ManualClock;
 use limpet_dataplane::io::MemoryIo;
@@ -14,6 +15,17 @@ use std::sync::Arc;
 
 pub const LIMPET_MAC: [u8; 6] = [0x02, 0x11, 0x11, 0x11, 0x11, 0x11];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc];
+/// limpet's own addresses (`--address`), answered for echo.
+pub const LIMPET4: &str = "203.0.113.1";
+pub const LIMPET6: &str = "2001:db8:be::1";
+
+/// The ICMP settings every test worker runs with: limpet's own addresses.
+pub fn icmp_config() -> limpet_dataplane::icmp::IcmpConfig {
+    limpet_dataplane::icmp::IcmpConfig {
+        own_addrs: vec![LIMPET4.parse().unwrap(), LIMPET6.parse().unwrap()],
+        ..Default::default()
+    }
+}
 
 /// The MAC address test backend `addr` answers to.
 pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
@@ -78,13 +90,23 @@ impl Harness {
     }
 
     pub fn with_capacity(specs: Vec<ServicePortSpec>, flows: usize, affinity: usize) -> Self {
+        Self::with_config(specs, |c| {
+            c.flow_capacity = flows;
+            c.affinity_capacity = affinity;
+        })
+    }
+
+    /// A harness whose worker config `edit` adjusts.
+    pub fn with_config(specs: Vec<ServicePortSpec>, edit: impl FnOnce(&mut WorkerConfig)) -> Self {
         let clock = ManualClock::new(1000);
-        let config = WorkerConfig {
+        let mut config = WorkerConfig {
             mac: MacAddr(LIMPET_MAC),
-            flow_capacity: flows,
-            affinity_capacity: affinity,
+            flow_capacity: 1 << 12,
+            affinity_capacity: 1 << 12,
+            icmp: icmp_config(),
             ..WorkerConfig::default()
         };
+        edit(&mut config);
         let snapshot = Arc::new(Snapshot::build(1, specs).unwrap());
         let worker = Worker::new(MemoryIo::new(256), clock.clone(), config, snapshot).unwrap();
         Self {
