@@ -169,6 +169,7 @@ fn timed(
     (ns_per(wall, packets), cpu)
 }
 
+#[allow(clippy::too_many_lines)] // one scenario, phase by phase
 pub fn run(quick: bool, seed: u64, env: &Env) -> Value {
     let setup = Instant::now();
     let z = Sizes::new(quick);

@@ -23,7 +23,7 @@ use testbed::{LIMPET, Testbed, VIP4, http, must_be_root, sh};
 
 const CLIENTS: usize = 2000;
 const FIRST_CLIENT: &str = "198.18.0.1";
-/// Real clients' addresses: 198.18.0.0/20 (the testbed's AnyIP /22 covers
+/// Real clients' addresses: 198.18.0.0/20 (the testbed's `AnyIP` /22 covers
 /// 1022 of them; the test adds the rest on lp-client's loopback).
 const CLIENT_RANGE: &str = "198.18.0.0/20";
 const FLOOD_FIRST: &str = "198.18.128.1";
@@ -86,6 +86,7 @@ fn listed(limpet: &Limpet) -> BTreeMap<String, String> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, step by step
 fn spoofed_syn_flood_keeps_established_clients() {
     must_be_root();
     let pktgen = pktgen();
@@ -122,10 +123,10 @@ fn spoofed_syn_flood_keeps_established_clients() {
     );
     let limpet = Limpet::start_with(&config, &args);
     let m = metrics();
-    assert_eq!(
-        metric(&m, "affinity_capacity", "family=\"ipv4\""),
-        8192.0,
-        "--affinity-capacity {CAPACITY} and the metric disagree:\n{m}"
+    let capacity_metric = metric(&m, "affinity_capacity", "family=\"ipv4\"");
+    assert!(
+        (capacity_metric - 8192.0).abs() < 0.5,
+        "--affinity-capacity {CAPACITY} and the metric ({capacity_metric}) disagree:\n{m}"
     );
 
     // Place the clients while two backends serve, then let the third in:
@@ -215,7 +216,10 @@ fn spoofed_syn_flood_keeps_established_clients() {
         grew("affinity_probation_evictions_total") > 8.0 * capacity,
         "the flood did not overrun the table: {m1}"
     );
-    assert_eq!(grew("affinity_protected_evictions_total"), 0.0);
+    assert!(
+        grew("affinity_protected_evictions_total") < 0.5,
+        "protected entries were evicted while probation held entries"
+    );
     assert!(
         kept * 100 >= CLIENTS * 99,
         "only {kept} of {CLIENTS} established clients kept their entry"

@@ -39,7 +39,7 @@
 //! and each tier is a lane of the same timer wheel, so the entry stays 16
 //! bytes (IPv4) and taking room stays O(1).
 //!
-//! Why not an admission filter such as TinyLFU: a frequency sketch judges
+//! Why not an admission filter such as `TinyLFU`: a frequency sketch judges
 //! by how often a key is seen, which a spoofer controls (send each address
 //! twice), costs memory per entry the 32-byte budget has no room for, and
 //! refuses new clients exactly when the table is under pressure. A

@@ -1098,9 +1098,8 @@ fn handle<A: IpRewrite>(
         client_iface: *port,
         backend_iface: backend.iface,
     };
-    match tables.flows.insert(flow, meta.tcp_flags, now) {
-        Some(_) => {}
-        None => return Action::Drop(DropReason::FlowTableFull),
+    if tables.flows.insert(flow, meta.tcp_flags, now).is_none() {
+        return Action::Drop(DropReason::FlowTableFull);
     }
     stats.new_flows += 1;
     *port = send(frame, meta, &flow, Direction::Forward, mac);

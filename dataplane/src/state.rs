@@ -886,6 +886,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // one table through export and restore, in order
     fn export_in_chunks_then_restore_keeps_entries_and_running_timeouts() {
         let snap = snapshot(100);
         let to = FlowTimeouts::default();

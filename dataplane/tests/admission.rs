@@ -37,7 +37,7 @@ impl Fam {
         }
     }
 
-    /// Client `n`: from 198.18.0.0/15 or 2001:db8:c1::/48.
+    /// Client `n`: from 198.18.0.0/15 or `2001:db8:c1::/48`.
     fn client(self, n: u32) -> IpAddr {
         match self {
             Fam::V4 => IpAddr::V4((0xc612_0000 | (n & 0x1_ffff)).into()),

@@ -91,8 +91,8 @@ fn full_tables_take_what_bytes_per_entry_says() {
         "four tables of {CAPACITY} entries ({}): resident set grew {:.1} MiB, \
          capacity x bytes_per_entry = {:.1} MiB, ratio {ratio:.3}",
         said.map(|(n, b)| format!("{n} {b:.1} B")).join(", "),
-        grew / 1048576.0,
-        expected / 1048576.0,
+        grew / 1_048_576.0,
+        expected / 1_048_576.0,
     );
     assert!(
         (0.9..=1.1).contains(&ratio),
