@@ -31,6 +31,7 @@ pub mod churn;
 pub mod control;
 
 use limpet_dataplane::clock::MonotonicClock;
+use limpet_dataplane::icmp::IcmpConfig;
 use limpet_dataplane::io::{BURST, MemoryIo};
 use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
 use limpet_dataplane::snapshot::Snapshot;
@@ -185,6 +186,13 @@ impl Forwarders {
                     affinity_capacity: 1 << 18,
                     flow_capacity_v6: Some(64),
                     affinity_capacity_v6: Some(64),
+                    // The model counts a packet to a service port without a
+                    // usable endpoint as dropped (no backend), as limpet
+                    // does without rejects; rejects are e2e_icmp's subject.
+                    icmp: IcmpConfig {
+                        reject_rate: 0,
+                        ..IcmpConfig::default()
+                    },
                     ..WorkerConfig::default()
                 },
                 Arc::clone(first),
