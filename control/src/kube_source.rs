@@ -167,10 +167,43 @@ struct Status {
     synced: AtomicBool,
     /// A relist is pending after `410 Gone` (the stores are behind).
     relisting: AtomicBool,
+    /// Per watched resource ([`Watched`]): its latest request succeeded
+    /// and its stream has not failed since. One resource's watcher can sit
+    /// in backoff long after the other's reconnected (each backs off on its
+    /// own), so the global `connected` alone would call a stale store
+    /// current.
+    watching: [AtomicBool; 2],
     last_error: Mutex<Option<String>>,
 }
 
+/// The resources whose stores make the state, indexing [`Status::watching`].
+#[derive(Debug, Clone, Copy)]
+enum Watched {
+    Services = 0,
+    EndpointSlices = 1,
+}
+
+impl Watched {
+    /// The resource a request is for, from its path (`/api/v1/services`,
+    /// `/apis/discovery.k8s.io/v1/endpointslices`, namespaced or not).
+    fn of_path(path: &str) -> Option<Self> {
+        match path.rsplit('/').next()? {
+            "services" => Some(Self::Services),
+            "endpointslices" => Some(Self::EndpointSlices),
+            _ => None,
+        }
+    }
+}
+
 impl Status {
+    fn watching(&self, w: Watched) -> bool {
+        self.watching[w as usize].load(Ordering::Relaxed)
+    }
+
+    fn set_watching(&self, w: Watched, up: bool) {
+        self.watching[w as usize].store(up, Ordering::Relaxed);
+    }
+
     fn set_error(&self, e: String) {
         *self
             .last_error
@@ -236,10 +269,15 @@ impl KubeSource {
     }
 
     /// Whether the state sent so far is current: [`connected`](Self::connected),
-    /// [`synced`](Self::synced), and no relist pending after `410 Gone`
-    /// (through a `410` storm it is mostly not).
+    /// [`synced`](Self::synced), both watches re-established since their
+    /// last failure, and no relist pending after `410 Gone` (through a `410`
+    /// storm it is mostly not).
     pub fn ready(&self) -> bool {
-        self.connected() && self.synced() && !self.status.relisting.load(Ordering::Relaxed)
+        self.connected()
+            && self.synced()
+            && self.status.watching(Watched::Services)
+            && self.status.watching(Watched::EndpointSlices)
+            && !self.status.relisting.load(Ordering::Relaxed)
     }
 
     /// The most recent list or watch error, if any (kept after recovery;
@@ -299,9 +337,9 @@ struct Observe<S> {
     status: Arc<Status>,
 }
 
-impl<S, Req, B> tower::Service<Req> for Observe<S>
+impl<S, ReqB, B> tower::Service<http::Request<ReqB>> for Observe<S>
 where
-    S: tower::Service<Req, Response = http::Response<B>>,
+    S: tower::Service<http::Request<ReqB>, Response = http::Response<B>>,
     S::Future: Send + 'static,
     S::Error: std::fmt::Display,
 {
@@ -313,11 +351,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        let watched = Watched::of_path(req.uri().path());
         let fut = self.inner.call(req);
         let status = self.status.clone();
         Box::pin(async move {
             let res = fut.await;
+            if let Some(w) = watched {
+                // A failed stream clears it again ([`Progress::signal`]).
+                let ok = matches!(&res, Ok(resp) if resp.status().is_success());
+                status.set_watching(w, ok);
+            }
             let up = match &res {
                 Ok(resp) => !matches!(resp.status().as_u16(), 502..=504),
                 Err(e) => {
@@ -475,6 +519,7 @@ where
 /// since the last translation.
 struct Progress<K: Lookup> {
     what: &'static str,
+    resource: Watched,
     synced: bool,
     /// A list completed: the whole store may have changed.
     relisted: bool,
@@ -484,9 +529,10 @@ struct Progress<K: Lookup> {
 }
 
 impl<K: Lookup> Progress<K> {
-    fn new(what: &'static str) -> Self {
+    fn new(what: &'static str, resource: Watched) -> Self {
         Self {
             what,
+            resource,
             synced: false,
             relisted: false,
             gone: false,
@@ -523,6 +569,7 @@ impl<K: Lookup> Progress<K> {
                     warn!("{what}: {message}");
                 }
                 status.set_error(format!("{what}: {message}"));
+                status.set_watching(self.resource, false);
                 false
             }
         }
@@ -734,8 +781,8 @@ async fn run(
         _ => futures::stream::pending().boxed(),
     };
 
-    let mut svc_progress = Progress::<Service>::new("services");
-    let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices");
+    let mut svc_progress = Progress::<Service>::new("services", Watched::Services);
+    let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices", Watched::EndpointSlices);
     let mut state: Option<Incremental> = None;
     // Stores changed since the last update sent.
     let mut dirty = false;

@@ -166,8 +166,18 @@ fn an_outage_keeps_the_last_state_serving_and_recovers_with_one_relist() {
     };
     run.workers.wait_all(recovered, Duration::from_secs(5));
     let caught_up = up_at.elapsed();
-    wait_until("ready again", Duration::from_secs(5), || run.source.ready());
+    // Each watcher backs off on its own: the one whose resource did not
+    // change may still be waiting out its backoff (up to the cap) when the
+    // other has caught the state up, and only then relists.
+    let ready_within = BackoffOptions::default().max + Duration::from_secs(15);
+    wait_until("ready again", ready_within, || run.source.ready());
     let ready_after = up_at.elapsed();
+    // A resumed watch's `200` comes a moment before the `410 Gone` event in
+    // its body: ready must still hold after that moment.
+    std::thread::sleep(Duration::from_millis(200));
+    wait_until("ready again after the watches' answers", ready_within, || {
+        run.source.ready()
+    });
     let after = lists(&server);
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
