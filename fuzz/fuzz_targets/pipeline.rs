@@ -23,7 +23,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use libfuzzer_sys::fuzz_target;
 use limpet_dataplane::clock::ManualClock;
 use limpet_dataplane::flow::FlowTimeouts;
-use limpet_dataplane::io::memory::BUF_SIZE;
+use limpet_dataplane::io::memory::{BUF_SIZE, HEADROOM};
 use limpet_dataplane::io::{BURST, MemoryIo};
 use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
 use limpet_dataplane::snapshot::ForwardMode;
@@ -107,12 +107,11 @@ impl Harness {
         // reached within a few bursts, and short timeouts so that a
         // clock step can expire them.
         let config = WorkerConfig {
-            // Echo and rejects off: the checks below model forwarded
-            // connections (ICMP replies are checked by the fixtures and
-            // icmp_props).
+            // Echo answered and rejects sent, as by default; a rate high
+            // enough that the bucket seldom runs dry within one input.
             icmp: limpet_dataplane::icmp::IcmpConfig {
-                echo: false,
-                reject_rate: 0,
+                echo: true,
+                reject_rate: 64,
                 ..limpet_dataplane::icmp::IcmpConfig::default()
             },
             mac: MacAddr(LIMPET_MAC),
@@ -154,7 +153,8 @@ impl Harness {
                 Frame::Bytes(b) => b.clone(),
                 Frame::Built(p) => p.build_with(&self.seen),
             })
-            .filter(|f| f.len() <= BUF_SIZE)
+            // What a buffer takes after its headroom (`MemoryIo::inject`).
+            .filter(|f| f.len() <= BUF_SIZE - HEADROOM)
             .collect();
         let frames: Vec<&Vec<u8>> = frames.iter().collect();
         for chunk in frames.chunks(BURST) {
@@ -251,7 +251,8 @@ fn check_counters(before: &WorkerStats, after: &WorkerStats, actions: &[Action])
         count(Action::Forward),
         "every forwarded packet is a new flow, a flow hit, a reply or an ICMP message"
     );
-    assert!(d(|s| s.no_service) <= d(|s| s.slow_path));
+    // A port no service defines, on a service address, is rejected.
+    assert!(d(|s| s.no_service) <= d(|s| s.slow_path) + d(|s| s.icmp.rejects));
     let sticky = d(|s| s.affinity_hits)
         + d(|s| s.affinity_misses)
         + d(|s| s.affinity_expired)
@@ -260,7 +261,9 @@ fn check_counters(before: &WorkerStats, after: &WorkerStats, actions: &[Action])
         sticky
             <= d(|s| s.new_flows)
                 + count(Action::Drop(DropReason::NoBackend))
-                + count(Action::Drop(DropReason::FlowTableFull)),
+                + count(Action::Drop(DropReason::FlowTableFull))
+                // No usable endpoint, answered with a port unreachable.
+                + d(|s| s.icmp.rejects),
         "affinity lookups only for connections being balanced"
     );
 }
@@ -425,10 +428,20 @@ fn is_backend(addr: SocketAddr, mode: ForwardMode) -> bool {
 fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]]) -> Option<Seen> {
     assert!(out.len() <= BUF_SIZE, "a forwarded frame stays within its buffer");
     assert_eq!(out[6..12], LIMPET_MAC, "sent from limpet's MAC");
+    if let Some(icmp_out) = icmp_view(out) {
+        check_icmp_sent(input, &icmp_out);
+        return None;
+    }
     // An ICMP error translated for a connection: its rewrite is checked
     // by the fixtures and icmp_props, not by this TCP/UDP model.
     let pin = parse(input)?;
-    assert_eq!(out.len(), input.len(), "a forwarded frame keeps its length");
+    assert_eq!(
+        out.len(),
+        input.len(),
+        "a forwarded frame keeps its length: {} sent as {}",
+        hex(input),
+        hex(out)
+    );
     let pout = parse(out).expect("limpet sent a frame etherparse cannot read");
     assert!(pin.ip_header_ok, "forwarded a bad IPv4 header checksum");
     assert!(pout.ip_header_ok, "sent a bad IPv4 header checksum");
@@ -542,6 +555,82 @@ fn check_drop(input: &[u8], reason: DropReason) {
             hex(input)
         );
     }
+}
+
+/// An ICMP or ICMPv6 message as sent (no IPv6 extension headers: limpet
+/// sends none), with its checksums verified by the reference sum.
+struct IcmpView {
+    src: IpAddr,
+    dst: IpAddr,
+    kind: (u8, u8),
+    ip_header_ok: bool,
+    icmp_ok: bool,
+}
+
+fn icmp_view(frame: &[u8]) -> Option<IcmpView> {
+    use limpet_fuzz::refsum;
+    // Past any VLAN tags (a reject keeps the packet's own).
+    let mut at = 12;
+    let mut ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    while matches!(ethertype, 0x8100 | 0x88a8) {
+        at += 4;
+        ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    }
+    let ip = frame.get(at + 2..)?;
+    match ethertype {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            if ip[0] >> 4 != 4 || *ip.get(9)? != 1 || ihl < 20 || total < ihl + 8 {
+                return None;
+            }
+            let msg = ip.get(ihl..total)?;
+            Some(IcmpView {
+                src: IpAddr::from(<[u8; 4]>::try_from(&ip[12..16]).ok()?),
+                dst: IpAddr::from(<[u8; 4]>::try_from(&ip[16..20]).ok()?),
+                kind: (msg[0], msg[1]),
+                ip_header_ok: refsum::sum(&ip[..ihl]) == 0xffff,
+                icmp_ok: refsum::sum(msg) == 0xffff,
+            })
+        }
+        0x86dd => {
+            let len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            if ip[0] >> 4 != 6 || *ip.get(6)? != 58 || len < 8 {
+                return None;
+            }
+            let msg = ip.get(40..40 + len)?;
+            let src: [u8; 16] = ip[8..24].try_into().ok()?;
+            let dst: [u8; 16] = ip[24..40].try_into().ok()?;
+            Some(IcmpView {
+                src: IpAddr::from(src),
+                dst: IpAddr::from(dst),
+                kind: (msg[0], msg[1]),
+                ip_header_ok: true,
+                icmp_ok: refsum::verifies(refsum::pseudo_v6(src, dst, 58, len), msg),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// An ICMP message limpet sent for `input`: a reject of a TCP/UDP packet
+/// (a port unreachable back to its sender, checksums computed afresh), or
+/// an echo reply or translated error (checksums updated incrementally, so
+/// as valid as the input's).
+fn check_icmp_sent(input: &[u8], out: &IcmpView) {
+    if let Some(pin) = parse(input) {
+        let unreachable = if pin.src.is_ipv6() { (1, 4) } else { (3, 3) };
+        assert_eq!(out.kind, unreachable, "a TCP/UDP packet answered only by a port unreachable");
+        assert_eq!((out.src, out.dst), (pin.dst.ip(), pin.src.ip()), "rejected back to its sender");
+        assert!(out.ip_header_ok && out.icmp_ok, "a reject with a bad checksum");
+        return;
+    }
+    let inp = icmp_view(input).expect("an ICMP message sent for neither TCP/UDP nor ICMP");
+    assert!(
+        !inp.ip_header_ok || out.ip_header_ok,
+        "sent a bad IPv4 header checksum for an ICMP message"
+    );
+    assert_eq!(inp.icmp_ok, out.icmp_ok, "ICMP checksum validity changed");
 }
 
 /// How deep inputs reach, printed per execution when `LIMPET_FUZZ_STATS`
