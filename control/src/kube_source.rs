@@ -782,7 +782,8 @@ async fn run(
     };
 
     let mut svc_progress = Progress::<Service>::new("services", Watched::Services);
-    let mut slice_progress = Progress::<EndpointSlice>::new("endpointslices", Watched::EndpointSlices);
+    let mut slice_progress =
+        Progress::<EndpointSlice>::new("endpointslices", Watched::EndpointSlices);
     let mut state: Option<Incremental> = None;
     // Stores changed since the last update sent.
     let mut dirty = false;

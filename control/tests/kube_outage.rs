@@ -175,9 +175,11 @@ fn an_outage_keeps_the_last_state_serving_and_recovers_with_one_relist() {
     // A resumed watch's `200` comes a moment before the `410 Gone` event in
     // its body: ready must still hold after that moment.
     std::thread::sleep(Duration::from_millis(200));
-    wait_until("ready again after the watches' answers", ready_within, || {
-        run.source.ready()
-    });
+    wait_until(
+        "ready again after the watches' answers",
+        ready_within,
+        || run.source.ready(),
+    );
     let after = lists(&server);
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
