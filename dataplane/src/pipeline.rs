@@ -859,6 +859,11 @@ fn parse_v4(ip: &[u8], l3: usize) -> Meta {
         Ok(p) => p,
         Err(e) => return Meta::decided(Action::Drop(e.into())),
     };
+    // No service is multicast or broadcast: such a packet is the host's
+    // (IGMP, mDNS, DHCP; often TTL 1), not a forwarding failure.
+    if p.dst_addr().is_multicast() || p.dst_addr().is_broadcast() {
+        return Meta::decided(Action::SlowPath);
+    }
     if !p.verify_checksum() {
         return Meta::decided(Action::Drop(DropReason::BadChecksum));
     }
@@ -909,6 +914,11 @@ fn parse_v6(ip: &[u8], l3: usize) -> Meta {
         Ok(p) => p,
         Err(e) => return Meta::decided(Action::Drop(e.into())),
     };
+    // The host's (MLD, ND to solicited-node groups; hop limit 1), as in
+    // `parse_v4`. ND is the slow path's in any case.
+    if p.dst_addr().is_multicast() {
+        return Meta::decided(Action::SlowPath);
+    }
     if p.hop_limit() <= 1 {
         return Meta::decided(Action::Drop(DropReason::TtlExceeded));
     }

@@ -26,8 +26,9 @@ fn fixture_table() {
     assert_eq!(stats.dropped(DropReason::Fragment), 2);
     assert_eq!(stats.dropped(DropReason::TtlExceeded), 2);
     assert_eq!(stats.replies, 2);
-    // ARP, the unknown VIP and the echo to an address limpet does not hold.
-    assert_eq!(stats.slow_path, 3);
+    // ARP, the unknown VIP, the echo to an address limpet does not hold,
+    // and the host's IGMP and MLD reports.
+    assert_eq!(stats.slow_path, 5);
     // The unknown VIP and the four packets to a port no service defines.
     assert_eq!(stats.no_service, 5);
     assert_eq!(stats.dropped(DropReason::IcmpNoConnection), 2);

@@ -125,6 +125,18 @@ pub fn fixtures() -> Vec<Fixture> {
     bad_checksum[14 + 10] ^= 0xff;
     let mut v6_fragment = tcp6.clone().src_port(40104).unpadded().build();
     insert_v6_fragment_header(&mut v6_fragment);
+    // The host's own multicast control traffic, TTL / hop limit 1: an
+    // IGMP report to 224.0.0.22, and an MLD report to ff02::16 behind its
+    // hop-by-hop header (the bytes after the fixed header are not read).
+    let mut igmp = inbound(PacketSpec::udp(ip(CLIENT4), ip("224.0.0.22"), 0, 0))
+        .ttl(1)
+        .build();
+    igmp[14 + 9] = 2;
+    fix_ipv4_checksum(&mut igmp);
+    let mut mld = inbound(PacketSpec::udp(ip(CLIENT6), ip("ff02::16"), 0, 0))
+        .ttl(1)
+        .build();
+    mld[14 + 6] = 0;
     let mut arp = vec![0u8; 60];
     arp[..6].copy_from_slice(&[0xff; 6]);
     arp[6..12].copy_from_slice(&CLIENT_MAC);
@@ -232,6 +244,18 @@ pub fn fixtures() -> Vec<Fixture> {
             description: "IPv6 hop limit 1 cannot be forwarded",
             input: tcp6.clone().src_port(40106).ttl(1).build(),
             action: Action::Drop(DropReason::TtlExceeded),
+            output: None,
+        },
+        Fixture {
+            description: "the host's IGMP report (TTL 1, multicast) is not a forwarding failure",
+            input: igmp,
+            action: Action::SlowPath,
+            output: None,
+        },
+        Fixture {
+            description: "the host's MLD report (hop limit 1, multicast) is not a forwarding failure",
+            input: mld,
+            action: Action::SlowPath,
             output: None,
         },
         Fixture {
