@@ -8,7 +8,7 @@
 use crate::ids::IdAllocator;
 use crate::manifest::{Limits, LoadError};
 use crate::manifest_cache::ManifestCache;
-use crate::translate::{ObjectError, TranslateContext, translate};
+use crate::translate::{AffinityDefaults, ObjectError, TranslateContext, translate};
 use crossbeam_channel::{Receiver, unbounded};
 use limpet_dataplane::snapshot::{ForwardMode, ServicePortSpec};
 use notify::{RecursiveMode, Watcher};
@@ -77,6 +77,13 @@ impl ConfigSource {
     #[must_use]
     pub fn with_maglev_min_size(mut self, size: usize) -> Self {
         self.ctx.maglev_min_size = size;
+        self
+    }
+
+    /// Sets [`TranslateContext::affinity`].
+    #[must_use]
+    pub fn with_affinity_defaults(mut self, defaults: AffinityDefaults) -> Self {
+        self.ctx.affinity = defaults;
         self
     }
 

@@ -69,7 +69,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use limpet_dataplane::affinity::ServicePortId;
-use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, SourceRanges};
+use limpet_dataplane::snapshot::{
+    Affinity, Backend, ForwardMode, Repick, ServicePortSpec, SourceRanges,
+};
 use limpet_dataplane::wire::MacAddr;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -81,6 +83,16 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 /// The largest valid `timeoutSeconds` (one day).
 pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 /// Services with this label belong to another proxy.
+/// Annotation: the IPv4 prefix length (1..=32) that identifies a `ClientIP`
+/// client, so that clients behind one /n share a backend.
+pub const AFFINITY_IPV4_PREFIX_ANNOTATION: &str = "limpet.io/affinity-ipv4-prefix";
+/// Annotation: the IPv6 prefix length (1..=128) that identifies a client; a
+/// /64 holds one host that rotates its privacy addresses.
+pub const AFFINITY_IPV6_PREFIX_ANNOTATION: &str = "limpet.io/affinity-ipv6-prefix";
+/// Annotation: how a `ClientIP` client without a live entry is placed:
+/// `ClientIP` (Maglev over its address, the default) or `Connection`
+/// (over the connection's 5-tuple, so load spreads again after expiry).
+pub const AFFINITY_REPICK_ANNOTATION: &str = "limpet.io/affinity-repick";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// The label tying an `EndpointSlice` to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -102,6 +114,95 @@ pub struct TranslateContext {
     /// routing: cluster traffic of a Service that asks for it goes to the
     /// endpoints hinted for this zone, as kube-proxy does.
     pub node_zone: Option<String>,
+    /// How `ClientIP` clients are identified and re-picked where a Service
+    /// does not say ([`AFFINITY_IPV4_PREFIX_ANNOTATION`] and the others).
+    pub affinity: AffinityDefaults,
+}
+
+/// The `ClientIP` settings a Service's annotations may override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AffinityDefaults {
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub repick: Repick,
+}
+
+impl Default for AffinityDefaults {
+    /// Kubernetes' behaviour: one address is one client.
+    fn default() -> Self {
+        Self {
+            v4_prefix: 32,
+            v6_prefix: 128,
+            repick: Repick::ClientIp,
+        }
+    }
+}
+
+/// A Service's own [`AffinityDefaults`] overrides, from its annotations.
+#[derive(Debug, Clone, Copy, Default)]
+struct AffinityOverrides {
+    v4_prefix: Option<u8>,
+    v6_prefix: Option<u8>,
+    repick: Option<Repick>,
+}
+
+impl AffinityOverrides {
+    /// Reads the annotations, reporting a bad value under the annotation's
+    /// own field path.
+    fn parse(meta: &ObjectMeta, problems: &mut Problems) -> Self {
+        let Some(annotations) = meta.annotations.as_ref() else {
+            return Self::default();
+        };
+        let mut prefix = |key: &str, max: u8| {
+            let value = annotations.get(key)?;
+            match value.trim().parse::<u8>() {
+                Ok(n) if (1..=max).contains(&n) => Some(n),
+                _ => {
+                    problems.push(
+                        format!("metadata.annotations[{key}]"),
+                        invalid(
+                            quoted(value),
+                            &format!("must be an integer from 1 to {max}"),
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let v4_prefix = prefix(AFFINITY_IPV4_PREFIX_ANNOTATION, 32);
+        let v6_prefix = prefix(AFFINITY_IPV6_PREFIX_ANNOTATION, 128);
+        let repick = annotations
+            .get(AFFINITY_REPICK_ANNOTATION)
+            .and_then(|value| match value.as_str() {
+                "ClientIP" => Some(Repick::ClientIp),
+                "Connection" => Some(Repick::Connection),
+                other => {
+                    problems.push(
+                        format!("metadata.annotations[{AFFINITY_REPICK_ANNOTATION}]"),
+                        not_supported(other, &["ClientIP", "Connection"]),
+                    );
+                    None
+                }
+            });
+        Self {
+            v4_prefix,
+            v6_prefix,
+            repick,
+        }
+    }
+
+    /// `affinity` with these overrides, and `defaults` where there are none.
+    fn apply(self, affinity: Affinity, defaults: AffinityDefaults) -> Affinity {
+        match affinity {
+            Affinity::None => Affinity::None,
+            Affinity::ClientIp { timeout, .. } => Affinity::ClientIp {
+                timeout,
+                v4_prefix: self.v4_prefix.unwrap_or(defaults.v4_prefix),
+                v6_prefix: self.v6_prefix.unwrap_or(defaults.v6_prefix),
+                repick: self.repick.unwrap_or(defaults.repick),
+            },
+        }
+    }
 }
 
 impl Default for TranslateContext {
@@ -112,6 +213,7 @@ impl Default for TranslateContext {
             mode: ForwardMode::Nat,
             maglev_min_size: DEFAULT_MAGLEV_MIN_SIZE,
             node_zone: None,
+            affinity: AffinityDefaults::default(),
         }
     }
 }
@@ -403,6 +505,7 @@ struct ParsedService<'a> {
     namespace: String,
     name: String,
     affinity: Affinity,
+    affinity_overrides: AffinityOverrides,
     cluster_ips: Vec<(IpAddr, String)>,
     external_ips: Vec<(IpAddr, String)>,
     lb_ips: Vec<(IpAddr, String)>,
@@ -650,6 +753,7 @@ fn parse_service<'a>(svc: &'a Service, file: Option<&'a PathBuf>) -> ServiceOutc
         }
     }
 
+    let affinity_overrides = AffinityOverrides::parse(&svc.metadata, &mut problems);
     let itp = parse_policy(
         spec.internal_traffic_policy.as_deref(),
         "spec.internalTrafficPolicy",
@@ -675,6 +779,7 @@ fn parse_service<'a>(svc: &'a Service, file: Option<&'a PathBuf>) -> ServiceOutc
         namespace: namespace_of(svc.metadata.namespace.as_ref()),
         name: svc.metadata.name.clone().unwrap_or_default(),
         affinity,
+        affinity_overrides,
         cluster_ips,
         external_ips,
         lb_ips,
@@ -1616,7 +1721,7 @@ fn translate_one(
                         id: ids.service_port(&name),
                         name,
                         protocol: port.protocol.number(),
-                        affinity: svc.affinity,
+                        affinity: svc.affinity_overrides.apply(svc.affinity, ctx.affinity),
                         mode: ctx.mode,
                         frontends: Vec::new(),
                         maglev_size: Some(maglev_size(backends.len(), ctx.maglev_min_size)),

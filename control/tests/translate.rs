@@ -4,9 +4,11 @@
 use limpet_control::ids::IdAllocator;
 use limpet_control::manifest::{LoadError, load_path};
 use limpet_control::translate::{
-    IpFamily, Scope, TrafficPolicy, TranslateContext, Translation, translate,
+    AffinityDefaults, IpFamily, Scope, TrafficPolicy, TranslateContext, Translation, translate,
 };
-use limpet_dataplane::snapshot::{Affinity, ForwardMode, ServicePortSpec, Snapshot, SourceRanges};
+use limpet_dataplane::snapshot::{
+    Affinity, ForwardMode, Repick, ServicePortSpec, Snapshot, SourceRanges,
+};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -126,6 +128,64 @@ fn session_affinity() {
     );
     // No slice: the service port is known, with nothing to send to.
     assert!(spec(&t, "default/plain:80/TCP").backends.is_empty());
+}
+
+#[test]
+fn affinity_key_annotations() {
+    let t = run("cases/affinity_keys.yaml");
+    no_errors(&t);
+    let client_ip = |timeout, v4_prefix, v6_prefix, repick| Affinity::ClientIp {
+        timeout,
+        v4_prefix,
+        v6_prefix,
+        repick,
+    };
+    let by_prefix = client_ip(10_800, 24, 64, Repick::ClientIp);
+    let cases = [
+        ("default/by-prefix:80/TCP", by_prefix),
+        ("default/by-prefix:80/TCP/v6", by_prefix),
+        (
+            "default/spread-after-expiry:53/UDP",
+            client_ip(60, 32, 128, Repick::Connection),
+        ),
+        ("default/defaults:80/TCP", Affinity::client_ip(10_800)),
+        ("default/plain-annotated:80/TCP", Affinity::None),
+    ];
+    for (name, affinity) in cases {
+        assert_eq!(spec(&t, name).affinity, affinity, "{name}");
+    }
+
+    // The flags' defaults apply where a Service does not say.
+    let defaults = AffinityDefaults {
+        v4_prefix: 28,
+        v6_prefix: 56,
+        repick: Repick::Connection,
+    };
+    let m = load_path(&fixture("cases/affinity_keys.yaml")).unwrap();
+    let ctx = TranslateContext {
+        affinity: defaults,
+        ..ctx()
+    };
+    let t = m.translate(&ctx, &mut IdAllocator::new());
+    no_errors(&t);
+    let cases = [
+        (
+            "default/by-prefix:80/TCP",
+            client_ip(10_800, 24, 64, Repick::Connection),
+        ),
+        (
+            "default/spread-after-expiry:53/UDP",
+            client_ip(60, 28, 56, Repick::Connection),
+        ),
+        (
+            "default/defaults:80/TCP",
+            client_ip(10_800, 28, 56, Repick::Connection),
+        ),
+        ("default/plain-annotated:80/TCP", Affinity::None),
+    ];
+    for (name, affinity) in cases {
+        assert_eq!(spec(&t, name).affinity, affinity, "{name} under flags");
+    }
 }
 
 #[test]
@@ -287,6 +347,18 @@ fn invalid_objects_are_reported_and_left_out() {
     let dir = fixture("invalid");
     let f = |name: &str| dir.join(name).display().to_string();
     let expected = [
+        format!(
+            "services/default/affinity-prefix-over (file {}): metadata.annotations[limpet.io/affinity-ipv6-prefix]: Invalid value: \"129\": must be an integer from 1 to 128",
+            f("affinity-prefix-over.yaml")
+        ),
+        format!(
+            "services/default/affinity-prefix-word (file {}): metadata.annotations[limpet.io/affinity-ipv4-prefix]: Invalid value: \"/24\": must be an integer from 1 to 32",
+            f("affinity-prefix-word.yaml")
+        ),
+        format!(
+            "services/default/affinity-repick-bad (file {}): metadata.annotations[limpet.io/affinity-repick]: Unsupported value: \"Random\": supported values: \"ClientIP\", \"Connection\"",
+            f("affinity-repick-bad.yaml")
+        ),
         format!(
             "services/default/bad-external-ip (file {}): spec.externalIPs[1]: Invalid value: \"not-an-ip\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
             f("bad-external-ip.yaml")

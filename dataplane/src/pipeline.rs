@@ -37,7 +37,7 @@ use crate::hash::stable_hash;
 use crate::icmp::{self, Icmp, IcmpConfig};
 use crate::io::{BURST, PacketBuf, PacketIo};
 use crate::nat::{End, IpRewrite, rewrite};
-use crate::snapshot::{Affinity, Backend, ForwardMode, ServicePort, Snapshot};
+use crate::snapshot::{Affinity, Backend, ForwardMode, Repick, ServicePort, Snapshot};
 use crate::state::{RestoreReport, TablesMut, TablesRef, WorkerState};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{NO_HINT, TableError};
@@ -781,6 +781,7 @@ fn prefetch_reply<A: Family>(svc: &ServicePort, tables: &Tables<A>, key: &FlowKe
         timeout,
         v4_prefix,
         v6_prefix,
+        ..
     } = svc.spec.affinity
     else {
         return;
@@ -1071,13 +1072,16 @@ fn handle<A: IpRewrite>(
             timeout,
             v4_prefix,
             v6_prefix,
+            repick,
         } => {
             let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
+            let connection = (repick == Repick::Connection).then(|| tuple_hash(&key));
             sticky_backend(
                 snapshot,
                 svc,
                 &mut tables.affinity,
                 akey,
+                connection,
                 timeout,
                 now,
                 stats,
@@ -1117,21 +1121,25 @@ fn handle<A: IpRewrite>(
 }
 
 /// `ClientIP`: the client's live sticky backend if it is still usable
-/// (refreshed), else Maglev's pick over the masked client address, written
+/// (refreshed), else Maglev's pick over the masked client address (or over
+/// `connection`, the 5-tuple's hash, under [`Repick::Connection`]), written
 /// to the client's entry. Also says whether the client's entry is on
 /// probation, so the connection knows to prove it.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the hot path's state, passed apart
 fn sticky_backend<'s, A: Family>(
     snapshot: &Snapshot,
     svc: &'s ServicePort,
     table: &mut AffinityTable<A>,
     akey: AffinityKey<A>,
+    connection: Option<u64>,
     timeout: u32,
     now: u32,
     stats: &mut WorkerStats,
 ) -> Option<(&'s Backend, bool)> {
     let ahash = AffinityTable::hash(&akey);
-    let picked = || svc.pick(stable_hash(&akey.client.octets16()[..A::LEN]));
+    let picked =
+        || svc.pick(connection.unwrap_or_else(|| stable_hash(&akey.client.octets16()[..A::LEN])));
     match table.lookup(ahash, &akey, timeout, now) {
         Sticky::Live { idx, backend } => {
             if let Some(b) = svc.usable(backend) {
@@ -1197,6 +1205,7 @@ fn confirm<A: Family>(
         timeout,
         v4_prefix,
         v6_prefix,
+        ..
     } = svc.spec.affinity
     else {
         return;

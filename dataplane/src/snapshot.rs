@@ -26,6 +26,7 @@ pub enum Affinity {
         timeout: u32,
         v4_prefix: u8,
         v6_prefix: u8,
+        repick: Repick,
     },
 }
 
@@ -36,8 +37,27 @@ impl Affinity {
             timeout,
             v4_prefix: 32,
             v6_prefix: 128,
+            repick: Repick::ClientIp,
         }
     }
+}
+
+/// How a `ClientIP` client without a live entry (new, expired, or whose
+/// backend left the usable set) is given a backend; the entry then holds
+/// it as usual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Repick {
+    /// Maglev over the (masked) client address: an expired client usually
+    /// returns to the same pod, and every limpet node behind ECMP makes
+    /// the same choice without sharing state.
+    #[default]
+    ClientIp,
+    /// Maglev over the connection's 5-tuple, as for `sessionAffinity:
+    /// None`: after expiry load spreads again (the alternative Kubernetes'
+    /// documentation allows). Nodes behind ECMP may then place a client's
+    /// first connection differently; its entry holds it from there on
+    /// each node.
+    Connection,
 }
 
 /// How packets reach a backend.

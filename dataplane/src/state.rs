@@ -633,6 +633,7 @@ fn export_affinity<A: Family>(
             timeout,
             v4_prefix,
             v6_prefix,
+            ..
         } = svc.spec.affinity
         else {
             continue;

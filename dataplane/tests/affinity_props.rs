@@ -19,7 +19,9 @@ mod common;
 use common::{CLIENT_MAC, Harness, LIMPET_MAC, backend, backend_mac, destination, service};
 use limpet_dataplane::hash::client_hash;
 use limpet_dataplane::pipeline::Action;
-use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, Snapshot};
+use limpet_dataplane::snapshot::{
+    Affinity, Backend, ForwardMode, Repick, ServicePortSpec, Snapshot,
+};
 use limpet_dataplane::table::TableCounters;
 use limpet_pktgen::{ACK, PSH, PacketSpec, SYN};
 use proptest::prelude::*;
@@ -460,7 +462,12 @@ proptest! {
         add_at in any::<usize>(),
     ) {
         let vip = fam.vip();
-        let affinity = Affinity::ClientIp { timeout: 10_800, v4_prefix, v6_prefix };
+        let affinity = Affinity::ClientIp {
+            timeout: 10_800,
+            v4_prefix,
+            v6_prefix,
+            repick: Repick::ClientIp,
+        };
         let mut live = backends(fam, 4);
         let mut h = Harness::new(vec![spec(fam, proto, affinity, ForwardMode::Nat, live.clone())]);
         let mut ports = Ports::new();
@@ -605,6 +612,52 @@ proptest! {
         prop_assert_eq!(entries.get(&client).map(|e| e.1), Some(now(&h)));
         let m_id = backend_id(&h, fam, Proto::Tcp, m);
         prop_assert_eq!(entries.get(&client).map(|e| e.0), Some(m_id));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// (b') What a client without a live entry gets. Under
+    /// `Repick::ClientIp` (the default) a client whose entry expires again
+    /// and again returns each time to Maglev's choice over its address;
+    /// under `Repick::Connection` its first connections after expiry spread
+    /// over at least two of 5 backends. Either way a pick is then held by
+    /// the entry: a second connection at exactly `timeout` seconds idle
+    /// reaches the same backend.
+    #[test]
+    fn repick_after_expiry(
+        fam in fam(),
+        proto in proto(),
+        timeout in 1u32..=120,
+        seed in any::<u128>(),
+        first_port in 1024u16..=60_000,
+        per_connection in any::<bool>(),
+    ) {
+        let vip = fam.vip();
+        let repick = if per_connection { Repick::Connection } else { Repick::ClientIp };
+        let affinity = Affinity::ClientIp { timeout, v4_prefix: 32, v6_prefix: 128, repick };
+        let mut h = Harness::new(vec![spec(fam, proto, affinity, ForwardMode::Nat, backends(fam, 5))]);
+        let client = fam.client(seed);
+        let maglev = maglev_choice(&h, fam, proto, client);
+        let mut picks = BTreeSet::new();
+        for i in 0..32u16 {
+            let misses = h.worker.stats().affinity_misses;
+            let picked = open(&mut h, proto, client, first_port + 2 * i, vip);
+            prop_assert_eq!(h.worker.stats().affinity_misses, misses + 1, "connection {} was not a fresh pick", i);
+            if !per_connection {
+                prop_assert_eq!(picked, maglev, "connection {} left Maglev's choice", i);
+            }
+            h.tick(timeout);
+            prop_assert_eq!(open(&mut h, proto, client, first_port + 2 * i + 1, vip), picked);
+            h.tick(timeout + 1);
+            idle_poll(&mut h);
+            prop_assert_eq!(affinity_len(&h), 0);
+            picks.insert(picked);
+        }
+        if per_connection {
+            prop_assert!(picks.len() >= 2, "32 picks after expiry all went to {:?}", picks);
+        }
     }
 }
 

@@ -108,6 +108,7 @@ pub fn specs(b: bool) -> Vec<ServicePortSpec> {
             timeout: 30,
             v4_prefix: 24,
             v6_prefix: 64,
+            repick: limpet_dataplane::snapshot::Repick::Connection,
         }
     } else {
         Affinity::None

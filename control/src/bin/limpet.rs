@@ -163,6 +163,25 @@ struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..=8_388_617),
     )]
     maglev_min_size: u32,
+    /// The IPv4 prefix length that identifies a `ClientIP` client, for
+    /// Services without the limpet.io/affinity-ipv4-prefix annotation:
+    /// clients within one /N share an entry and a backend. 32 (one address,
+    /// one client) is Kubernetes' behaviour.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u8).range(1..=32))]
+    affinity_ipv4_prefix: u8,
+    /// The same for IPv6 (limpet.io/affinity-ipv6-prefix); 64 keeps a host
+    /// that rotates its privacy addresses within its /64 on one backend.
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    affinity_ipv6_prefix: u8,
+    /// How a `ClientIP` client without a live entry (new or expired) is
+    /// placed, for Services without the limpet.io/affinity-repick
+    /// annotation: client-ip (Maglev over its address: it usually returns
+    /// to the same pod, and every node agrees) or connection (over the
+    /// connection's 5-tuple: load spreads again after expiry).
+    #[arg(long, value_enum, default_value_t = RepickArg::ClientIp)]
+    affinity_repick: RepickArg,
     /// What workers do when there is no traffic.
     #[arg(long, value_enum, default_value_t = Idle::Spin)]
     idle: Idle,
@@ -246,6 +265,12 @@ struct DpdkArgs {
     /// `--dpdk-eal=--log-level=pmd.net.af_xdp:debug`.
     #[arg(long = "dpdk-eal", value_name = "ARG", allow_hyphen_values = true)]
     dpdk_eal: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RepickArg {
+    ClientIp,
+    Connection,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -480,11 +505,20 @@ fn run(args: RunArgs) -> Result<(), String> {
         Forward::Nat => ForwardMode::Nat,
         Forward::Dsr => ForwardMode::Dsr,
     };
+    let affinity = limpet_control::translate::AffinityDefaults {
+        v4_prefix: args.affinity_ipv4_prefix,
+        v6_prefix: args.affinity_ipv6_prefix,
+        repick: match args.affinity_repick {
+            RepickArg::ClientIp => limpet_dataplane::snapshot::Repick::ClientIp,
+            RepickArg::Connection => limpet_dataplane::snapshot::Repick::Connection,
+        },
+    };
     let source = match args.config {
         Some(path) => Source::Manifests(
             limpet_control::config::ConfigSource::new(path, mode, node_name, args.node_addresses)
                 .with_maglev_min_size(args.maglev_min_size as usize)
-                .with_node_zone(args.node_zone.clone()),
+                .with_node_zone(args.node_zone.clone())
+                .with_affinity_defaults(affinity),
         ),
         None => Source::Kubernetes(limpet_control::kube_source::KubeOptions::new(
             args.kubeconfig,
@@ -494,6 +528,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                 mode,
                 maglev_min_size: args.maglev_min_size as usize,
                 node_zone: args.node_zone.clone(),
+                affinity,
             },
         )),
     };
