@@ -6,12 +6,13 @@
 //! the test fails, loudly.
 //!
 //! The testbed's client ranges are 198.18.0.0/22 and one /64,
-//! 2001:db8:c1::/64, so the prefixes under test are a v4 /26 and a v6
+//! `2001:db8:c1::/64`, so the prefixes under test are a v4 /26 and a v6
 //! /120: groups of 64 and 256 addresses, many groups per range.
 
 mod testbed;
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use testbed::story::{Config, Io, Limpet, ep, manifest};
@@ -20,9 +21,12 @@ use testbed::{Testbed, VIP4, VIP6, http, must_be_root};
 /// The testbed's Service with `annotations` on its metadata.
 fn annotated(timeout: u32, annotations: &[(&str, &str)]) -> String {
     let base = manifest(Some(timeout), &[ep(1), ep(2), ep(3)]);
+    if annotations.is_empty() {
+        return base;
+    }
     let mut block = String::from("  annotations:\n");
     for (k, v) in annotations {
-        block.push_str(&format!("    {k}: \"{v}\"\n"));
+        let _ = writeln!(block, "    {k}: \"{v}\"");
     }
     // The Service's metadata comes first in the file.
     let at =
@@ -59,7 +63,7 @@ fn groups_share_a_backend(
 /// 2 s, idle 4 s), and connects them again: how many moved.
 fn moved_after_expiry(limpet: &Limpet, vip: &str, first: &str, clients: usize) -> usize {
     let pinned = http(vip, first, clients, 2).sticky();
-    std::thread::sleep(Duration::from_millis(4000));
+    std::thread::sleep(Duration::from_secs(4));
     assert!(
         !limpet.affinity().iter().any(|e| e["client"] == first),
         "entry for {first} still listed after 4 s idle with timeoutSeconds 2"

@@ -1073,20 +1073,16 @@ fn handle<A: IpRewrite>(
             v4_prefix,
             v6_prefix,
             repick,
-        } => {
-            let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
-            let connection = (repick == Repick::Connection).then(|| tuple_hash(&key));
-            sticky_backend(
-                snapshot,
-                svc,
-                &mut tables.affinity,
-                akey,
-                connection,
-                timeout,
-                now,
-                stats,
-            )
-        }
+        } => sticky_backend(
+            snapshot,
+            svc,
+            &mut tables.affinity,
+            affinity_key(svc, key.src, v4_prefix, v6_prefix),
+            (repick == Repick::Connection).then(|| tuple_hash(&key)),
+            timeout,
+            now,
+            stats,
+        ),
     };
     let Some((backend, awaiting_proof)) = picked else {
         return Action::Drop(DropReason::NoBackend);
