@@ -26,7 +26,7 @@
 //! up one ring, and worker 0 sends what the neighbour thread queues on the
 //! other.
 
-use crate::run::{NeighbourWire, RunError, RunOptions, WorkerIo, Workers, worker_loop};
+use crate::backend::{BackendError, NeighbourWire, WorkerIo, WorkerSetup, Workers, worker_loop};
 use crate::state::PortMetrics;
 use limpet_dataplane::io::PacketBuf;
 use limpet_dataplane::io::dpdk::{
@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
-/// What `limpet run` needs beyond [`RunOptions`] to drive DPDK ports.
+/// What `limpet run` needs beyond [`WorkerSetup`] to drive DPDK ports.
 #[derive(Debug, Clone)]
 pub struct DpdkOptions {
     pub eal: EalConfig,
@@ -132,7 +132,11 @@ impl NeighbourWire for DpdkWire {
 }
 
 /// Each port's RSS mode, and whether software steering is needed.
-fn choose_rss(eal: &Eal, ids: &[u16], workers: usize) -> Result<(Vec<RssMode>, bool), RunError> {
+fn choose_rss(
+    eal: &Eal,
+    ids: &[u16],
+    workers: usize,
+) -> Result<(Vec<RssMode>, bool), BackendError> {
     if workers == 1 {
         return Ok((vec![RssMode::Pair; ids.len()], false));
     }
@@ -176,15 +180,15 @@ struct Held {
 
 /// Starts EAL, the ports and one worker per lcore.
 pub fn start(
-    opts: &RunOptions,
+    opts: &WorkerSetup<'_>,
     dpdk: &DpdkOptions,
     stop: &Arc<AtomicBool>,
-) -> Result<Workers, RunError> {
+) -> Result<Workers, BackendError> {
     let eal = Eal::init(&dpdk.eal)?;
     info!(args = ?eal.args(), "EAL up");
     let lcores = eal.worker_lcores();
     if lcores.len() < opts.workers {
-        return Err(RunError::Other(format!(
+        return Err(BackendError::Other(format!(
             "--workers {} needs as many worker lcores, EAL has {} besides the main one \
              (give more with --dpdk-cores or --dpdk-lcores)",
             opts.workers,
@@ -192,9 +196,9 @@ pub fn start(
         )));
     }
     let mut ids = Vec::with_capacity(opts.links.len());
-    for link in &opts.links {
+    for link in opts.links {
         ids.push(eal.port_by_name(&link.iface).map_err(|e| {
-            RunError::Other(format!(
+            BackendError::Other(format!(
                 "{e}; EAL has {} ports (a PCI device must be bound to a DPDK driver and allowed \
                  with --pci, a virtual device created with --vdev)",
                 eal.port_count()
@@ -206,8 +210,8 @@ pub fn start(
         .mbufs
         .unwrap_or_else(|| dpdk.pool_size(ids.len(), opts.workers));
     let pools = eal.pools_per_socket(mbufs, POOL_CACHE)?;
-    let queues =
-        u16::try_from(opts.workers).map_err(|_| RunError::Other("too many workers".to_owned()))?;
+    let queues = u16::try_from(opts.workers)
+        .map_err(|_| BackendError::Other("too many workers".to_owned()))?;
     let mut ports = Vec::with_capacity(ids.len());
     for (&id, &rss) in ids.iter().zip(&modes) {
         let config = PortConfig {
@@ -284,7 +288,7 @@ pub fn start(
 /// One worker per lcore, each with queue `i` of every port.
 #[allow(clippy::too_many_arguments)]
 fn launch_workers(
-    opts: &RunOptions,
+    opts: &WorkerSetup<'_>,
     eal: &Eal,
     lcores: &[u32],
     ports: &[Arc<Port>],
@@ -292,7 +296,7 @@ fn launch_workers(
     mesh: Option<&Arc<SteeringMesh>>,
     mac: MacAddr,
     stop: &Arc<AtomicBool>,
-) -> Result<Workers, RunError> {
+) -> Result<Workers, BackendError> {
     let (mut workers, retired) = Workers::new(mac);
     let mut built = Vec::with_capacity(opts.workers);
     for i in 0..opts.workers {
@@ -300,7 +304,7 @@ fn launch_workers(
         if let Some(mesh) = mesh {
             io = io.with_steering(Arc::clone(mesh), i)?;
         }
-        built.push(workers.add(io, &opts.worker, &retired)?);
+        built.push(workers.add(io, opts.worker, &retired)?);
     }
     for (i, mut worker) in built.into_iter().enumerate() {
         let lcore = lcores[i];

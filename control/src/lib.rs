@@ -2,6 +2,8 @@
 //! the dataplane's snapshots, and the `limpet` command.
 
 pub mod admin;
+pub mod afpacket;
+pub mod backend;
 pub mod checkpoint;
 pub mod client;
 pub mod compile;

@@ -16,6 +16,8 @@
 //!   load or validate is refused: at start-up limpet exits non-zero, on a
 //!   reload it keeps serving the previous one and says why.
 
+use crate::backend::{BackendError, NeighbourWire, WorkerSetup, Workers};
+pub use crate::backend::{Idle, Link};
 use crate::compile::{CompileStats, SnapshotCompiler};
 use crate::config::{ConfigError, ConfigSource};
 use crate::debounce::Debounce;
@@ -24,12 +26,8 @@ use crate::state::PortMetrics;
 use crate::state::Shared;
 use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
 use limpet_dataplane::affinity::{BackendId, ServicePortId};
-use limpet_dataplane::clock::MonotonicClock;
-use limpet_dataplane::command::Command;
-use limpet_dataplane::io::PacketIo;
-use limpet_dataplane::io::afpacket::{AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket};
 use limpet_dataplane::neighbour::{Handled, InterfaceAddr, NeighbourCounters, Neighbours};
-use limpet_dataplane::pipeline::{Worker, WorkerConfig};
+use limpet_dataplane::pipeline::WorkerConfig;
 use limpet_dataplane::snapshot::{ServicePortSpec, Snapshot};
 use limpet_dataplane::wire::MacAddr;
 use std::collections::{BTreeMap, HashMap};
@@ -40,15 +38,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
-/// What a worker does when a poll finds no packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Idle {
-    /// Spin: lowest latency, one core per worker at 100% (dedicated cores).
-    Spin,
-    /// Sleep in poll(2) for up to a millisecond: for shared hosts and tests.
-    Wait,
-}
-
 /// Where service state comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -56,15 +45,6 @@ pub enum Source {
     Manifests(ConfigSource),
     /// The Kubernetes API (a kubeconfig, or the in-cluster config).
     Kubernetes(KubeOptions),
-}
-
-/// One interface limpet drives, with the addresses it owns there and the
-/// next hop for backends on none of their subnets.
-#[derive(Debug, Clone)]
-pub struct Link {
-    pub iface: String,
-    pub addresses: Vec<InterfaceAddr>,
-    pub gateway: Option<IpAddr>,
 }
 
 /// Which packet I/O drives the links.
@@ -99,25 +79,30 @@ pub struct RunOptions {
     pub state: Option<crate::checkpoint::StateOptions>,
 }
 
+impl RunOptions {
+    /// What the I/O backend is asked to start.
+    fn worker_setup(&self) -> WorkerSetup<'_> {
+        WorkerSetup {
+            links: &self.links,
+            workers: self.workers,
+            cpus: &self.cpus,
+            mac: self.mac,
+            worker: &self.worker,
+            idle: self.idle,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] crate::kube_source::KubeError),
-    #[error("opening interface {iface}: {source}")]
-    Io {
-        iface: String,
-        #[source]
-        source: limpet_dataplane::io::afpacket::AfPacketError,
-    },
-    #[cfg(feature = "dpdk")]
-    #[error("DPDK: {0}")]
-    Dpdk(#[from] limpet_dataplane::io::dpdk::DpdkError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("--io names no interface")]
     NoInterface,
-    #[error("building worker tables: {0}")]
-    Tables(#[from] limpet_dataplane::table::TableError),
     #[error("compiling the service snapshot: {0}")]
     Snapshot(#[from] limpet_dataplane::snapshot::SnapshotError),
     #[error("{0}")]
@@ -136,26 +121,6 @@ struct L2Report {
     link: usize,
     resolved: HashMap<IpAddr, Option<MacAddr>>,
     counters: NeighbourCounters,
-}
-
-/// How a link's neighbour thread reaches the wire: ARP and `ICMPv6`
-/// neighbour frames in, any frame out.
-pub trait NeighbourWire: Send + 'static {
-    /// Sends one frame.
-    fn send(&self, frame: &[u8]) -> Result<(), String>;
-    /// Receives one frame into `buf`, waiting up to `timeout`; its length,
-    /// or `None` if nothing came.
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, String>;
-}
-
-impl NeighbourWire for RawSocket {
-    fn send(&self, frame: &[u8]) -> Result<(), String> {
-        RawSocket::send(self, frame).map_err(|e| e.to_string())
-    }
-
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, String> {
-        RawSocket::recv(self, buf, timeout).map_err(|e| e.to_string())
-    }
 }
 
 fn spawn_neighbour_thread(
@@ -219,80 +184,6 @@ fn spawn_neighbour_thread(
             }
         })
         .expect("spawning the neighbour thread")
-}
-
-/// What the worker loop needs of an I/O backend beyond [`PacketIo`].
-pub trait WorkerIo: PacketIo + Send + 'static {
-    /// Waits a little for packets (`--idle wait`).
-    fn idle_wait(&mut self);
-    /// Trouble the backend found since the last call.
-    fn health(&mut self) -> Result<(), String>;
-}
-
-impl WorkerIo for AfPacketIo {
-    fn idle_wait(&mut self) {
-        // Errors surface through `health`.
-        let _ = self.wait(Some(Duration::from_millis(1)));
-    }
-
-    fn health(&mut self) -> Result<(), String> {
-        AfPacketIo::health(self).map_err(|e| e.to_string())
-    }
-}
-
-/// A worker's poll loop, until `stop`.
-pub fn worker_loop<I: WorkerIo>(
-    index: usize,
-    worker: &mut Worker<I, MonotonicClock>,
-    idle: Idle,
-    stop: &AtomicBool,
-) {
-    let mut last_health = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if worker.poll() == 0 {
-            match idle {
-                Idle::Spin => std::hint::spin_loop(),
-                Idle::Wait => worker.io_mut().idle_wait(),
-            }
-        }
-        if last_health.elapsed() > Duration::from_secs(1) {
-            last_health = Instant::now();
-            if let Err(e) = worker.io_mut().health() {
-                error!(worker = index, "interface trouble: {e}");
-            }
-        }
-    }
-}
-
-/// Starts worker `index` on its own thread, pinned to `cpu` when given;
-/// returns once the thread is running there (or could not be pinned).
-fn spawn_worker(
-    index: usize,
-    mut worker: Worker<AfPacketIo, MonotonicClock>,
-    idle: Idle,
-    cpu: Option<usize>,
-    stop: Arc<AtomicBool>,
-) -> Result<JoinHandle<()>, RunError> {
-    let (pinned_tx, pinned_rx) = std::sync::mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
-        .name(format!("limpet-worker-{index}"))
-        .spawn(move || {
-            let pinned = cpu.map_or(Ok(()), limpet_dataplane::io::pin_current_thread);
-            let failed = pinned.is_err();
-            let _ = pinned_tx.send(pinned);
-            if !failed {
-                worker_loop(index, &mut worker, idle, &stop);
-            }
-        })
-        .map_err(|e| RunError::Other(format!("starting worker {index}: {e}")))?;
-    match pinned_rx.recv() {
-        Ok(Ok(())) => Ok(handle),
-        Ok(Err(e)) => Err(RunError::Other(format!(
-            "pinning worker {index} to CPU {}: {e}",
-            cpu.unwrap_or_default()
-        ))),
-        Err(_) => Err(RunError::Other(format!("worker {index} died starting"))),
-    }
 }
 
 /// Where each backend is reached: its MAC and the link (port) it resolved
@@ -539,129 +430,6 @@ fn record_backends<'a>(shared: &Shared, specs: impl IntoIterator<Item = &'a Serv
     }
 }
 
-/// The running workers of a backend, the channels to them, and the rest
-/// of what `run` drives: one neighbour wire per link, the MAC limpet sends
-/// from, and the ports' state for `/metrics`.
-pub struct Workers {
-    /// Each waits for one worker to finish (after `stop`).
-    pub joins: Vec<Box<dyn FnOnce() + Send>>,
-    pub publish: Vec<Sender<Arc<Snapshot>>>,
-    pub commands: Vec<Sender<Command>>,
-    pub retired: Receiver<Arc<Snapshot>>,
-    pub wires: Vec<Box<dyn NeighbourWire>>,
-    pub mac: MacAddr,
-    /// Reads link state and device counters (off the packet path).
-    pub ports: Option<Box<dyn FnMut() -> Vec<PortMetrics>>>,
-    /// What must outlive the workers (a DPDK backend's ports, pools and
-    /// EAL), dropped after they are joined.
-    pub keep: Option<Box<dyn std::any::Any>>,
-}
-
-impl Workers {
-    /// No workers yet; `worker_channels` adds each one's channels.
-    pub fn new(mac: MacAddr) -> (Self, Sender<Arc<Snapshot>>) {
-        let (retired_tx, retired) = bounded::<Arc<Snapshot>>(64);
-        (
-            Self {
-                joins: Vec::new(),
-                publish: Vec::new(),
-                commands: Vec::new(),
-                retired,
-                wires: Vec::new(),
-                mac,
-                ports: None,
-                keep: None,
-            },
-            retired_tx,
-        )
-    }
-
-    /// A worker over `io` on an empty snapshot, wired to the control loop.
-    pub fn add<I: WorkerIo>(
-        &mut self,
-        io: I,
-        config: &WorkerConfig,
-        retired: &Sender<Arc<Snapshot>>,
-    ) -> Result<Worker<I, MonotonicClock>, RunError> {
-        let (snap_tx, snap_rx) = bounded(16);
-        let (cmd_tx, cmd_rx) = bounded::<Command>(64);
-        let mut config = config.clone();
-        config.mac = self.mac;
-        let worker = Worker::new(
-            io,
-            MonotonicClock::new(),
-            config,
-            Arc::new(Snapshot::default()),
-        )?
-        .with_updates(snap_rx, retired.clone())
-        .with_commands(cmd_rx);
-        self.publish.push(snap_tx);
-        self.commands.push(cmd_tx);
-        Ok(worker)
-    }
-}
-
-/// Opens one set of sockets per worker (all of them before any thread
-/// starts, so a bad interface fails cleanly) and starts the workers on an
-/// empty snapshot.
-fn start_afpacket(opts: &RunOptions, stop: &Arc<AtomicBool>) -> Result<Workers, RunError> {
-    let mut sockets = Vec::with_capacity(opts.links.len());
-    for link in &opts.links {
-        let raw = RawSocket::open_neighbour(&link.iface).map_err(|source| RunError::Io {
-            iface: link.iface.clone(),
-            source,
-        })?;
-        sockets.push(raw);
-    }
-    // limpet sends from one MAC on every port: the first interface's,
-    // unless --mac says otherwise.
-    let mac = opts.mac.unwrap_or_else(|| sockets[0].mac());
-    let ifaces: Vec<&str> = opts.links.iter().map(|l| l.iface.as_str()).collect();
-    // Several workers share each interface in a fanout group steered by
-    // client address: a connection's packets and its replies (which come
-    // back from the backend) then reach the same worker, which holds the
-    // connection's reverse translation. Each snapshot swap re-installs the
-    // steering program with the current service addresses.
-    let fanout = (opts.workers > 1).then(|| Fanout {
-        group: std::process::id() as u16,
-        mode: FanoutMode::Client,
-    });
-    let mut ios = Vec::with_capacity(opts.workers);
-    for _ in 0..opts.workers {
-        let io = AfPacketIo::open(
-            &ifaces,
-            &AfPacketOptions {
-                fanout,
-                ..AfPacketOptions::default()
-            },
-        )
-        .map_err(|source| RunError::Io {
-            iface: ifaces.join(","),
-            source,
-        })?;
-        ios.push(io);
-    }
-    let (mut workers, retired) = Workers::new(mac);
-    for (i, io) in ios.into_iter().enumerate() {
-        let worker = workers.add(io, &opts.worker, &retired)?;
-        let handle = spawn_worker(
-            i,
-            worker,
-            opts.idle,
-            opts.cpus.get(i).copied(),
-            Arc::clone(stop),
-        )?;
-        workers.joins.push(Box::new(move || {
-            let _ = handle.join();
-        }));
-    }
-    workers.wires = sockets
-        .into_iter()
-        .map(|s| Box::new(s) as Box<dyn NeighbourWire>)
-        .collect();
-    Ok(workers)
-}
-
 fn start_admin(addr: SocketAddr, shared: &Arc<Shared>) -> Result<(), RunError> {
     let shared = Arc::clone(shared);
     std::thread::Builder::new()
@@ -717,10 +485,11 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
+    let setup = opts.worker_setup();
     let workers = match &opts.io {
-        IoBackend::AfPacket => start_afpacket(opts, &stop)?,
+        IoBackend::AfPacket => crate::afpacket::start(&setup, &stop)?,
         #[cfg(feature = "dpdk")]
-        IoBackend::Dpdk(dpdk) => crate::dpdk::start(opts, dpdk, &stop)?,
+        IoBackend::Dpdk(dpdk) => crate::dpdk::start(&setup, dpdk, &stop)?,
     };
     let Workers {
         joins,
