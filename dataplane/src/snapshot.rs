@@ -300,6 +300,33 @@ impl Hasher for FrontendHasher {
 
 type FrontendMap = HashMap<Frontend, u32, BuildHasherDefault<FrontendHasher>>;
 
+/// A `Hasher` for service-port ids: every eviction from a full affinity
+/// table looks its victim's service port up (for its current timeout), a
+/// spoofed flood does so at every packet, and `SipHash` was a tenth of
+/// that packet's cost.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write_u32(&mut self, id: u32) {
+        self.0 = crate::hash::table_hash(&[self.0, u64::from(id)]);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+}
+
+type IdMap = HashMap<ServicePortId, u32, BuildHasherDefault<IdHasher>>;
+
 /// Set in a service index when the frontend it was found by only admits
 /// the clients of the port's [`SourceRanges`].
 const RESTRICTED: u32 = 1 << 31;
@@ -310,7 +337,7 @@ pub struct Snapshot {
     generation: u64,
     ports: Vec<Arc<ServicePort>>,
     frontends: FrontendMap,
-    by_id: HashMap<ServicePortId, u32>,
+    by_id: IdMap,
     /// Every frontend address, sorted and deduplicated; shared with the
     /// previous snapshot while unchanged.
     frontend_addrs: Arc<[IpAddr]>,
@@ -421,7 +448,7 @@ impl Snapshot {
         let count: usize = ports.iter().map(|p| p.spec.frontends.len()).sum();
         let mut frontends =
             FrontendMap::with_capacity_and_hasher(count, BuildHasherDefault::default());
-        let mut by_id = HashMap::with_capacity(ports.len());
+        let mut by_id = IdMap::with_capacity_and_hasher(ports.len(), BuildHasherDefault::default());
         for (i, port) in ports.iter().enumerate() {
             let spec = &port.spec;
             if by_id.insert(spec.id, i as u32).is_some() {
