@@ -345,7 +345,7 @@ pub fn run(quick: bool, seed: u64, env: &Env) -> Value {
                  client's next SYN, after the backend set doubled, went there; cost ratio: \
                  median flood ns/packet over median ns/packet of SYNs of new connections from \
                  established clients (affinity hit + flow insert), alternating rounds on the \
-                 same full tables, by on-CPU time (/proc/thread-self/schedstat) where the \
+                 same full tables, by on-CPU time (the thread's CPU clock) where the \
                  kernel keeps it (flood_cost_ratio_wall: by wall time)",
     });
     env.tag(&mut v);

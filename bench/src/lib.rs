@@ -387,17 +387,16 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Nanoseconds the calling thread has spent on a CPU
-/// (`/proc/thread-self/schedstat`), or `None` where the kernel does not
-/// say. On a machine shared with other work, wall time counts the time the
-/// thread waited for a CPU; this does not.
+/// Nanoseconds the calling thread has spent on a CPU (its thread CPU
+/// clock), or `None` where the kernel has none. On a machine shared with
+/// other work, wall time counts the time the thread waited for a CPU; this
+/// does not. (`/proc/thread-self/schedstat`, used before, is only updated
+/// at scheduler ticks: a 10 ms chunk read that way was off by up to 40%.)
 pub fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    let secs = u64::try_from(t.tv_sec).ok()?;
+    let nanos = u64::try_from(t.tv_nsec).ok()?;
+    Some(secs * 1_000_000_000 + nanos)
 }
 
 /// The one-minute load average, for the JSON lines.
