@@ -320,7 +320,7 @@ type Field = (
     fn(&WorkerReport) -> f64,
 );
 /// Per-worker metrics: name, type, help, and how to read it off a report.
-const WORKER_METRICS: [Field; 32] = [
+const WORKER_METRICS: [Field; 33] = [
     ("rx_packets_total", "counter", "Packets received.", |r| {
         r.stats.rx_packets as f64
     }),
@@ -416,6 +416,12 @@ const WORKER_METRICS: [Field; 32] = [
         "counter",
         "UDP flows re-balanced because their backend left the usable set.",
         |r| r.stats.udp_repicks as f64,
+    ),
+    (
+        "checksums_completed_total",
+        "counter",
+        "TCP/UDP checksums completed in software because a local sender left them to offload.",
+        |r| r.stats.checksums_completed as f64,
     ),
     (
         "flow_evictions_total",
@@ -765,6 +771,7 @@ mod tests {
             "affinity_protected_evictions_total",
             "affinity_probation_entries",
             "udp_repicks_total",
+            "checksums_completed_total",
         ] {
             assert!(
                 text.contains(&format!("\nlimpet_{name}{{worker=\"0\"}} 0\n")),

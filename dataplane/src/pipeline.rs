@@ -42,7 +42,7 @@ use crate::state::{RestoreReport, TablesMut, TablesRef, WorkerState};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{NO_HINT, TableError};
 use crate::wire::tcp::flags::{ACK, RST, SYN};
-use crate::wire::{EtherType, IpProtocol, MacAddr, ethernet, ipv4, ipv6, tcp, udp, vlan};
+use crate::wire::{EtherType, IpProtocol, MacAddr, checksum, ethernet, ipv4, ipv6, tcp, udp, vlan};
 use crossbeam_channel::{Receiver, Sender};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -234,6 +234,8 @@ pub struct Worker<I: PacketIo, C: Clock> {
     /// Taking no packets (`Command::Hold`): a planned stop is saving the
     /// tables.
     held: bool,
+    /// [`PacketIo::max_frame`], read once.
+    max_frame: usize,
 }
 
 /// Affinity entries re-filed per poll after a timeout cut.
@@ -257,6 +259,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         snapshot: Arc<Snapshot>,
     ) -> Result<Self, TableError> {
         let now = clock.now();
+        let max_frame = io.max_frame();
         Ok(Self {
             icmp: Icmp::new(config.icmp.clone(), now),
             v4: Tables::new(&config, now)?,
@@ -281,6 +284,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             refile: None,
             swapped_at: now,
             held: false,
+            max_frame,
         })
     }
 
@@ -648,6 +652,13 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     /// Decides the burst's `i`th packet, a TCP or UDP one, and rewrites it.
     #[inline]
     fn decide(&mut self, i: usize, meta: &Meta, now: u32) -> Action {
+        if self.rx[i].data().len() > self.max_frame {
+            return Action::Drop(DropReason::Oversized);
+        }
+        if self.rx[i].checksum_partial() {
+            complete_checksum(self.rx[i].data_mut(), meta);
+            self.stats.checksums_completed += 1;
+        }
         let port = &mut self.ports[i];
         *port = self.rx[i].port();
         let frame = self.rx[i].data_mut();
@@ -719,6 +730,41 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     /// The action taken for each packet of the last burst (fixtures).
     pub fn last_actions(&self, n: usize) -> &[Action] {
         &self.actions[..n.min(BURST)]
+    }
+}
+
+/// Completes the TCP/UDP checksum of a frame its sender left to offload
+/// ([`PacketBuf::checksum_partial`]) before anything rewrites it: an
+/// incremental update of a pseudo-header sum is no checksum, and a backend
+/// receiving one (or DSR's untouched one) drops the packet. Only local
+/// senders' frames need it, so it stays off the hot path's code.
+#[cold]
+#[inline(never)]
+fn complete_checksum(frame: &mut [u8], meta: &Meta) {
+    let l3 = usize::from(meta.l3);
+    let l4 = l3 + usize::from(meta.l4);
+    let protocol = match meta.tuple {
+        Tuple::V4(key) => key.protocol,
+        Tuple::V6(key) => key.protocol,
+    };
+    let word = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    // The segment ends where the IP header says (a short frame is padded).
+    let end = match frame.get(l3).map(|b| b >> 4) {
+        Some(4) => word(l3 + 2).map(|total| l3 + total),
+        Some(6) => word(l3 + 4).map(|payload| l3 + ipv6::HEADER_LEN + payload),
+        _ => None,
+    };
+    let (field, udp) = match protocol {
+        IpProtocol::TCP => (16, false),
+        IpProtocol::UDP => (6, true),
+        _ => return,
+    };
+    if let Some(segment) = end.and_then(|end| frame.get_mut(l4..end)) {
+        checksum::complete_partial(segment, field, udp);
     }
 }
 

@@ -30,10 +30,14 @@ pub enum DropReason {
     SourceRange,
     /// An ICMP error quoting a packet of no connection limpet holds.
     IcmpNoConnection,
+    /// Longer than the backend can send (a GRO/GSO super-frame from an
+    /// interface whose segmentation offloads are on): limpet does not
+    /// segment.
+    Oversized,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::Malformed,
@@ -47,6 +51,7 @@ impl DropReason {
         DropReason::FlowTableFull,
         DropReason::SourceRange,
         DropReason::IcmpNoConnection,
+        DropReason::Oversized,
     ];
 
     /// A stable `snake_case` name, for metrics labels.
@@ -64,6 +69,7 @@ impl DropReason {
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::SourceRange => "source_range",
             DropReason::IcmpNoConnection => "icmp_no_connection",
+            DropReason::Oversized => "oversized",
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct WorkerStats {
     pub affinity_proofs_unpromoted: u64,
     /// UDP flows re-balanced because their backend left the usable set.
     pub udp_repicks: u64,
+    /// TCP/UDP checksums completed because the sender left them to offload.
+    pub checksums_completed: u64,
     /// Live connections evicted to make room.
     pub flow_evictions: u64,
     /// Packets handed to the slow path (ARP, ND, ICMP, no service).

@@ -293,6 +293,18 @@ impl Limpet {
         self.log_text().matches("published snapshot").count()
     }
 
+    /// The sum over every series of the Prometheus metric `name`.
+    #[allow(clippy::unused_self)] // asks this running instance
+    pub fn metric(&self, name: &str) -> f64 {
+        const SCRIPT: &str = "import urllib.request as u; \
+            print(u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9901/metrics', timeout=5).read().decode())";
+        let out = sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", SCRIPT]));
+        out.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
     #[allow(clippy::unused_self)] // asks this running instance
     pub fn affinity(&self) -> Vec<Value> {
         let out = sh(Command::new("ip").args([

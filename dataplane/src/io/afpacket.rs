@@ -262,6 +262,8 @@ pub struct AfPacketBuf {
     owner: u32,
     port: u16,
     ring: u16,
+    /// `TP_STATUS_CSUMNOTREADY`: see [`PacketBuf::checksum_partial`].
+    partial: bool,
 }
 
 // SAFETY: the buffer is the sole handle on its frame (nothing else reads or
@@ -291,6 +293,11 @@ impl PacketBuf for AfPacketBuf {
     #[inline(always)]
     fn port(&self) -> u16 {
         self.port
+    }
+
+    #[inline(always)]
+    fn checksum_partial(&self) -> bool {
+        self.partial
     }
 
     #[inline(always)]
@@ -497,6 +504,10 @@ impl Port {
             owner,
             port,
             ring: port,
+            // A local sender's checksum offload (veth, a host's own
+            // traffic): the kernel hands the frame over before any device
+            // computed the checksum.
+            partial: hdr.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0,
         })
     }
 
@@ -879,6 +890,15 @@ impl AfPacketIo {
 
 impl PacketIo for AfPacketIo {
     type Buf = AfPacketBuf;
+
+    /// What every port's TX slot holds.
+    fn max_frame(&self) -> usize {
+        self.ports
+            .iter()
+            .map(|p| p.tx_frame_size - TX_DATA)
+            .min()
+            .unwrap_or(0)
+    }
 
     #[inline]
     fn rx_burst(&mut self, burst: &mut Vec<AfPacketBuf>) -> usize {

@@ -22,6 +22,8 @@ pub struct MemoryPacket {
     head: u16,
     len: u16,
     port: u16,
+    /// See [`PacketBuf::checksum_partial`] ([`MemoryIo::inject_partial`]).
+    partial: bool,
 }
 
 impl MemoryPacket {
@@ -31,6 +33,7 @@ impl MemoryPacket {
             head: HEADROOM as u16,
             len: 0,
             port: 0,
+            partial: false,
         }
     }
 
@@ -82,6 +85,11 @@ impl PacketBuf for MemoryPacket {
             self.len = len as u16;
         }
     }
+
+    #[inline(always)]
+    fn checksum_partial(&self) -> bool {
+        self.partial
+    }
 }
 
 /// An in-memory NIC: frames injected with [`inject`](Self::inject) are
@@ -97,6 +105,8 @@ pub struct MemoryIo {
     pub freed: u64,
     /// Injections refused because the pool was empty.
     pub pool_empty: u64,
+    /// What [`PacketIo::max_frame`] says (tests of oversized frames).
+    pub max_frame: usize,
 }
 
 impl MemoryIo {
@@ -109,12 +119,23 @@ impl MemoryIo {
             sent: 0,
             freed: 0,
             pool_empty: 0,
+            max_frame: BUF_SIZE - HEADROOM,
         }
     }
 
     /// Queues a copy of `frame` for reception on `port`. Returns false (and
     /// counts it) when no buffer is free or the frame is too long.
     pub fn inject(&mut self, frame: &[u8], port: u16) -> bool {
+        self.inject_as(frame, port, false)
+    }
+
+    /// [`inject`](Self::inject) a frame whose TCP/UDP checksum its sender
+    /// left to offload, as an `AF_PACKET` ring flags it.
+    pub fn inject_partial(&mut self, frame: &[u8], port: u16) -> bool {
+        self.inject_as(frame, port, true)
+    }
+
+    fn inject_as(&mut self, frame: &[u8], port: u16, partial: bool) -> bool {
         if frame.len() > BUF_SIZE - HEADROOM {
             return false;
         }
@@ -126,6 +147,7 @@ impl MemoryIo {
         p.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         p.len = frame.len() as u16;
         p.port = port;
+        p.partial = partial;
         self.rx.push_back(p);
         true
     }
@@ -149,7 +171,11 @@ impl MemoryIo {
     /// benchmark loop that replays the same packets without copying them.
     pub fn loop_back(&mut self) -> usize {
         let n = self.tx.len();
-        self.rx.extend(self.tx.drain(..));
+        // What limpet sent has its checksums complete.
+        self.rx.extend(self.tx.drain(..).map(|mut p| {
+            p.partial = false;
+            p
+        }));
         n
     }
 
@@ -175,6 +201,10 @@ impl PacketIo for MemoryIo {
         self.sent += n as u64;
         self.tx.extend(burst.drain(..));
         n
+    }
+
+    fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     #[inline]

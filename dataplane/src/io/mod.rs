@@ -38,6 +38,14 @@ pub trait PacketBuf {
 
     /// Shortens the frame to `len` bytes; a longer `len` changes nothing.
     fn truncate(&mut self, len: usize);
+
+    /// Whether the frame's TCP/UDP checksum was left for a device to
+    /// compute (a local sender's checksum offload, `CHECKSUM_PARTIAL`): the
+    /// field holds only the pseudo-header's sum, and the pipeline completes
+    /// it before forwarding.
+    fn checksum_partial(&self) -> bool {
+        false
+    }
 }
 
 /// A packet I/O backend, polled by one worker.
@@ -59,6 +67,11 @@ pub trait PacketIo {
 
     /// Returns packets to the backend unsent and empties `burst`.
     fn free_burst(&mut self, burst: &mut Vec<Self::Buf>);
+
+    /// The longest frame `tx_burst` can send, Ethernet header included.
+    fn max_frame(&self) -> usize {
+        usize::MAX
+    }
 
     /// Takes the packets the pipeline leaves to the slow path (ARP,
     /// neighbour discovery, ICMP for limpet itself) and empties `burst`.

@@ -104,6 +104,27 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum(data))
 }
 
+/// Completes a transport checksum its sender left to offload (Linux's
+/// `CHECKSUM_PARTIAL`, `TP_STATUS_CSUMNOTREADY` on an `AF_PACKET` ring):
+/// `segment` is the TCP or UDP header and payload, whose checksum field at
+/// `field` holds the pseudo-header's folded sum in place of a checksum, as
+/// the kernel leaves it for the device. Writes what the device would have:
+/// the complement of the sum over the whole segment, field included (UDP's
+/// zero written as `0xffff`, `udp`). The result is what [`checksum`] over
+/// the pseudo-header and segment gives from scratch. A `field` outside
+/// `segment` changes nothing.
+#[inline]
+pub fn complete_partial(segment: &mut [u8], field: usize, udp: bool) {
+    if segment.len() < field + 2 {
+        return;
+    }
+    let mut c = !fold(sum(segment));
+    if udp && c == 0 {
+        c = 0xffff;
+    }
+    segment[field..field + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Partial sum of the IPv4 pseudo-header (RFC 793 / RFC 768): source,
 /// destination, zero, protocol, upper-layer length.
 #[inline]

@@ -98,6 +98,15 @@ impl Harness {
 
     /// A harness whose worker config `edit` adjusts.
     pub fn with_config(specs: Vec<ServicePortSpec>, edit: impl FnOnce(&mut WorkerConfig)) -> Self {
+        Self::with_io(specs, MemoryIo::new(256), edit)
+    }
+
+    /// [`with_config`](Self::with_config) over a backend set up by the test.
+    pub fn with_io(
+        specs: Vec<ServicePortSpec>,
+        io: MemoryIo,
+        edit: impl FnOnce(&mut WorkerConfig),
+    ) -> Self {
         let clock = ManualClock::new(1000);
         let mut config = WorkerConfig {
             mac: MacAddr(LIMPET_MAC),
@@ -108,7 +117,7 @@ impl Harness {
         };
         edit(&mut config);
         let snapshot = Arc::new(Snapshot::build(1, specs).unwrap());
-        let worker = Worker::new(MemoryIo::new(256), clock.clone(), config, snapshot).unwrap();
+        let worker = Worker::new(io, clock.clone(), config, snapshot).unwrap();
         Self {
             worker,
             clock,
