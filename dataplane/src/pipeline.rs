@@ -551,8 +551,17 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         let n = self.rx.len();
         // Stage 1: parse everything, start loading flow buckets.
         for i in 0..n {
-            let meta = parse(self.rx[i].data());
+            let frame = self.rx[i].data();
+            let meta = if frame.len() <= self.max_frame {
+                parse(frame)
+            } else {
+                Meta::decided(Action::Drop(DropReason::Oversized))
+            };
             if meta.early.is_none() {
+                if self.rx[i].checksum_partial() {
+                    complete_checksum(self.rx[i].data_mut(), &meta);
+                    self.stats.checksums_completed += 1;
+                }
                 match meta.tuple {
                     Tuple::V4(_) => self.v4.flows.prefetch_bucket(meta.flow_hash),
                     Tuple::V6(_) => self.v6.flows.prefetch_bucket(meta.flow_hash),
@@ -652,13 +661,6 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     /// Decides the burst's `i`th packet, a TCP or UDP one, and rewrites it.
     #[inline]
     fn decide(&mut self, i: usize, meta: &Meta, now: u32) -> Action {
-        if self.rx[i].data().len() > self.max_frame {
-            return Action::Drop(DropReason::Oversized);
-        }
-        if self.rx[i].checksum_partial() {
-            complete_checksum(self.rx[i].data_mut(), meta);
-            self.stats.checksums_completed += 1;
-        }
         let port = &mut self.ports[i];
         *port = self.rx[i].port();
         let frame = self.rx[i].data_mut();

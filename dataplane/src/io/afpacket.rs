@@ -262,8 +262,10 @@ pub struct AfPacketBuf {
     owner: u32,
     port: u16,
     ring: u16,
-    /// `TP_STATUS_CSUMNOTREADY`: see [`PacketBuf::checksum_partial`].
-    partial: bool,
+    /// `TP_STATUS_CSUMNOTREADY` (0 or 1): see [`PacketBuf::checksum_partial`].
+    /// Not a `bool`, whose invalid values would take over from `ptr`'s null
+    /// as the niche of `Option<AfPacketBuf>` (see `MemoryPacket`).
+    partial: u8,
 }
 
 // SAFETY: the buffer is the sole handle on its frame (nothing else reads or
@@ -297,7 +299,7 @@ impl PacketBuf for AfPacketBuf {
 
     #[inline(always)]
     fn checksum_partial(&self) -> bool {
-        self.partial
+        self.partial != 0
     }
 
     #[inline(always)]
@@ -507,7 +509,7 @@ impl Port {
             // A local sender's checksum offload (veth, a host's own
             // traffic): the kernel hands the frame over before any device
             // computed the checksum.
-            partial: hdr.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0,
+            partial: u8::from(hdr.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0),
         })
     }
 

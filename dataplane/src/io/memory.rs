@@ -22,8 +22,12 @@ pub struct MemoryPacket {
     head: u16,
     len: u16,
     port: u16,
-    /// See [`PacketBuf::checksum_partial`] ([`MemoryIo::inject_partial`]).
-    partial: bool,
+    /// See [`PacketBuf::checksum_partial`] ([`MemoryIo::inject_partial`]):
+    /// 0 or 1. Not a `bool`: its invalid values would become the niche of
+    /// `Option<MemoryPacket>` in place of the `Box`'s null, and moving
+    /// buffers between the queues went through it (hot-1k: 12 ns a packet
+    /// more, all in `rx_burst` and `recycle_sent`).
+    partial: u8,
 }
 
 impl MemoryPacket {
@@ -33,7 +37,7 @@ impl MemoryPacket {
             head: HEADROOM as u16,
             len: 0,
             port: 0,
-            partial: false,
+            partial: 0,
         }
     }
 
@@ -88,7 +92,7 @@ impl PacketBuf for MemoryPacket {
 
     #[inline(always)]
     fn checksum_partial(&self) -> bool {
-        self.partial
+        self.partial != 0
     }
 }
 
@@ -126,16 +130,6 @@ impl MemoryIo {
     /// Queues a copy of `frame` for reception on `port`. Returns false (and
     /// counts it) when no buffer is free or the frame is too long.
     pub fn inject(&mut self, frame: &[u8], port: u16) -> bool {
-        self.inject_as(frame, port, false)
-    }
-
-    /// [`inject`](Self::inject) a frame whose TCP/UDP checksum its sender
-    /// left to offload, as an `AF_PACKET` ring flags it.
-    pub fn inject_partial(&mut self, frame: &[u8], port: u16) -> bool {
-        self.inject_as(frame, port, true)
-    }
-
-    fn inject_as(&mut self, frame: &[u8], port: u16, partial: bool) -> bool {
         if frame.len() > BUF_SIZE - HEADROOM {
             return false;
         }
@@ -147,9 +141,19 @@ impl MemoryIo {
         p.buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         p.len = frame.len() as u16;
         p.port = port;
-        p.partial = partial;
+        p.partial = 0;
         self.rx.push_back(p);
         true
+    }
+
+    /// [`inject`](Self::inject) a frame whose TCP/UDP checksum its sender
+    /// left to offload, as an `AF_PACKET` ring flags it.
+    pub fn inject_partial(&mut self, frame: &[u8], port: u16) -> bool {
+        let queued = self.inject(frame, port);
+        if let Some(p) = self.rx.back_mut().filter(|_| queued) {
+            p.partial = 1;
+        }
+        queued
     }
 
     /// Takes the oldest sent frame as `(port, bytes)`, recycling its buffer.
@@ -173,7 +177,7 @@ impl MemoryIo {
         let n = self.tx.len();
         // What limpet sent has its checksums complete.
         self.rx.extend(self.tx.drain(..).map(|mut p| {
-            p.partial = false;
+            p.partial = 0;
             p
         }));
         n
