@@ -57,6 +57,7 @@ fn syn(client: IpAddr, vip: IpAddr, port: u16) -> Vec<u8> {
         payload_len: 0,
         pad_to_min: true,
         mutation: limpet_fuzz::frames::Mutation::None,
+        offloaded: false,
     };
     desc.build()
 }

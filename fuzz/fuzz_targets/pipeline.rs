@@ -90,6 +90,61 @@ fn bursts(data: &[u8]) -> Vec<Burst> {
         .collect()
 }
 
+/// One frame of a burst: what is injected, and the model it is judged by.
+struct Input {
+    model: Vec<u8>,
+    /// The bytes a sender with checksum offload hands over instead (the
+    /// buffer flagged partial); `None`: `model` itself.
+    partial: Option<Vec<u8>>,
+}
+
+impl Input {
+    fn plain(model: Vec<u8>) -> Self {
+        Self {
+            model,
+            partial: None,
+        }
+    }
+
+    /// `model`, a TCP/UDP frame with a valid checksum, with its checksum
+    /// field holding the pseudo-header's folded sum, as Linux leaves a
+    /// `CHECKSUM_PARTIAL` packet; any other frame stays plain.
+    fn offloaded(model: Vec<u8>) -> Self {
+        use limpet_fuzz::refsum;
+        let Some(p) = parse(&model).filter(|p| p.l4_sum == L4Sum::Valid && !p.extended) else {
+            return Self::plain(model);
+        };
+        let word = |at: usize| usize::from(u16::from_be_bytes([model[at], model[at + 1]]));
+        let (end, pseudo) = match (p.src.ip(), p.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let end = p.l3 + word(p.l3 + 2);
+                (
+                    end,
+                    refsum::pseudo_v4(s.octets(), d.octets(), p.protocol, end - p.l4),
+                )
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let end = p.l3 + 40 + word(p.l3 + 4);
+                (
+                    end,
+                    refsum::pseudo_v6(s.octets(), d.octets(), p.protocol, end - p.l4),
+                )
+            }
+            _ => return Self::plain(model),
+        };
+        let field = p.l4 + if p.protocol == 6 { 16 } else { 6 };
+        if end > model.len() || field + 2 > end {
+            return Self::plain(model);
+        }
+        let mut wire = model.clone();
+        wire[field..field + 2].copy_from_slice(&pseudo.to_be_bytes());
+        Self {
+            model,
+            partial: Some(wire),
+        }
+    }
+}
+
 struct Harness {
     worker: Worker<MemoryIo, ManualClock>,
     clock: ManualClock,
@@ -146,25 +201,42 @@ impl Harness {
             self.worker
                 .set_snapshot(Arc::clone(&snapshots()[self.current]));
         }
-        let frames: Vec<Vec<u8>> = burst
+        let frames: Vec<Input> = burst
             .frames
             .iter()
             .map(|f| match f {
-                Frame::Bytes(b) => b.clone(),
-                Frame::Built(p) => p.build_with(&self.seen),
+                Frame::Bytes(b) => Input::plain(b.clone()),
+                Frame::Built(p) => {
+                    let frame = p.build_with(&self.seen);
+                    if p.offloaded {
+                        Input::offloaded(frame)
+                    } else {
+                        Input::plain(frame)
+                    }
+                }
             })
             // What a buffer takes after its headroom (`MemoryIo::inject`).
-            .filter(|f| f.len() <= BUF_SIZE - HEADROOM)
+            .filter(|f| f.model.len() <= BUF_SIZE - HEADROOM)
             .collect();
-        let frames: Vec<&Vec<u8>> = frames.iter().collect();
         for chunk in frames.chunks(BURST) {
             self.poll(chunk);
         }
     }
 
-    fn poll(&mut self, frames: &[&Vec<u8>]) {
-        for f in frames {
-            assert!(self.worker.io_mut().inject(f, 0), "pool has room");
+    fn poll(&mut self, inputs: &[Input]) {
+        // The checks below judge each packet by its model: what limpet must
+        // send for an offloaded frame is what it sends for the same frame
+        // with its checksum complete.
+        let frames: Vec<&Vec<u8>> = inputs.iter().map(|i| &i.model).collect();
+        let frames = &frames[..];
+        for input in inputs {
+            let f = &input.model;
+            let io = self.worker.io_mut();
+            let queued = match &input.partial {
+                Some(wire) => io.inject_partial(wire, 0),
+                None => io.inject(f, 0),
+            };
+            assert!(queued, "pool has room");
             if let Some(mac) = f.get(6..12) {
                 let mac: [u8; 6] = mac.try_into().unwrap();
                 if !self.client_macs.contains(&mac) {
@@ -179,6 +251,11 @@ impl Harness {
         let after = self.worker.stats();
         let actions: Vec<Action> = self.worker.last_actions(n).to_vec();
         check_counters(&before, &after, &actions);
+        let offloaded = inputs.iter().filter(|i| i.partial.is_some()).count() as u64;
+        assert!(
+            after.checksums_completed - before.checksums_completed <= offloaded,
+            "completed a checksum nobody left to offload"
+        );
         let io = self.worker.io();
         let forwarded = actions.iter().filter(|a| **a == Action::Forward).count() as u64;
         assert_eq!(
@@ -426,7 +503,10 @@ fn is_backend(addr: SocketAddr, mode: ForwardMode) -> bool {
 /// Checks one forwarded frame; returns the connection if it was a `nat`
 /// forward.
 fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]]) -> Option<Seen> {
-    assert!(out.len() <= BUF_SIZE, "a forwarded frame stays within its buffer");
+    assert!(
+        out.len() <= BUF_SIZE,
+        "a forwarded frame stays within its buffer"
+    );
     assert_eq!(out[6..12], LIMPET_MAC, "sent from limpet's MAC");
     if let Some(icmp_out) = icmp_view(out) {
         check_icmp_sent(input, &icmp_out);
@@ -620,9 +700,19 @@ fn icmp_view(frame: &[u8]) -> Option<IcmpView> {
 fn check_icmp_sent(input: &[u8], out: &IcmpView) {
     if let Some(pin) = parse(input) {
         let unreachable = if pin.src.is_ipv6() { (1, 4) } else { (3, 3) };
-        assert_eq!(out.kind, unreachable, "a TCP/UDP packet answered only by a port unreachable");
-        assert_eq!((out.src, out.dst), (pin.dst.ip(), pin.src.ip()), "rejected back to its sender");
-        assert!(out.ip_header_ok && out.icmp_ok, "a reject with a bad checksum");
+        assert_eq!(
+            out.kind, unreachable,
+            "a TCP/UDP packet answered only by a port unreachable"
+        );
+        assert_eq!(
+            (out.src, out.dst),
+            (pin.dst.ip(), pin.src.ip()),
+            "rejected back to its sender"
+        );
+        assert!(
+            out.ip_header_ok && out.icmp_ok,
+            "a reject with a bad checksum"
+        );
         return;
     }
     let inp = icmp_view(input).expect("an ICMP message sent for neither TCP/UDP nor ICMP");

@@ -223,6 +223,10 @@ pub struct PacketDesc {
     pub payload_len: u8,
     pub pad_to_min: bool,
     pub mutation: Mutation,
+    /// Handed over as a local sender with checksum offload does: the
+    /// TCP/UDP checksum field holding only the pseudo-header's sum, the
+    /// buffer flagged partial (the harness converts the built frame).
+    pub offloaded: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -332,6 +336,7 @@ impl<'a> Arbitrary<'a> for PacketDesc {
             payload_len: u.int_in_range(0u8..=u8::MAX)? % 96,
             pad_to_min: !u.ratio(1u8, 8u8)?,
             mutation: u.arbitrary()?,
+            offloaded: u.ratio(1u8, 4u8)?,
         })
     }
 }
