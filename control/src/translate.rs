@@ -710,8 +710,19 @@ fn parse_service<'a>(svc: &'a Service, file: Option<&'a PathBuf>) -> ServiceOutc
 
     let mut ports = Vec::new();
     let mut seen_ports: HashSet<(Protocol, u16)> = HashSet::new();
+    let mut seen_names: HashSet<&str> = HashSet::new();
+    // The API server's rules: with more than one port every port is named,
+    // and no name twice (a service port's name is its spec's name).
+    let named = spec.ports.as_ref().is_some_and(|p| p.len() > 1);
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let field = format!("spec.ports[{i}]");
+        match p.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(name) if !seen_names.insert(name) => {
+                problems.push(format!("{field}.name"), duplicate(quoted(name)));
+            }
+            None if named => problems.push(format!("{field}.name"), "Required value".to_owned()),
+            _ => {}
+        }
         let port = port_number(p.port);
         if port.is_none() {
             problems.push(format!("{field}.port"), invalid(p.port, PORT_RANGE));

@@ -380,6 +380,14 @@ fn invalid_objects_are_reported_and_left_out() {
             f("port-big.yaml")
         ),
         format!(
+            "services/default/port-name-twice (file {}): spec.ports[1].name: Duplicate value: \"http\"",
+            f("port-name-twice.yaml")
+        ),
+        format!(
+            "services/default/port-unnamed (file {}): spec.ports[1].name: Required value",
+            f("port-unnamed.yaml")
+        ),
+        format!(
             "services/default/port-zero (file {}): spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
             f("port-zero.yaml")
         ),

@@ -536,6 +536,12 @@ fuzz_target!(|data: &[u8]| {
         .take(6)
         .map(SliceDesc::build)
         .collect();
+    if std::env::var_os("LIMPET_FUZZ_DUMP").is_some() {
+        eprintln!(
+            "{}",
+            serde_json::to_string_pretty(&services).unwrap_or_default()
+        );
+    }
     round_trip(&services, &slices);
     translate_objects(&services, &slices, &ctx(&objects));
 });
