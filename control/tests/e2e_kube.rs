@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use testbed::story;
-use testbed::{LIMPET, Testbed, VIP4, VIP6, clientip_sticks, http, must_be_root, none_spreads, sh};
+use testbed::{
+    LIMPET, Testbed, VIP4, VIP6, admin_get, clientip_sticks, http, must_be_root, none_spreads, sh,
+};
 
 /// The invalid Service's address (nothing answers there).
 const BROKEN_VIP: &str = "192.0.2.20";
@@ -221,28 +223,6 @@ impl Limpet {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-}
-
-/// GET on limpet's admin API (127.0.0.1:9901 in lp-lb): status and body;
-/// status 0 when nothing answers.
-fn admin_get(path: &str) -> (u16, String) {
-    const SCRIPT: &str = r"
-import sys, urllib.request, urllib.error
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    r = opener.open('http://127.0.0.1:9901' + sys.argv[1], timeout=3)
-    code, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    code, body = e.code, e.read()
-except Exception as e:
-    code, body = 0, str(e).encode()
-print(code)
-sys.stdout.write(body.decode(errors='replace'))
-";
-    let out =
-        sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", SCRIPT, path]));
-    let (code, body) = out.split_once('\n').unwrap_or((&out, ""));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// Only the clients of `removed` moved (and not onto it); the rest stayed.

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use testbed::story::{Config, Limpet};
-use testbed::{Testbed, VIP4, http, must_be_root, sh};
+use testbed::{Testbed, VIP4, admin_get, http, must_be_root};
 
 const BACKENDS: u8 = 6;
 const LB_NS: &str = "/run/netns/lp-lb";
@@ -64,27 +64,6 @@ fn in_lb<T: Send>(f: impl FnOnce() -> T + Send) -> T {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
-}
-
-/// GET on limpet's admin API: status and body (0 when nothing answers).
-fn admin_get(path: &str) -> (u16, String) {
-    const SCRIPT: &str = r"
-import sys, urllib.request, urllib.error
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    r = opener.open('http://127.0.0.1:9901' + sys.argv[1], timeout=3)
-    code, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    code, body = e.code, e.read()
-except Exception as e:
-    code, body = 0, str(e).encode()
-print(code)
-sys.stdout.write(body.decode(errors='replace'))
-";
-    let out =
-        sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", SCRIPT, path]));
-    let (code, body) = out.split_once('\n').unwrap_or((&out, ""));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// `limpet_drops_total` by series (reason, worker). The namespaces'

@@ -106,6 +106,28 @@ pub fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// GET on limpet's admin API (127.0.0.1:9901 in lp-lb): status and body;
+/// status 0 when nothing answers.
+pub fn admin_get(path: &str) -> (u16, String) {
+    const SCRIPT: &str = r"
+import sys, urllib.request, urllib.error
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    r = opener.open('http://127.0.0.1:9901' + sys.argv[1], timeout=3)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+except Exception as e:
+    code, body = 0, str(e).encode()
+print(code)
+sys.stdout.write(body.decode(errors='replace'))
+";
+    let out =
+        sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", SCRIPT, path]));
+    let (code, body) = out.split_once('\n').unwrap_or((&out, ""));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// Which backend answered each request, per client address.
 pub struct Answers {
     pub results: BTreeMap<String, Vec<Option<String>>>,

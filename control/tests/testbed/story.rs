@@ -4,7 +4,7 @@
 //! directory limpet watches, a running limpet, and the scenarios.
 
 use super::{
-    LIMPET, Testbed, VIP4, VIP6, allowed_cpu_list, allowed_cpus, clientip_sticks, http,
+    LIMPET, Testbed, VIP4, VIP6, admin_get, allowed_cpu_list, allowed_cpus, clientip_sticks, http,
     must_be_root, none_spreads, sh, stop,
 };
 use serde_json::Value;
@@ -296,10 +296,9 @@ impl Limpet {
     /// The sum over every series of the Prometheus metric `name`.
     #[allow(clippy::unused_self)] // asks this running instance
     pub fn metric(&self, name: &str) -> f64 {
-        const SCRIPT: &str = "import urllib.request as u; \
-            print(u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9901/metrics', timeout=5).read().decode())";
-        let out = sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", SCRIPT]));
-        out.lines()
+        let (code, body) = admin_get("/metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
