@@ -91,6 +91,41 @@ fn lists(server: &FakeApiServer) -> (usize, usize) {
     )
 }
 
+/// One more change reaches a published snapshot with no relist for it
+/// (the lists stay at `lists`): watching went on after `what`. Then the
+/// workers, still forwarding, stop with nothing wrong in their logs.
+fn watches_on_and_stops_clean(
+    run: Running,
+    server: &FakeApiServer,
+    cluster: &mut Cluster,
+    lists_then: (usize, usize),
+    what: &str,
+) {
+    let change = cluster.next_change();
+    churn::apply_api(server, &change);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let s = run
+            .ctl
+            .published
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("a change after {what}"));
+        if change.reflected_in(&s) {
+            break;
+        }
+    }
+    assert_eq!(
+        lists(server),
+        lists_then,
+        "no relist for a change after {what}"
+    );
+    run.workers.wait_forwarded(1000, Duration::from_secs(30));
+    drop(run.ctl);
+    let logs = run.workers.stop();
+    live::assert_clean(&logs);
+}
+
 /// Checks, until `until`, every `step`: not ready, no snapshot published,
 /// every worker still on `generation`, traffic still forwarded.
 fn keeps_serving(run: &Running, until: Instant, generation: u64) {
@@ -188,29 +223,7 @@ fn an_outage_keeps_the_last_state_serving_and_recovers_with_one_relist() {
         server.requests()
     );
     // Watching goes on after the relist.
-    let change = cluster.next_change();
-    churn::apply_api(&server, &change);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let s = run
-            .ctl
-            .published
-            .recv_timeout(left)
-            .expect("a change after recovery");
-        if change.reflected_in(&s) {
-            break;
-        }
-    }
-    assert_eq!(
-        lists(&server),
-        after,
-        "no relist for a change after recovery"
-    );
-    run.workers.wait_forwarded(1000, Duration::from_secs(30));
-    drop(run.ctl);
-    let logs = run.workers.stop();
-    live::assert_clean(&logs);
+    watches_on_and_stops_clean(run, &server, &mut cluster, after, "recovery");
     println!(
         "outage of {:?}: every worker on the caught-up state {:.2} s after the server came back, ready after {:.2} s; one list of each resource",
         outage(),
@@ -320,29 +333,7 @@ fn a_gone_storm_keeps_serving_and_relists_only_as_the_backoff_allows() {
         after.0 - during.0 <= 1 && after.1 - during.1 <= 1,
         "lists after the storm: {during:?} -> {after:?}"
     );
-    let change = cluster.next_change();
-    churn::apply_api(&server, &change);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let s = run
-            .ctl
-            .published
-            .recv_timeout(left)
-            .expect("a change after the storm");
-        if change.reflected_in(&s) {
-            break;
-        }
-    }
-    assert_eq!(
-        lists(&server),
-        after,
-        "no relist for a change after the storm"
-    );
-    run.workers.wait_forwarded(1000, Duration::from_secs(30));
-    drop(run.ctl);
-    let logs = run.workers.stop();
-    live::assert_clean(&logs);
+    watches_on_and_stops_clean(run, &server, &mut cluster, after, "the storm");
     println!(
         "410 storm of {storm_lasted:?}: {} 410s answered, {} + {} lists (backoff allows {most} each), not ready in {} of {} samples",
         server.gone_sent() - gone_before,
