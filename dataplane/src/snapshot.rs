@@ -255,7 +255,7 @@ struct Frontend {
 
 impl std::hash::Hash for Frontend {
     /// Hashed as three machine words with [`crate::hash::table_hash`] and
-    /// handed to [`FrontendHasher`] as one `u64`: no byte-wise hashing on
+    /// handed to [`LookupHasher`] as one `u64`: no byte-wise hashing on
     /// the packet path.
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -271,21 +271,29 @@ impl std::hash::Hash for Frontend {
     }
 }
 
-/// A `Hasher` for frontends: the packet path looks one up per new
-/// connection, and `SipHash` would cost more than the rest of the lookup.
+/// A `Hasher` for the snapshot's own maps, which the packet path reads:
+/// frontends (one lookup per new connection) and service-port ids (one per
+/// eviction from a full affinity table, so at every packet of a spoofed
+/// flood). `SipHash` would cost more than the rest of either lookup.
 #[derive(Default)]
-struct FrontendHasher(u64);
+struct LookupHasher(u64);
 
-impl Hasher for FrontendHasher {
+impl Hasher for LookupHasher {
     #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
 
-    /// [`Frontend`] hashes itself into exactly one of these.
+    /// [`Frontend`] hashes itself into exactly one of these, already mixed.
     #[inline]
     fn write_u64(&mut self, word: u64) {
         self.0 ^= word;
+    }
+
+    /// A service-port id, not mixed yet.
+    #[inline]
+    fn write_u32(&mut self, id: u32) {
+        self.0 = crate::hash::table_hash(&[self.0, u64::from(id)]);
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -298,34 +306,8 @@ impl Hasher for FrontendHasher {
     }
 }
 
-type FrontendMap = HashMap<Frontend, u32, BuildHasherDefault<FrontendHasher>>;
-
-/// A `Hasher` for service-port ids: every eviction from a full affinity
-/// table looks its victim's service port up (for its current timeout), a
-/// spoofed flood does so at every packet, and `SipHash` was a tenth of
-/// that packet's cost.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write_u32(&mut self, id: u32) {
-        self.0 = crate::hash::table_hash(&[self.0, u64::from(id)]);
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u32(u32::from(b));
-        }
-    }
-}
-
-type IdMap = HashMap<ServicePortId, u32, BuildHasherDefault<IdHasher>>;
+type FrontendMap = HashMap<Frontend, u32, BuildHasherDefault<LookupHasher>>;
+type IdMap = HashMap<ServicePortId, u32, BuildHasherDefault<LookupHasher>>;
 
 /// Set in a service index when the frontend it was found by only admits
 /// the clients of the port's [`SourceRanges`].
