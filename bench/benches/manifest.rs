@@ -14,7 +14,9 @@
 //!   (every Maglev table built);
 //! - `reload`: [`ConfigSource::load`] plus compile after one endpoint's
 //!   readiness flipped in one file (the rest unchanged), the path a file
-//!   change takes in `limpet run`; median and worst of `RUNS`.
+//!   change takes in `limpet run`; median and worst of `RUNS`;
+//! - `reload` of the same export as one `kubectl get -o json` file, which
+//!   `serde_json` reads instead of the YAML parser.
 //!
 //! `cargo bench -p limpet-bench --bench manifest`; `LIMPET_BENCH_SERVICES`
 //! and `LIMPET_BENCH_ENDPOINTS` change the cluster, `LIMPET_BENCH_RUNS` the
@@ -142,4 +144,80 @@ fn main() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+    json_export(&mut cluster, services, runs);
+}
+
+/// The same cluster as one `kubectl get -o json` file: its reload, one
+/// endpoint's readiness flipped each run as above.
+fn json_export(cluster: &mut Export, services: usize, runs: usize) {
+    cluster.not_ready.clear();
+    let m = limpet_control::manifest::load_str(&cluster.list(), None).unwrap();
+    let mut items: Vec<serde_json::Value> = m
+        .services
+        .iter()
+        .map(|s| serde_json::to_value(&s.object).unwrap())
+        .collect();
+    let slice_at: std::collections::HashMap<String, usize> = m
+        .slices
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let labels = s.object.metadata.labels.as_ref().unwrap();
+            (labels["kubernetes.io/service-name"].clone(), services + i)
+        })
+        .collect();
+    items.extend(
+        m.slices
+            .iter()
+            .map(|s| serde_json::to_value(&s.object).unwrap()),
+    );
+    let names: Vec<String> = m
+        .services
+        .iter()
+        .map(|s| s.object.metadata.name.clone().unwrap())
+        .collect();
+    drop(m);
+    let mut list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let dir =
+        std::env::temp_dir().join(format!("limpet-bench-manifest-{}-json", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("export.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&list).unwrap()).unwrap();
+    let bytes = dir_bytes(&dir);
+    let mut source = ConfigSource::new(dir.clone(), ForwardMode::Nat, "node-a".into(), vec![]);
+    let mut compiler = SnapshotCompiler::new();
+    let t0 = Instant::now();
+    compiler.compile(source.load().unwrap()).unwrap();
+    let cold = t0.elapsed();
+    let mut times = Vec::with_capacity(runs);
+    let mut flipped: Option<usize> = None;
+    for r in 0..runs {
+        let ready = |list: &mut serde_json::Value, at: usize, ready: bool| {
+            list["items"][at]["endpoints"][0]["conditions"]["ready"] = json!(ready);
+        };
+        if let Some(at) = flipped {
+            ready(&mut list, at, true);
+        }
+        let at = slice_at[&names[(r * 7919) % services]];
+        ready(&mut list, at, false);
+        flipped = Some(at);
+        std::fs::write(&file, serde_json::to_string_pretty(&list).unwrap()).unwrap();
+        let t0 = Instant::now();
+        let specs = source.load().unwrap();
+        compiler.compile(specs).unwrap();
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    println!(
+        "{}",
+        json!({
+            "figure": "reload", "layout": "one kubectl -o json List file", "services": services,
+            "endpoints": cluster.endpoints(), "bytes": bytes, "runs": runs,
+            "cold_ms": ms(cold),
+            "p50_ms": ms(times[times.len() / 2]), "max_ms": ms(times[times.len() - 1]),
+            "goal_ms": 1000,
+            "path": "ConfigSource::load (read, serde_json, translate) -> SnapshotCompiler::compile (1 thread)",
+        })
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

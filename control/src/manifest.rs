@@ -435,24 +435,12 @@ fn load_str_into(
     out: &mut Manifests,
 ) -> Result<(), LoadError> {
     let file_name = file.map_or_else(|| PathBuf::from("<input>"), Path::to_path_buf);
-    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, limits.parser_options())
-        .map_err(|e| {
-            if let Some((limit, what)) = breached_limit(&e) {
-                return LoadError::Limit {
-                    file: file_name.clone(),
-                    limit,
-                    what,
-                    limit_text: limit.describe(limits),
-                };
-            }
-            let loc = e.location();
-            LoadError::Syntax {
-                file: file_name.clone(),
-                line: loc.map(|l| l.line()).filter(|&l| l > 0),
-                column: loc.map(|l| l.column()).filter(|&c| c > 0),
-                message: e.without_snippet().to_string(),
-            }
-        })?;
+    let json = file.is_some_and(|f| f.extension().is_some_and(|e| e == "json"));
+    let docs = if json {
+        json_documents(text, &file_name, limits)?
+    } else {
+        yaml_documents(text, &file_name, limits)?
+    };
     for (document, doc) in docs.iter().enumerate() {
         if let Some(len) = longest_scalar_over(doc, limits.scalar_bytes) {
             return Err(LoadError::Limit {
@@ -478,6 +466,87 @@ fn load_str_into(
 /// The length of a string (key or value) in `doc` longer than `max`, if
 /// any. Iterative: depth is bounded by the parser, but this owes nothing
 /// to that.
+/// The documents of a YAML file, under `limits` as serde-saphyr applies
+/// them while it parses.
+fn yaml_documents(text: &str, file_name: &Path, limits: &Limits) -> Result<Vec<Value>, LoadError> {
+    serde_saphyr::from_multiple_with_options(text, limits.parser_options()).map_err(|e| {
+        if let Some((limit, what)) = breached_limit(&e) {
+            return LoadError::Limit {
+                file: file_name.to_path_buf(),
+                limit,
+                what,
+                limit_text: limit.describe(limits),
+            };
+        }
+        let loc = e.location();
+        LoadError::Syntax {
+            file: file_name.to_path_buf(),
+            line: loc.map(|l| l.line()).filter(|&l| l > 0),
+            column: loc.map(|l| l.column()).filter(|&c| c > 0),
+            message: e.without_snippet().to_string(),
+        }
+    })
+}
+
+/// The values of a `.json` file (`kubectl get -o json`; one value, or
+/// several one after another), under the same limits. JSON is YAML, but
+/// `serde_json` reads it many times faster than the YAML parser (a
+/// 10k-service export: see `benches/manifest.rs`), which is what lets a
+/// reload of one big export publish within a second. It has no aliases to
+/// expand; nesting past `serde_json`'s own 128 levels is refused as the depth
+/// limit too.
+fn json_documents(text: &str, file_name: &Path, limits: &Limits) -> Result<Vec<Value>, LoadError> {
+    let over = |limit: Limit, what: String| LoadError::Limit {
+        file: file_name.to_path_buf(),
+        limit,
+        what,
+        limit_text: limit.describe(limits),
+    };
+    let mut docs = Vec::new();
+    for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        let doc = doc.map_err(|e| {
+            if e.to_string().starts_with("recursion limit exceeded") {
+                return over(Limit::Depth, "values nested deeper".to_owned());
+            }
+            LoadError::Syntax {
+                file: file_name.to_path_buf(),
+                line: Some(e.line() as u64).filter(|&l| l > 0),
+                column: Some(e.column() as u64).filter(|&c| c > 0),
+                message: e.to_string(),
+            }
+        })?;
+        docs.push(doc);
+        if docs.len() > limits.documents {
+            return Err(over(
+                Limit::Documents,
+                format!("more than {} values", limits.documents),
+            ));
+        }
+    }
+    // Nodes as YAML counts them (every value), depth as it does (arrays
+    // and objects inside one another).
+    let mut nodes = 0usize;
+    let mut stack: Vec<(&Value, usize)> = docs.iter().map(|d| (d, 1)).collect();
+    while let Some((v, depth)) = stack.pop() {
+        nodes += 1;
+        if nodes > limits.nodes {
+            return Err(over(
+                Limit::Nodes,
+                format!("more than {} values", limits.nodes),
+            ));
+        }
+        if matches!(v, Value::Array(_) | Value::Object(_)) && depth > limits.depth {
+            return Err(over(Limit::Depth, format!("values nested {depth} deep")));
+        }
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(docs)
+}
+
 fn longest_scalar_over(doc: &Value, max: usize) -> Option<usize> {
     let mut stack = vec![doc];
     while let Some(v) = stack.pop() {

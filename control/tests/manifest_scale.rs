@@ -197,3 +197,67 @@ fn files_over_a_limit_are_refused_naming_file_and_limit() {
         "{err}"
     );
 }
+
+/// The export as `kubectl get -o json` prints it: `.json` files are read by
+/// `serde_json`, to the same objects as the YAML, under the same limits.
+#[test]
+fn a_json_export_loads_as_its_yaml_does_and_keeps_the_limits() {
+    let cluster = Export::uniform(2_000, 3);
+    let yaml = load_str(&cluster.list(), Some(Path::new("export.yaml"))).unwrap();
+    let items: Vec<serde_json::Value> = yaml
+        .services
+        .iter()
+        .map(|s| serde_json::to_value(&s.object).unwrap())
+        .chain(
+            yaml.slices
+                .iter()
+                .map(|s| serde_json::to_value(&s.object).unwrap()),
+        )
+        .collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let text = serde_json::to_string_pretty(&list).unwrap();
+    let json = load_str(&text, Some(Path::new("export.json"))).unwrap_or_else(|e| panic!("{e}"));
+    let objects = |m: &limpet_control::manifest::Manifests| {
+        (
+            m.services
+                .iter()
+                .map(|s| s.object.clone())
+                .collect::<Vec<_>>(),
+            m.slices
+                .iter()
+                .map(|s| s.object.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(objects(&json), objects(&yaml));
+
+    // Several values one after another, as a stream of `kubectl get -o
+    // json` outputs.
+    let one = serde_json::to_string(&list["items"][0]).unwrap();
+    let m = load_str(&format!("{one}\n{one}"), Some(Path::new("two.json"))).unwrap();
+    assert_eq!(m.services.len(), 2);
+
+    let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let err = load_str(&deep, Some(Path::new("deep.json"))).unwrap_err();
+    assert_eq!(refused(&err), Limit::Depth, "{err}");
+    assert!(
+        err.to_string().ends_with("the limit is nesting 64 deep"),
+        "{err}"
+    );
+    let deeper = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert_eq!(
+        refused(&load_str(&deeper, Some(Path::new("deeper.json"))).unwrap_err()),
+        Limit::Depth
+    );
+
+    let err = load_str(
+        "{\"kind\": \"Service\",\n \"metadata\": }",
+        Some(Path::new("bad.json")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, LoadError::Syntax { line: Some(2), .. }),
+        "no line for a JSON syntax error: {err:?}"
+    );
+    assert!(err.to_string().starts_with("bad.json:2:"), "{err}");
+}

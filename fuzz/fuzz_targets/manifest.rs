@@ -477,6 +477,12 @@ fn translate_objects(services: &[Service], slices: &[EndpointSlice], ctx: &Trans
 }
 
 fn yaml(text: &str) {
+    // The same bytes as a `.json` file: `serde_json`'s path, the same
+    // limits, errors naming the file.
+    if let Err(e) = manifest::load_str(text, Some(std::path::Path::new("fuzz.json"))) {
+        assert_eq!(e.file(), std::path::Path::new("fuzz.json"));
+        assert!(e.to_string().starts_with("fuzz.json"), "{e}");
+    }
     match manifest::load_str(text, None) {
         Err(e) => {
             assert_eq!(e.file(), std::path::Path::new("<input>"));
@@ -514,6 +520,12 @@ fn round_trip(services: &[Service], slices: &[EndpointSlice]) {
     let back_slices: Vec<EndpointSlice> = back.slices.into_iter().map(|s| s.object).collect();
     assert_eq!(back_services, services, "services round trip");
     assert_eq!(back_slices, slices, "slices round trip");
+    let json = manifest::load_str(&text, Some(std::path::Path::new("list.json")))
+        .expect("the same list loads as a .json file");
+    let json_services: Vec<Service> = json.services.into_iter().map(|s| s.object).collect();
+    let json_slices: Vec<EndpointSlice> = json.slices.into_iter().map(|s| s.object).collect();
+    assert_eq!(json_services, services, "services through serde_json");
+    assert_eq!(json_slices, slices, "slices through serde_json");
 }
 
 fuzz_target!(|data: &[u8]| {
