@@ -224,6 +224,7 @@ fn flow_v4(client: usize, port: u16) -> Flow<Ipv4Addr> {
         client_mac: MacAddr([0x02, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc]),
         client_iface: 0,
         backend_iface: 0,
+        ..Flow::default()
     }
 }
 

@@ -85,6 +85,7 @@ fn state() -> WorkerState {
                 client_mac: MacAddr([2, 0, 0, 0, 0, 1]),
                 client_iface: 0,
                 backend_iface: 0,
+                ..Flow::default()
             },
             last_seen,
         });

@@ -161,6 +161,9 @@ impl Workers {
         let (cmd_tx, cmd_rx) = bounded::<Command>(64);
         let mut config = config.clone();
         config.mac = self.mac;
+        // Worker k owns the source ports p % n == k: its index here is
+        // the one the steering (fanout order, software steering) gives it.
+        config.snat.ports.worker = self.publish.len() as u16;
         let worker = Worker::new(
             io,
             MonotonicClock::new(),

@@ -14,7 +14,7 @@ pub trait Family: Copy + Eq + Debug + Send + Sync + 'static {
     /// Full prefix length (32 or 128).
     const MAX_PREFIX: u8;
     /// How the connection table stores this family's entries: an IPv4 flow
-    /// and its stamp (48 bytes) get a cache line each rather than
+    /// and its stamp (56 bytes) get a cache line each rather than
     /// straddling two half the time; an IPv6 one spans two lines anyway.
     type FlowAlign: Copy + Default + Send + Sync + 'static;
     /// The address in one or two words, for in-process hashing.
@@ -27,6 +27,16 @@ pub trait Family: Copy + Eq + Debug + Send + Sync + 'static {
     fn octets16(self) -> [u8; 16];
     /// The inverse of [`octets16`](Self::octets16).
     fn from_octets16(octets: &[u8; 16]) -> Self;
+}
+
+/// `addr` as family `A`, or `None` if it is of the other family.
+#[inline(always)]
+pub fn from_ip<A: Family>(addr: IpAddr) -> Option<A> {
+    match addr {
+        IpAddr::V4(a) if A::LEN == 4 => Some(A::from_octets16(&a.octets16())),
+        IpAddr::V6(a) if A::LEN == 16 => Some(A::from_octets16(&a.octets())),
+        _ => None,
+    }
 }
 
 impl Family for Ipv4Addr {

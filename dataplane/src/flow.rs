@@ -130,6 +130,13 @@ pub struct Flow<A> {
     pub client_iface: u16,
     /// The port (interface) its backend is reached through.
     pub backend_iface: u16,
+    /// The source is translated too (`fullnat`, or a client its endpoint
+    /// would answer directly): the backend sees `snat_addr:snat_port`, and
+    /// its replies are addressed there (see [`crate::snat`]).
+    pub snat: bool,
+    /// With `snat`: the source the backend sees. Meaningless without it.
+    pub snat_addr: A,
+    pub snat_port: u16,
 }
 
 impl<A: Family> Default for Flow<A> {
@@ -150,6 +157,9 @@ impl<A: Family> Default for Flow<A> {
             client_mac: MacAddr([0; 6]),
             client_iface: 0,
             backend_iface: 0,
+            snat: false,
+            snat_addr: A::UNSPECIFIED,
+            snat_port: 0,
         }
     }
 }
@@ -170,12 +180,24 @@ impl<A: Family> Flow<A> {
     /// The tuple the backend's replies carry under `nat`.
     #[inline(always)]
     pub fn reply_key(&self) -> FlowKey<A> {
+        let (dst, dst_port) = self.backend_peer();
         FlowKey {
             src: self.backend_addr,
-            dst: self.client,
+            dst,
             src_port: self.backend_port,
-            dst_port: self.client_port,
+            dst_port,
             protocol: self.protocol,
+        }
+    }
+
+    /// The address and port the backend sees the connection come from:
+    /// the client's, or under source NAT limpet's.
+    #[inline(always)]
+    pub fn backend_peer(&self) -> (A, u16) {
+        if self.snat {
+            (self.snat_addr, self.snat_port)
+        } else {
+            (self.client, self.client_port)
         }
     }
 }
@@ -270,6 +292,14 @@ impl<A: Family> FlowTable<A> {
             Direction::Reply
         };
         Some((idx, dir))
+    }
+
+    /// Whether any entry holds tuple `key`, live or idle past its timeout
+    /// but not reaped yet: a tuple to keep clear of when choosing a new
+    /// connection's source port.
+    #[inline]
+    pub fn holds(&self, key: &FlowKey<A>) -> bool {
+        self.table.find(key.hash(), key).is_some()
     }
 
     #[inline(always)]

@@ -544,6 +544,8 @@ fn translate<A: IpRewrite>(
     // Towards the client the quote is the packet as sent to the backend:
     // its destination goes back to the service. Towards the backend it is
     // the reply as the client saw it: its source goes back to the backend.
+    // Under source NAT the other end changes too (the client's address,
+    // or limpet's source address and port), outside and inside alike.
     let (outer, inner, addr, l4_port) = match dir {
         Direction::Reply => (
             End::Source,
@@ -558,51 +560,33 @@ fn translate<A: IpRewrite>(
             flow.backend_port,
         ),
     };
+    let (other, other_addr, other_port) = match dir {
+        Direction::Reply => (End::Destination, flow.client, flow.client_port),
+        Direction::Forward => (End::Source, flow.snat_addr, flow.snat_port),
+    };
     let ip = &mut frame[l3..];
-    let v4 = A::LEN == 4;
     // The outer header: the address, the hop count, (IPv4) its checksum.
-    let Some(outer_delta) = A::rewrite_ip(ip, outer, addr) else {
+    let Some(mut outer_delta) = A::rewrite_ip(ip, outer, addr) else {
         return port;
     };
-    let q = &mut ip[l4 + ICMP_HEADER..end];
-    let octets = addr.octets16();
-    let new_addr = &octets[..A::LEN];
-    let addr_at = match (v4, inner) {
-        (true, End::Source) => 12,
-        (true, End::Destination) => 16,
-        (false, End::Source) => 8,
-        (false, End::Destination) => 24,
-    };
-    let addr_delta = replace(q, addr_at, new_addr);
-    let mut icmp_delta = addr_delta;
-    if v4 {
-        let old = get_u16(q, 10);
-        icmp_delta += replace_csum(q, 10, apply(old, addr_delta));
-    }
-    let port_at = quoted_l4
-        + match inner {
-            End::Source => 0,
-            End::Destination => 2,
+    if flow.snat {
+        let Some(delta) = A::set_addr(ip, other, other_addr) else {
+            return port;
         };
-    let port_delta = replace(q, port_at, &l4_port.to_be_bytes());
-    icmp_delta += port_delta;
-    let csum_at = match flow.protocol {
-        IpProtocol::TCP => quoted_l4 + 16,
-        _ => quoted_l4 + 6,
-    };
-    if q.len() >= csum_at + 2 {
-        let old = get_u16(q, csum_at);
-        // A zero UDP checksum means "none" and stays zero; a computed zero
-        // is sent as 0xffff.
-        if flow.protocol == IpProtocol::TCP || old != 0 {
-            let mut new = apply(old, addr_delta + port_delta);
-            if flow.protocol == IpProtocol::UDP && new == 0 {
-                new = 0xffff;
-            }
-            icmp_delta += replace_csum(q, csum_at, new);
-        }
+        outer_delta += delta;
     }
-    if !v4 {
+    let q = &mut ip[l4 + ICMP_HEADER..end];
+    let mut icmp_delta = quote_rewrite(q, quoted_l4, flow.protocol, inner, addr, l4_port);
+    if flow.snat {
+        // The quote's other end is the connection's other end, which the
+        // outer header holds the other way round.
+        let mirror = match inner {
+            End::Source => End::Destination,
+            End::Destination => End::Source,
+        };
+        icmp_delta += quote_rewrite(q, quoted_l4, flow.protocol, mirror, other_addr, other_port);
+    }
+    if A::LEN == 16 {
         // `ICMPv6` covers the pseudo-header, which holds the outer address.
         icmp_delta += outer_delta;
     }
@@ -610,6 +594,58 @@ fn translate<A: IpRewrite>(
     let new = apply(old, icmp_delta);
     ip[l4 + 2..l4 + 4].copy_from_slice(&new.to_be_bytes());
     port
+}
+
+/// Rewrites one end (`end`) of the packet an ICMP error quotes (`q`, its
+/// transport header at `quoted_l4`) to `addr` and `port`, updating the
+/// quoted IPv4 header checksum and, where the quote holds it, the quoted
+/// TCP or UDP checksum. Returns what the changes add to the ICMP checksum.
+fn quote_rewrite<A: IpRewrite>(
+    q: &mut [u8],
+    quoted_l4: usize,
+    protocol: u8,
+    end: End,
+    addr: A,
+    port: u16,
+) -> u32 {
+    let v4 = A::LEN == 4;
+    let octets = addr.octets16();
+    let addr_at = match (v4, end) {
+        (true, End::Source) => 12,
+        (true, End::Destination) => 16,
+        (false, End::Source) => 8,
+        (false, End::Destination) => 24,
+    };
+    let addr_delta = replace(q, addr_at, &octets[..A::LEN]);
+    let mut icmp_delta = addr_delta;
+    if v4 {
+        let old = get_u16(q, 10);
+        icmp_delta += replace_csum(q, 10, apply(old, addr_delta));
+    }
+    let port_at = quoted_l4
+        + match end {
+            End::Source => 0,
+            End::Destination => 2,
+        };
+    let port_delta = replace(q, port_at, &port.to_be_bytes());
+    icmp_delta += port_delta;
+    let csum_at = match protocol {
+        IpProtocol::TCP => quoted_l4 + 16,
+        _ => quoted_l4 + 6,
+    };
+    if q.len() >= csum_at + 2 {
+        let old = get_u16(q, csum_at);
+        // A zero UDP checksum means "none" and stays zero; a computed zero
+        // is sent as 0xffff.
+        if protocol == IpProtocol::TCP || old != 0 {
+            let mut new = apply(old, addr_delta + port_delta);
+            if protocol == IpProtocol::UDP && new == 0 {
+                new = 0xffff;
+            }
+            icmp_delta += replace_csum(q, csum_at, new);
+        }
+    }
+    icmp_delta
 }
 
 /// Turns the echo request in `frame` (IPv4 header without options at `l3`,

@@ -18,6 +18,7 @@ pub mod nat;
 pub mod neighbour;
 pub mod pipeline;
 pub mod snapshot;
+pub mod snat;
 pub mod state;
 pub mod stats;
 pub mod table;

@@ -15,6 +15,11 @@ pub trait IpRewrite: Family {
     /// to a transport checksum's pseudo-header as a partial sum (`!old +
     /// new`), or `None` (nothing written) if `ip` is shorter than a header.
     fn rewrite_ip(ip: &mut [u8], end: End, new: Self) -> Option<u32>;
+
+    /// Replaces the address at `end` only (no hop count), updating the
+    /// header checksum (IPv4); returns the pseudo-header change as
+    /// [`rewrite_ip`](Self::rewrite_ip) does.
+    fn set_addr(ip: &mut [u8], end: End, new: Self) -> Option<u32>;
 }
 
 /// The ones-complement sum of a 32-bit word's two 16-bit halves.
@@ -54,6 +59,22 @@ impl IpRewrite for Ipv4Addr {
         [h[10], h[11]] = apply(csum, addr + hops).to_be_bytes();
         Some(addr)
     }
+
+    #[inline(always)]
+    fn set_addr(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
+        let h = ip.first_chunk_mut::<20>()?;
+        let field: &mut [u8; 4] = match end {
+            End::Source => h[12..16].as_mut_array()?,
+            End::Destination => h[16..20].as_mut_array()?,
+        };
+        let old = u32::from_be_bytes(*field);
+        let new = new.to_bits();
+        *field = new.to_be_bytes();
+        let addr = u32::from(!fold(sum32(old))) + sum32(new);
+        let csum = u16::from_be_bytes([h[10], h[11]]);
+        [h[10], h[11]] = apply(csum, addr).to_be_bytes();
+        Some(addr)
+    }
 }
 
 impl IpRewrite for Ipv6Addr {
@@ -61,6 +82,19 @@ impl IpRewrite for Ipv6Addr {
     fn rewrite_ip(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
         let h = ip.first_chunk_mut::<40>()?;
         h[7] = h[7].saturating_sub(1);
+        let field: &mut [u8; 16] = match end {
+            End::Source => h[8..24].as_mut_array()?,
+            End::Destination => h[24..40].as_mut_array()?,
+        };
+        let new = new.octets();
+        let addr = u32::from(!fold(sum(&field[..]))) + sum(&new);
+        *field = new;
+        Some(addr)
+    }
+
+    #[inline(always)]
+    fn set_addr(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
+        let h = ip.first_chunk_mut::<40>()?;
         let field: &mut [u8; 16] = match end {
             End::Source => h[8..24].as_mut_array()?,
             End::Destination => h[24..40].as_mut_array()?,
@@ -92,35 +126,71 @@ pub fn rewrite<A: IpRewrite>(ip: &mut [u8], l4: usize, protocol: u8, end: End, n
         End::Source => 0,
         End::Destination => 2,
     };
-    match protocol {
-        IpProtocol::TCP => {
-            let Some(t) = ip.get_mut(l4..).and_then(|t| t.first_chunk_mut::<18>()) else {
-                return;
-            };
-            let old = u16::from_be_bytes([t[at], t[at + 1]]);
-            [t[at], t[at + 1]] = port.to_be_bytes();
-            let delta = addr + u32::from(!old) + u32::from(port);
-            let csum = u16::from_be_bytes([t[16], t[17]]);
-            [t[16], t[17]] = apply(csum, delta).to_be_bytes();
-        }
-        IpProtocol::UDP => {
-            let Some(u) = ip.get_mut(l4..).and_then(|u| u.first_chunk_mut::<8>()) else {
-                return;
-            };
-            let old = u16::from_be_bytes([u[at], u[at + 1]]);
-            [u[at], u[at + 1]] = port.to_be_bytes();
-            let csum = u16::from_be_bytes([u[6], u[7]]);
-            // A zero UDP checksum means "none" and stays zero; a computed
-            // zero is sent as 0xffff.
-            if csum != 0 {
-                let delta = addr + u32::from(!old) + u32::from(port);
-                let csum = match apply(csum, delta) {
-                    0 => 0xffff,
-                    c => c,
-                };
-                [u[6], u[7]] = csum.to_be_bytes();
-            }
-        }
-        _ => {}
+    set_ports(ip, l4, protocol, addr, [(at, port)]);
+}
+
+/// [`rewrite`] of both ends at once (source NAT as well as destination):
+/// one hop, both addresses and both ports, one update of each checksum.
+#[inline]
+pub fn rewrite_both<A: IpRewrite>(
+    ip: &mut [u8],
+    l4: usize,
+    protocol: u8,
+    (src, src_port): (A, u16),
+    (dst, dst_port): (A, u16),
+) {
+    let Some(to_dst) = A::rewrite_ip(ip, End::Destination, dst) else {
+        return;
+    };
+    let Some(to_src) = A::set_addr(ip, End::Source, src) else {
+        return;
+    };
+    set_ports(
+        ip,
+        l4,
+        protocol,
+        to_dst + to_src,
+        [(0, src_port), (2, dst_port)],
+    );
+}
+
+/// Writes each `(offset, port)` into the transport header at `l4` and
+/// updates its checksum by those changes and `addr`, the pseudo-header's.
+#[inline(always)]
+fn set_ports<const N: usize>(
+    ip: &mut [u8],
+    l4: usize,
+    protocol: u8,
+    addr: u32,
+    ports: [(usize, u16); N],
+) {
+    let (header, csum_at) = match protocol {
+        IpProtocol::TCP => (18, 16),
+        IpProtocol::UDP => (8, 6),
+        _ => return,
+    };
+    let Some(h) = ip.get_mut(l4..l4 + header) else {
+        return;
+    };
+    let mut delta = addr;
+    for (at, port) in ports {
+        let old = u16::from_be_bytes([h[at], h[at + 1]]);
+        [h[at], h[at + 1]] = port.to_be_bytes();
+        delta += u32::from(!old) + u32::from(port);
     }
+    let csum = u16::from_be_bytes([h[csum_at], h[csum_at + 1]]);
+    let new = if protocol == IpProtocol::UDP {
+        // A zero UDP checksum means "none" and stays zero; a computed
+        // zero is sent as 0xffff.
+        if csum == 0 {
+            return;
+        }
+        match apply(csum, delta) {
+            0 => 0xffff,
+            c => c,
+        }
+    } else {
+        apply(csum, delta)
+    };
+    [h[csum_at], h[csum_at + 1]] = new.to_be_bytes();
 }

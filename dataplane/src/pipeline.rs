@@ -36,8 +36,9 @@ use crate::flow::{Direction, Flow, FlowKey, FlowState, FlowTable, FlowTimeouts};
 use crate::hash::stable_hash;
 use crate::icmp::{self, Icmp, IcmpConfig};
 use crate::io::{BURST, PacketBuf, PacketIo};
-use crate::nat::{End, IpRewrite, rewrite};
+use crate::nat::{End, IpRewrite, rewrite, rewrite_both};
 use crate::snapshot::{Affinity, Backend, ForwardMode, Repick, ServicePort, Snapshot};
+use crate::snat::{SnatConfig, Source};
 use crate::state::{RestoreReport, TablesMut, TablesRef, WorkerState};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{NO_HINT, TableError};
@@ -66,6 +67,8 @@ pub struct WorkerConfig {
     pub timeouts: FlowTimeouts,
     /// Echo answers, port unreachables (see [`crate::icmp`]).
     pub icmp: IcmpConfig,
+    /// Source NAT: addresses, and the ports this worker owns.
+    pub snat: SnatConfig,
 }
 
 impl WorkerConfig {
@@ -93,6 +96,7 @@ impl Default for WorkerConfig {
             affinity_capacity_v6: None,
             timeouts: FlowTimeouts::default(),
             icmp: IcmpConfig::default(),
+            snat: SnatConfig::default(),
         }
     }
 }
@@ -260,6 +264,8 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     ) -> Result<Self, TableError> {
         let now = clock.now();
         let max_frame = io.max_frame();
+        let mut io = io;
+        io.serve_sources(&config.snat.addrs());
         Ok(Self {
             icmp: Icmp::new(config.icmp.clone(), now),
             v4: Tables::new(&config, now)?,
@@ -667,6 +673,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         let ctx = Ctx {
             snapshot: &self.snapshot,
             mac: self.config.mac,
+            snat: &self.config.snat,
             now,
             swapped_at: self.swapped_at,
             stats: &mut self.stats,
@@ -834,7 +841,7 @@ fn prefetch_reply<A: Family>(svc: &ServicePort, tables: &Tables<A>, key: &FlowKe
     else {
         return;
     };
-    if svc.spec.mode != ForwardMode::Nat {
+    if svc.spec.mode == ForwardMode::Dsr {
         return;
     }
     let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
@@ -1037,6 +1044,7 @@ fn ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16, u8)> {
 struct Ctx<'a> {
     snapshot: &'a Snapshot,
     mac: MacAddr,
+    snat: &'a SnatConfig,
     now: u32,
     /// See [`Worker::swapped_at`].
     swapped_at: u32,
@@ -1057,6 +1065,7 @@ fn handle<A: IpRewrite>(
     let Ctx {
         snapshot,
         mac,
+        snat,
         now,
         swapped_at,
         stats,
@@ -1138,8 +1147,55 @@ fn handle<A: IpRewrite>(
     let Some(backend_addr) = family_addr::<A>(backend.addr) else {
         return Action::Drop(DropReason::NoBackend);
     };
-    let client_mac = ethernet::Frame::new_unchecked(&*frame).src_addr();
-    let flow = Flow {
+    let opened = Opened {
+        key: &key,
+        svc,
+        backend,
+        backend_addr,
+        awaiting_proof,
+        port: *port,
+    };
+    let flow = match open(snat, &tables.flows, opened, frame) {
+        Ok(flow) => flow,
+        Err(reason) => return Action::Drop(reason),
+    };
+    if tables.flows.insert(flow, meta.tcp_flags, now).is_none() {
+        return Action::Drop(DropReason::FlowTableFull);
+    }
+    stats.new_flows += 1;
+    *port = send(frame, meta, &flow, Direction::Forward, mac);
+    Action::Forward
+}
+
+/// A new connection's placement, for [`open`].
+#[derive(Clone, Copy)]
+struct Opened<'a, A> {
+    key: &'a FlowKey<A>,
+    svc: &'a ServicePort,
+    backend: &'a Backend,
+    backend_addr: A,
+    awaiting_proof: bool,
+    /// The port (interface) it arrived on.
+    port: u16,
+}
+
+/// The connection entry for a new connection, source translation and all.
+#[inline(always)]
+fn open<A: IpRewrite>(
+    snat: &SnatConfig,
+    flows: &FlowTable<A>,
+    o: Opened<'_, A>,
+    frame: &[u8],
+) -> Result<Flow<A>, DropReason> {
+    let Opened {
+        key,
+        svc,
+        backend,
+        backend_addr,
+        awaiting_proof,
+        port,
+    } = o;
+    let mut flow = Flow {
         client: key.src,
         service_addr: key.dst,
         backend_addr,
@@ -1148,20 +1204,52 @@ fn handle<A: IpRewrite>(
         backend_port: backend.port,
         protocol: key.protocol,
         state: FlowState::SynSent,
-        nat: svc.spec.mode == ForwardMode::Nat,
+        nat: svc.spec.mode != ForwardMode::Dsr,
         awaiting_proof,
         backend: backend.id,
         backend_mac: backend.mac,
-        client_mac,
-        client_iface: *port,
+        client_mac: ethernet::Frame::new_unchecked(frame).src_addr(),
+        client_iface: port,
         backend_iface: backend.iface,
+        snat: false,
+        snat_addr: A::UNSPECIFIED,
+        snat_port: 0,
     };
-    if tables.flows.insert(flow, meta.tcp_flags, now).is_none() {
-        return Action::Drop(DropReason::FlowTableFull);
+    if flow.nat {
+        source_nat(snat, flows, &mut flow, key, svc.spec.mode)?;
     }
-    stats.new_flows += 1;
-    *port = send(frame, meta, &flow, Direction::Forward, mac);
-    Action::Forward
+    Ok(flow)
+}
+
+/// Gives a new `nat` or `fullnat` connection its source translation, if
+/// it needs one: under `fullnat` always, under `nat` when its endpoint
+/// would answer the client directly. The port is the first candidate this
+/// worker owns whose reply tuple no live connection holds.
+#[inline]
+fn source_nat<A: IpRewrite>(
+    config: &SnatConfig,
+    flows: &FlowTable<A>,
+    flow: &mut Flow<A>,
+    key: &FlowKey<A>,
+    mode: ForwardMode,
+) -> Result<(), DropReason> {
+    if mode != ForwardMode::FullNat && config.subnets.is_empty() {
+        return Ok(());
+    }
+    let addr = match config.source(mode == ForwardMode::FullNat, key.src, flow.backend_addr) {
+        Source::Kept => return Ok(()),
+        Source::Translated(addr) => addr,
+        Source::Unavailable => return Err(DropReason::NoSnatAddress),
+    };
+    flow.snat = true;
+    flow.snat_addr = addr;
+    for port in config.ports.candidates(key.hash()) {
+        flow.snat_port = port;
+        if !flows.holds(&flow.reply_key()) {
+            return Ok(());
+        }
+    }
+    Err(DropReason::SnatPortsExhausted)
 }
 
 /// `ClientIP`: the client's live sticky backend if it is still usable
@@ -1301,12 +1389,8 @@ fn tuple_hash<A: Family>(key: &FlowKey<A>) -> u64 {
 /// `addr` as family `A`; snapshots reject mixed families, so this only
 /// fails on a broken one.
 #[inline(always)]
-fn family_addr<A: Family>(addr: std::net::IpAddr) -> Option<A> {
-    match addr {
-        std::net::IpAddr::V4(a) if A::LEN == 4 => Some(A::from_octets16(&a.octets16())),
-        std::net::IpAddr::V6(a) if A::LEN == 16 => Some(A::from_octets16(&a.octets())),
-        _ => None,
-    }
+fn family_addr<A: Family>(addr: IpAddr) -> Option<A> {
+    crate::family::from_ip(addr)
 }
 
 /// Rewrites a packet of `flow` travelling `dir`, points it at its next hop
@@ -1339,6 +1423,20 @@ fn send<A: IpRewrite>(
         return port;
     };
     let l4 = usize::from(meta.l4);
+    if flow.snat {
+        let (src, dst) = match dir {
+            Direction::Forward => (
+                (flow.snat_addr, flow.snat_port),
+                (flow.backend_addr, flow.backend_port),
+            ),
+            Direction::Reply => (
+                (flow.service_addr, flow.service_port),
+                (flow.client, flow.client_port),
+            ),
+        };
+        rewrite_both(ip, l4, flow.protocol, src, dst);
+        return port;
+    }
     match dir {
         Direction::Forward => rewrite(
             ip,

@@ -68,6 +68,11 @@ pub enum ForwardMode {
     /// Layer-2 direct server return: rewrite only the destination MAC; the
     /// backend holds the service address and replies to the client itself.
     Dsr,
+    /// Rewrite the source as well, to limpet's address and a port of the
+    /// worker's own (see [`crate::snat`]), and translate replies back:
+    /// backends need no route to clients through limpet. Affinity still
+    /// keys on the real client.
+    FullNat,
 }
 
 /// One usable endpoint of a service port.

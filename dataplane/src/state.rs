@@ -43,7 +43,7 @@ pub const LAYOUT: &str = "limpet worker state: \
     flow{client:addr,service_addr:addr,backend_addr:addr,client_port:u16,service_port:u16,\
     backend_port:u16,protocol:u8,state:u8(syn_sent=0,established=1,closing=2,reset=3),\
     nat:u8,awaiting_proof:u8,backend:u32,backend_mac:[u8;6],client_mac:[u8;6],client_iface:u16,\
-    backend_iface:u16,last_seen:u32}; \
+    backend_iface:u16,snat:u8,snat_addr:addr,snat_port:u16,last_seen:u32}; \
     worker{affinity_v4,affinity_v6,flows_v4,flows_v6: u64 count then entries}; \
     addr: 4 or 16 bytes, network order; integers little-endian; times Unix seconds";
 
@@ -241,7 +241,8 @@ impl<A: Family> SavedAffinity<A> {
 
 impl<A: Family> SavedFlow<A> {
     /// Bytes one connection takes.
-    pub const SIZE: usize = 3 * A::LEN + 2 * 3 + 1 + 1 + 1 + 1 + 4 + 6 + 6 + 2 + 2 + 4;
+    pub const SIZE: usize =
+        3 * A::LEN + 2 * 3 + 1 + 1 + 1 + 1 + 4 + 6 + 6 + 2 + 2 + 1 + A::LEN + 2 + 4;
 
     fn encode(&self, out: &mut Vec<u8>) {
         let f = &self.flow;
@@ -260,6 +261,9 @@ impl<A: Family> SavedFlow<A> {
         out.extend_from_slice(&f.client_mac.0);
         out.extend_from_slice(&f.client_iface.to_le_bytes());
         out.extend_from_slice(&f.backend_iface.to_le_bytes());
+        out.push(u8::from(f.snat));
+        put_addr(out, f.snat_addr);
+        out.extend_from_slice(&f.snat_port.to_le_bytes());
         out.extend_from_slice(&self.last_seen.to_le_bytes());
     }
 
@@ -295,6 +299,13 @@ impl<A: Family> SavedFlow<A> {
         let client_mac = MacAddr(r.array()?);
         let client_iface = r.u16()?;
         let backend_iface = r.u16()?;
+        let snat = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(r.invalid(format!("snat flag {other}"))),
+        };
+        let snat_addr = r.addr::<A>()?;
+        let snat_port = r.u16()?;
         let last_seen = r.u32()?;
         Ok(Self {
             flow: Flow {
@@ -313,6 +324,9 @@ impl<A: Family> SavedFlow<A> {
                 client_mac,
                 client_iface,
                 backend_iface,
+                snat,
+                snat_addr,
+                snat_port,
             },
             last_seen,
         })
@@ -444,7 +458,9 @@ impl WorkerState {
     /// single-address affinity entries go to their client's owner; an
     /// entry for a whole prefix of clients goes to every worker, since its
     /// clients may land on any of them (Maglev gives all copies the same
-    /// answer, so they agree).
+    /// answer, so they agree). A source-translated connection is left out
+    /// unless its client's owner also owns its source port, which its
+    /// replies are steered by (see [`crate::snat`]).
     pub fn route(states: Vec<WorkerState>, workers: usize) -> Vec<WorkerState> {
         let workers = workers.max(1);
         if states.len() == workers {
@@ -460,14 +476,30 @@ impl WorkerState {
                 route_affinity(&mut out, a, owner, |w| &mut w.affinity_v6);
             }
             for f in s.flows_v4 {
-                out[owner(f.flow.client.ip())].flows_v4.push(f);
+                if let Some(w) = flow_owner(&f.flow, workers) {
+                    out[w].flows_v4.push(f);
+                }
             }
             for f in s.flows_v6 {
-                out[owner(f.flow.client.ip())].flows_v6.push(f);
+                if let Some(w) = flow_owner(&f.flow, workers) {
+                    out[w].flows_v6.push(f);
+                }
             }
         }
         out
     }
+}
+
+/// The worker that sees both directions of `flow` among `workers`, if one
+/// does.
+fn flow_owner<A: Family>(flow: &Flow<A>, workers: usize) -> Option<usize> {
+    let owner = crate::io::steer::client_owner(flow.client.ip(), workers);
+    let replies = if flow.snat {
+        crate::snat::port_owner(flow.snat_port, workers)
+    } else {
+        owner
+    };
+    (owner == replies).then_some(owner)
 }
 
 fn route_affinity<A: Family>(
@@ -784,6 +816,9 @@ mod tests {
             client_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             client_iface: 0,
             backend_iface: 1,
+            snat: false,
+            snat_addr: Ipv4Addr::UNSPECIFIED,
+            snat_port: 0,
         }
     }
 
@@ -816,10 +851,21 @@ mod tests {
                 protected: false,
                 prefix: 64,
             }],
-            flows_v4: vec![SavedFlow {
-                flow: flow4(10, 40000),
-                last_seen: 1_700_000_002,
-            }],
+            flows_v4: vec![
+                SavedFlow {
+                    flow: flow4(10, 40000),
+                    last_seen: 1_700_000_002,
+                },
+                SavedFlow {
+                    flow: Flow {
+                        snat: true,
+                        snat_addr: Ipv4Addr::new(203, 0, 113, 1),
+                        snat_port: 61003,
+                        ..flow4(11, 40001)
+                    },
+                    last_seen: 1_700_000_003,
+                },
+            ],
             flows_v6: vec![SavedFlow {
                 flow: Flow {
                     client: v6,
@@ -837,6 +883,7 @@ mod tests {
                     client_mac: MacAddr([2, 0, 0, 0, 0, 2]),
                     client_iface: 3,
                     backend_iface: 4,
+                    ..Flow::default()
                 },
                 last_seen: 1_700_000_003,
             }],
@@ -853,7 +900,7 @@ mod tests {
             4 * 8
                 + SavedAffinity::<Ipv4Addr>::SIZE
                 + SavedAffinity::<Ipv6Addr>::SIZE
-                + SavedFlow::<Ipv4Addr>::SIZE
+                + 2 * SavedFlow::<Ipv4Addr>::SIZE
                 + SavedFlow::<Ipv6Addr>::SIZE
         );
         let mut r = Reader::new(&buf);
@@ -1034,10 +1081,19 @@ mod tests {
         assert_eq!(routed.len(), 4);
         // 198.18.0.10: low word ends in 10, 10 % 4 = 2.
         assert_eq!(routed[2].affinity_v4, one.affinity_v4);
-        assert_eq!(routed[2].flows_v4, one.flows_v4);
+        assert_eq!(routed[2].flows_v4, one.flows_v4[..1]);
+        // The source-translated one goes where its client (11 % 4 = 3) and
+        // its replies (port 61003 % 4 = 3) both go.
+        assert!(one.flows_v4[1].flow.snat);
+        assert_eq!(routed[3].flows_v4, one.flows_v4[1..]);
         // The /64 IPv6 entry is on every worker.
         assert!(routed.iter().all(|w| w.affinity_v6 == one.affinity_v6));
         let total: usize = routed.iter().map(WorkerState::flows_len).sum();
         assert_eq!(total, one.flows_len());
+        // With 5 workers no worker sees both its directions (11 % 5 = 1,
+        // 61003 % 5 = 3): left out.
+        let routed = WorkerState::route(vec![one.clone()], 5);
+        let total: usize = routed.iter().map(WorkerState::flows_len).sum();
+        assert_eq!(total, one.flows_len() - 1);
     }
 }

@@ -34,10 +34,17 @@ pub enum DropReason {
     /// interface whose segmentation offloads are on): limpet does not
     /// segment.
     Oversized,
+    /// A connection to source-translate (`fullnat`, or a client its
+    /// endpoint would answer directly) found no free port among those its
+    /// worker tried (see [`crate::snat`]).
+    SnatPortsExhausted,
+    /// A connection to source-translate, with no limpet address of its
+    /// family to translate to.
+    NoSnatAddress,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 15;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::Malformed,
@@ -52,6 +59,8 @@ impl DropReason {
         DropReason::SourceRange,
         DropReason::IcmpNoConnection,
         DropReason::Oversized,
+        DropReason::SnatPortsExhausted,
+        DropReason::NoSnatAddress,
     ];
 
     /// A stable `snake_case` name, for metrics labels.
@@ -70,6 +79,8 @@ impl DropReason {
             DropReason::SourceRange => "source_range",
             DropReason::IcmpNoConnection => "icmp_no_connection",
             DropReason::Oversized => "oversized",
+            DropReason::SnatPortsExhausted => "snat_ports_exhausted",
+            DropReason::NoSnatAddress => "no_snat_address",
         }
     }
 }

@@ -31,7 +31,9 @@ use limpet_dataplane::stats::{DropReason, WorkerStats};
 use limpet_dataplane::wire::MacAddr;
 use limpet_fuzz::frames::{FrameDesc, PacketDesc, Seen, Session};
 use limpet_fuzz::raw;
-use limpet_fuzz::services::{LIMPET_MAC, backend_mac, snapshots, universe};
+use limpet_fuzz::services::{
+    LIMPET_MAC, backend_mac, snapshots, snat_config, snat_source, universe,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -181,6 +183,7 @@ impl Harness {
                 tcp_reset: 2,
                 udp: 10,
             },
+            snat: snat_config(),
         };
         let snapshot = Arc::clone(&snapshots()[0]);
         let worker = Worker::new(MemoryIo::new(BURST), clock.clone(), config, snapshot)
@@ -339,6 +342,9 @@ fn check_counters(before: &WorkerStats, after: &WorkerStats, actions: &[Action])
             <= d(|s| s.new_flows)
                 + count(Action::Drop(DropReason::NoBackend))
                 + count(Action::Drop(DropReason::FlowTableFull))
+                // Placed, then refused a source port or address.
+                + count(Action::Drop(DropReason::SnatPortsExhausted))
+                + count(Action::Drop(DropReason::NoSnatAddress))
                 // No usable endpoint, answered with a port unreachable.
                 + d(|s| s.icmp.rejects),
         "affinity lookups only for connections being balanced"
@@ -531,12 +537,25 @@ fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]])
     let proto = pin.protocol;
     let dst_mac: [u8; 6] = out[0..6].try_into().unwrap();
 
-    let nat_forward = pout.src == pin.src
-        && is_frontend(pin.dst, proto, ForwardMode::Nat)
-        && is_backend(pout.dst, ForwardMode::Nat);
-    let nat_reply = pout.dst == pin.dst
-        && is_backend(pin.src, ForwardMode::Nat)
-        && is_frontend(pout.src, proto, ForwardMode::Nat);
+    // `nat` and `fullnat` forward alike but for the source, which is
+    // translated under `fullnat` always and under `nat` for a client on
+    // the backends' subnet.
+    let forward_mode = [ForwardMode::Nat, ForwardMode::FullNat]
+        .into_iter()
+        .find(|&m| is_frontend(pin.dst, proto, m) && is_backend(pout.dst, m));
+    let nat_forward = forward_mode.is_some_and(|m| match snat_source(pin.src.ip(), m) {
+        Some(ours) => pout.src.ip() == ours,
+        None => pout.src == pin.src,
+    });
+    let reply_mode = [ForwardMode::Nat, ForwardMode::FullNat]
+        .into_iter()
+        .find(|&m| is_backend(pin.src, m) && is_frontend(pout.src, proto, m));
+    // A source-translated reply arrives for limpet's address.
+    let snat_reply = reply_mode.is_some()
+        && snat_source(pout.dst.ip(), ForwardMode::FullNat) == Some(pin.dst.ip());
+    let nat_reply = reply_mode.is_some() && (pout.dst == pin.dst || snat_reply);
+    let translated_source = nat_forward && pout.src != pin.src;
+    let both_ends = translated_source || snat_reply;
     let dsr = pout.src == pin.src
         && pout.dst == pin.dst
         && (is_frontend(pin.dst, proto, ForwardMode::Dsr) || is_backend(pin.src, ForwardMode::Dsr));
@@ -572,27 +591,33 @@ fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]])
     if nat_forward || nat_reply {
         let (l3, l4) = (pin.l3, pin.l4);
         let v6 = pin.src.is_ipv6();
-        let (ttl_at, addr) = if v6 {
-            let a = if nat_forward { l3 + 24 } else { l3 + 8 };
-            (l3 + 7, a..a + 16)
+        let (src_at, dst_at, len) = if v6 {
+            (l3 + 8, l3 + 24, 16)
         } else {
             owned[l3 + 10..l3 + 12].fill(true);
-            let a = if nat_forward { l3 + 16 } else { l3 + 12 };
-            (l3 + 8, a..a + 4)
+            (l3 + 12, l3 + 16, 4)
         };
-        owned[ttl_at] = true;
-        owned[addr].fill(true);
-        let p = if nat_forward { l4 + 2 } else { l4 };
-        owned[p..p + 2].fill(true);
+        owned[if v6 { l3 + 7 } else { l3 + 8 }] = true;
+        // The end NAT rewrites: the destination forwards, the source
+        // replies; both when the source is translated too.
+        if nat_forward || both_ends {
+            owned[dst_at..dst_at + len].fill(true);
+            owned[l4 + 2..l4 + 4].fill(true);
+        }
+        if nat_reply || both_ends {
+            owned[src_at..src_at + len].fill(true);
+            owned[l4..l4 + 2].fill(true);
+        }
         let c = if proto == 6 { l4 + 16 } else { l4 + 6 };
         owned[c..c + 2].fill(true);
     }
     for (i, ((a, b), o)) in input.iter().zip(out).zip(&owned).enumerate() {
         assert!(*o || a == b, "byte {i} changed ({a:#04x} -> {b:#04x})");
     }
+    // Where the backend answers: the client, or limpet's source.
     nat_forward.then_some(Seen {
         backend: pout.dst,
-        client: pin.src,
+        client: pout.src,
         protocol: proto,
     })
 }

@@ -25,9 +25,28 @@ pub const VIP4_EMPTY: &str = "192.0.2.13";
 pub const LB4: &str = "192.0.2.20";
 pub const VIP6: &str = "2001:db8::10";
 pub const VIP6_UDP: &str = "2001:db8::11";
+/// `fullnat` service ports (TCP over IPv4, UDP over IPv6).
+pub const VIP4_FULL: &str = "192.0.2.14";
+pub const VIP6_FULL: &str = "2001:db8::14";
+/// limpet's own addresses on the backends' subnets: source-NAT sources.
+pub const LIMPET4: &str = "203.0.113.1";
+pub const LIMPET6: &str = "2001:db8:be::1";
 
-pub const CLIENTS4: [&str; 4] = ["198.18.0.1", "198.18.0.2", "198.18.1.1", "198.19.0.9"];
-pub const CLIENTS6: [&str; 3] = ["2001:db8:c1::1", "2001:db8:c1::2", "2001:db8:c2::1"];
+/// The last of each is on the backends' subnet (and, in snapshot B, a
+/// backend itself): under `nat` it is source-translated (hairpin).
+pub const CLIENTS4: [&str; 5] = [
+    "198.18.0.1",
+    "198.18.0.2",
+    "198.18.1.1",
+    "198.19.0.9",
+    "203.0.113.9",
+];
+pub const CLIENTS6: [&str; 4] = [
+    "2001:db8:c1::1",
+    "2001:db8:c1::2",
+    "2001:db8:c2::1",
+    "2001:db8:be::8",
+];
 /// Client ports the generator uses, few so that replies find connections.
 pub const CLIENT_PORTS: [u16; 4] = [40000, 40001, 40002, 40003];
 pub const SERVICE_PORT: u16 = 80;
@@ -156,7 +175,64 @@ pub fn specs(b: bool) -> Vec<ServicePortSpec> {
             ForwardMode::Nat,
             vec![backend("2001:db8:be::7", 9376)],
         ),
+        service(
+            7,
+            VIP4_FULL,
+            6,
+            sticky,
+            ForwardMode::FullNat,
+            vec![be4("203.0.113.7"), be4("203.0.113.8")],
+        ),
+        service(
+            8,
+            VIP6_FULL,
+            17,
+            Affinity::None,
+            ForwardMode::FullNat,
+            vec![backend("2001:db8:be::7", 9376)],
+        ),
     ]
+}
+
+/// The worker's source NAT: limpet's addresses on the backends' subnets,
+/// and few ports, so that running out of them is reached too.
+pub fn snat_config() -> limpet_dataplane::snat::SnatConfig {
+    limpet_dataplane::snat::SnatConfig {
+        ports: limpet_dataplane::snat::SnatPorts {
+            first: 61000,
+            last: 61003,
+            ..Default::default()
+        },
+        subnets: vec![
+            (LIMPET4.parse().unwrap(), 24),
+            (LIMPET6.parse().unwrap(), 64),
+        ],
+        fullnat: Vec::new(),
+    }
+}
+
+/// The source a connection from `client` through a service port of
+/// `mode` reaches its backend with, if it is translated.
+pub fn snat_source(client: IpAddr, mode: ForwardMode) -> Option<IpAddr> {
+    let (ours, prefix): (IpAddr, u32) = if client.is_ipv4() {
+        (LIMPET4.parse().unwrap(), 24)
+    } else {
+        (LIMPET6.parse().unwrap(), 64)
+    };
+    let same_subnet = match (client, ours) {
+        (IpAddr::V4(c), IpAddr::V4(o)) => {
+            c.to_bits() >> (32 - prefix) == o.to_bits() >> (32 - prefix)
+        }
+        (IpAddr::V6(c), IpAddr::V6(o)) => {
+            c.to_bits() >> (128 - prefix) == o.to_bits() >> (128 - prefix)
+        }
+        _ => false,
+    };
+    match mode {
+        ForwardMode::FullNat => Some(ours),
+        ForwardMode::Nat if same_subnet => Some(ours),
+        _ => None,
+    }
 }
 
 /// The two snapshots, built once per process (Maglev tables are the

@@ -102,9 +102,27 @@ struct RunArgs {
     /// How packets reach backends: `nat` rewrites the destination to the
     /// endpoint and translates replies back (kube-proxy's model); `dsr`
     /// only rewrites the destination MAC (the endpoint holds the service
-    /// address and replies to the client directly, as IPVS DR).
+    /// address and replies to the client directly, as IPVS DR); `fullnat`
+    /// also rewrites the source, to limpet's address (--snat-address, or
+    /// its --address on the endpoint's subnet) and a port of the worker's,
+    /// so endpoints need no route back to clients through limpet. Under
+    /// `nat` a client the endpoint would answer directly (the endpoint
+    /// itself, or a neighbour on its --address subnet) is source-translated
+    /// the same way, as kube-proxy masquerades hairpin traffic.
     #[arg(long, value_enum, default_value_t = Forward::Nat)]
     forward: Forward,
+    /// `fullnat`'s source address, one per family at most (repeatable).
+    /// Without one of a family: limpet's --address on the endpoint's
+    /// subnet, else its first --address of the family. Replies to it must
+    /// reach limpet (it answers ARP/ND for it only if it is an --address).
+    #[arg(long = "snat-address", value_name = "IP")]
+    snat_addresses: Vec<IpAddr>,
+    /// Source ports for source-translated connections (FIRST-LAST). Worker
+    /// k of n takes the ports p with p % n == k, so replies are steered to
+    /// it by port; a worker that finds none free refuses the connection
+    /// and counts it (`snat_ports_exhausted`).
+    #[arg(long, value_name = "FIRST-LAST", default_value = "1024-65535", value_parser = parse_port_range)]
+    snat_ports: (u16, u16),
     /// This node's name, for `internalTrafficPolicy` / `externalTrafficPolicy: Local`
     /// (endpoints whose `nodeName` matches are local). Defaults to the host name.
     #[arg(long)]
@@ -277,6 +295,27 @@ enum RepickArg {
 enum Forward {
     Nat,
     Dsr,
+    #[value(name = "fullnat")]
+    FullNat,
+}
+
+/// Parses `FIRST-LAST`, an inclusive port range.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (first, last) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST, e.g. 1024-65535"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{s:?}: port {p:?}: {e}"))
+    };
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || last < first {
+        return Err(format!(
+            "{s:?}: the range must run upwards from port 1 or above"
+        ));
+    }
+    Ok((first, last))
 }
 
 /// Parses `[IFACE=]VALUE`.
@@ -480,6 +519,46 @@ fn io_backend(kind: IoKind, ports: &[String], args: &RunArgs) -> Result<IoBacken
     }
 }
 
+/// Source NAT as the flags give it: `--snat-address`, `--snat-ports`, and
+/// limpet's `--address`es with their subnets (hairpin, and `fullnat`'s
+/// default source).
+fn snat_config(
+    (addresses, (first, last), workers): (Vec<IpAddr>, (u16, u16), u16),
+    mode: ForwardMode,
+    links: &[Link],
+) -> Result<limpet_dataplane::snat::SnatConfig, String> {
+    for v4 in [true, false] {
+        if addresses.iter().filter(|a| a.is_ipv4() == v4).count() > 1 {
+            return Err("--snat-address: give at most one address per family".to_owned());
+        }
+    }
+    if u32::from(last - first) + 1 < u32::from(workers) {
+        return Err(format!(
+            "--snat-ports {first}-{last} has fewer ports than the {workers} workers that share it"
+        ));
+    }
+    let snat = limpet_dataplane::snat::SnatConfig {
+        ports: limpet_dataplane::snat::SnatPorts {
+            first,
+            last,
+            // Each worker's index is filled in as it is built.
+            worker: 0,
+            workers,
+        },
+        subnets: links
+            .iter()
+            .flat_map(|l| l.addresses.iter().map(|a| (a.addr, a.prefix)))
+            .collect(),
+        fullnat: addresses,
+    };
+    if mode == ForwardMode::FullNat && snat.subnets.is_empty() && snat.fullnat.is_empty() {
+        return Err(
+            "--forward fullnat needs a source address: give --address or --snat-address".to_owned(),
+        );
+    }
+    Ok(snat)
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
     let (kind, interfaces) = parse_io(&args.io)?;
     let io = io_backend(kind, &interfaces, &args)?;
@@ -504,6 +583,7 @@ fn run(args: RunArgs) -> Result<(), String> {
     let mode = match args.forward {
         Forward::Nat => ForwardMode::Nat,
         Forward::Dsr => ForwardMode::Dsr,
+        Forward::FullNat => ForwardMode::FullNat,
     };
     let affinity = limpet_control::translate::AffinityDefaults {
         v4_prefix: args.affinity_ipv4_prefix,
@@ -541,6 +621,11 @@ fn run(args: RunArgs) -> Result<(), String> {
             .collect(),
         reject_rate: args.icmp_reject_rate,
     };
+    let snat = snat_config(
+        (args.snat_addresses, args.snat_ports, args.workers),
+        mode,
+        &links,
+    )?;
     let opts = RunOptions {
         source,
         io,
@@ -557,6 +642,7 @@ fn run(args: RunArgs) -> Result<(), String> {
             affinity_capacity_v6: None,
             timeouts: FlowTimeouts::default(),
             icmp,
+            snat,
         },
         idle: args.idle,
         state: args

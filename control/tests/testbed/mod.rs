@@ -157,8 +157,13 @@ impl Answers {
 
 /// `requests` new connections from each of `clients` addresses starting at `first`.
 pub fn http(vip: &str, first: &str, clients: usize, requests: usize) -> Answers {
+    http_from("lp-client", vip, first, clients, requests)
+}
+
+/// [`http`] from namespace `ns` (a backend's, to reach its own Service).
+pub fn http_from(ns: &str, vip: &str, first: &str, clients: usize, requests: usize) -> Answers {
     let out = sh(Command::new("ip")
-        .args(["netns", "exec", "lp-client", "python3"])
+        .args(["netns", "exec", ns, "python3"])
         .arg(repo().join("scripts/testbed-client.py"))
         .args([
             "--vip",

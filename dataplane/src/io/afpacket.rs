@@ -682,6 +682,9 @@ pub struct AfPacketIo {
     pollfds: Vec<libc::pollfd>,
     /// A fanout program that could not be installed, for `health` to report.
     fanout_error: Option<AfPacketError>,
+    /// Where source-translated connections' replies come back to (see
+    /// [`PacketIo::serve_sources`]), for the fanout program.
+    sources: Vec<IpAddr>,
 }
 
 // SAFETY: the raw pointers are into mappings this value owns (and unmaps
@@ -732,6 +735,7 @@ impl AfPacketIo {
             poll_timeout: opts.poll_timeout,
             pollfds,
             fanout_error: None,
+            sources: Vec::new(),
         })
     }
 
@@ -763,11 +767,12 @@ impl AfPacketIo {
         ) {
             return Err(AfPacketError::NotClientFanout);
         }
-        let program =
-            bpf::fanout_client_program(frontends).map_err(|e| AfPacketError::ProgramTooLong {
+        let program = bpf::fanout_client_program(frontends, &self.sources).map_err(|e| {
+            AfPacketError::ProgramTooLong {
                 frontends: frontends.len(),
                 insns: e.insns,
-            })?;
+            }
+        })?;
         for p in &self.ports {
             sys::attach_program(
                 &p.rx_fd,
@@ -954,6 +959,10 @@ impl PacketIo for AfPacketIo {
 
     /// Steers the fanout group by client address when it was joined in
     /// [`FanoutMode::Client`]; other modes have nothing to update.
+    fn serve_sources(&mut self, sources: &[IpAddr]) {
+        self.sources = sources.to_vec();
+    }
+
     fn serve_frontends(&mut self, frontends: &[IpAddr]) {
         match self.set_fanout_program(frontends) {
             Ok(()) | Err(AfPacketError::NotClientFanout) => {}

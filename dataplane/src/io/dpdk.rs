@@ -1556,6 +1556,12 @@ impl PacketIo for DpdkIo {
         }
     }
 
+    fn serve_sources(&mut self, sources: &[std::net::IpAddr]) {
+        if let Some(st) = &mut self.steering {
+            st.client.set_sources(sources);
+        }
+    }
+
     fn counters(&self, out: &mut Vec<(&'static str, u64)>) {
         out.extend(self.stats.named());
     }

@@ -89,6 +89,12 @@ pub trait PacketIo {
     /// `afpacket`'s client fanout). Rare, so it may make a system call.
     fn serve_frontends(&mut self, _frontends: &[std::net::IpAddr]) {}
 
+    /// Told once, before any packet, the addresses source-translated
+    /// connections leave from: their replies belong to the worker owning
+    /// the destination port ([`crate::snat::port_owner`]), and backends
+    /// that spread traffic over workers steer them so.
+    fn serve_sources(&mut self, _sources: &[std::net::IpAddr]) {}
+
     /// The backend's own counters (named, for the admin API), appended to
     /// `out`. Called at burst boundaries when the control plane asks; may
     /// allocate.

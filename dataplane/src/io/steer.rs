@@ -13,6 +13,11 @@
 //! the same worker index. Anything else (ARP, unknown ethertypes) has no
 //! owner and stays where it arrived.
 //!
+//! A source-translated connection's replies are addressed to limpet's
+//! source address (a *source*), not the client: their key is the
+//! destination port, which the owning worker chose among its own (see
+//! [`crate::snat::port_owner`]).
+//!
 //! Safe code over frame bytes; the DPDK backend uses it to hand packets to
 //! their owner over single-producer rings.
 
@@ -39,6 +44,8 @@ pub fn client_owner(client: IpAddr, workers: usize) -> usize {
 pub struct ClientSteering {
     v4: Vec<u32>,
     v6: Vec<u128>,
+    sources4: Vec<u32>,
+    sources6: Vec<u128>,
 }
 
 impl ClientSteering {
@@ -65,7 +72,22 @@ impl ClientSteering {
         self.v6.dedup();
     }
 
-    /// The low 32 bits of the frame's client address, or `None` for a
+    /// Replaces the source-NAT addresses. Allocates: call at start.
+    pub fn set_sources(&mut self, sources: &[IpAddr]) {
+        self.sources4.clear();
+        self.sources6.clear();
+        for a in sources {
+            match a {
+                IpAddr::V4(a) => self.sources4.push(u32::from(*a)),
+                IpAddr::V6(a) => self.sources6.push(u128::from(*a)),
+            }
+        }
+        self.sources4.sort_unstable();
+        self.sources6.sort_unstable();
+    }
+
+    /// The low 32 bits of the frame's client address (the destination
+    /// port of a reply to a source-NAT address), or `None` for a
     /// frame that is not IPv4 or IPv6 (one 802.1Q / 802.1ad tag skipped),
     /// or too short to say.
     #[inline]
@@ -81,17 +103,25 @@ impl ClientSteering {
                 let ip = frame.get(l3 + 12..l3 + 20)?;
                 let src = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
                 let dst = u32::from_be_bytes([ip[4], ip[5], ip[6], ip[7]]);
-                Some(if self.v4.binary_search(&dst).is_ok() {
-                    src
-                } else {
-                    dst
-                })
+                if self.v4.binary_search(&dst).is_ok() {
+                    return Some(src);
+                }
+                if self.sources4.binary_search(&dst).is_ok() {
+                    let l4 = l3 + 4 * usize::from(*frame.get(l3)? & 0xf);
+                    let port = frame.get(l4 + 2..l4 + 4)?;
+                    return Some(u32::from(u16::from_be_bytes([port[0], port[1]])));
+                }
+                Some(dst)
             }
             0x86dd => {
                 let ip = frame.get(l3 + 8..l3 + 40)?;
                 let mut dst = [0u8; 16];
                 dst.copy_from_slice(&ip[16..32]);
                 let dst = u128::from_be_bytes(dst);
+                if self.sources6.binary_search(&dst).is_ok() {
+                    let port = frame.get(l3 + 42..l3 + 44)?;
+                    return Some(u32::from(u16::from_be_bytes([port[0], port[1]])));
+                }
                 let low = if self.v6.binary_search(&dst).is_ok() {
                     &ip[12..16]
                 } else {
@@ -132,6 +162,69 @@ mod tests {
         f
     }
 
+    /// A TCP segment between two ports, in a frame (IPv4 IHL 6, with an
+    /// option, so the port is found past it).
+    fn tcp_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut f = v4_frame(s, d, false);
+                f[14] = 0x46;
+                f.extend_from_slice(&[1, 1, 1, 0]);
+                f
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => v6_frame(s, d),
+            _ => unreachable!(),
+        };
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0; 16]);
+        f
+    }
+
+    #[test]
+    fn a_source_translated_connection_has_one_owner_as_the_fanout_program_says() {
+        use crate::snat::SnatPorts;
+        let vip4: IpAddr = "192.0.2.10".parse().unwrap();
+        let vip6: IpAddr = "2001:db8:5::10".parse().unwrap();
+        let src4: IpAddr = "203.0.113.1".parse().unwrap();
+        let src6: IpAddr = "2001:db8:be::1".parse().unwrap();
+        let mut steer = ClientSteering::new(&[vip4, vip6]);
+        steer.set_sources(&[src4, src6]);
+        let prog = fanout_client_program(&[vip4, vip6], &[src4, src6]).unwrap();
+        for workers in 1..=5u16 {
+            for c in 0..40u8 {
+                for (client, vip, src, backend) in [
+                    (
+                        IpAddr::V4(Ipv4Addr::new(198, 18, 2, c)),
+                        vip4,
+                        src4,
+                        "203.0.113.11".parse().unwrap(),
+                    ),
+                    (
+                        format!("2001:db8:c1::{c:x}").parse().unwrap(),
+                        vip6,
+                        src6,
+                        "2001:db8:be::11".parse().unwrap(),
+                    ),
+                ] {
+                    let fwd = tcp_frame(client, vip, 40000, 80);
+                    let owner = steer.owner(&fwd, usize::from(workers)).unwrap();
+                    let ports = SnatPorts {
+                        worker: owner as u16,
+                        workers,
+                        ..SnatPorts::default()
+                    };
+                    for port in ports.candidates(u64::from(c)) {
+                        let reply = tcp_frame(backend, src, 9376, port);
+                        assert_eq!(steer.owner(&reply, usize::from(workers)), Some(owner));
+                        assert_eq!(steer.client_key(&reply), interp::run(&prog, &reply));
+                    }
+                    assert_eq!(steer.client_key(&fwd), interp::run(&prog, &fwd));
+                }
+            }
+        }
+    }
+
     fn v6_frame(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x86, 0xdd]);
@@ -149,7 +242,7 @@ mod tests {
         let vip6: Ipv6Addr = "2001:db8:5::10".parse().unwrap();
         let frontends = [IpAddr::V4(vip4), IpAddr::V6(vip6)];
         let steer = ClientSteering::new(&frontends);
-        let prog = fanout_client_program(&frontends).unwrap();
+        let prog = fanout_client_program(&frontends, &[]).unwrap();
         let backend = Ipv4Addr::new(203, 0, 113, 11);
         let back6: Ipv6Addr = "2001:db8:be::11".parse().unwrap();
         for c in 0..=255u8 {

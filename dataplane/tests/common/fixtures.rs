@@ -323,9 +323,14 @@ pub fn insert_v6_fragment_header(frame: &mut Vec<u8>) {
 /// Runs the whole table through `send`, which hands one frame to the
 /// pipeline and returns what it did and what it sent. Panics listing every
 /// fixture that did not come out as expected.
-pub fn run_table(mut send: impl FnMut(&Fixture) -> (Action, Option<Vec<u8>>)) {
+pub fn run_table(send: impl FnMut(&Fixture) -> (Action, Option<Vec<u8>>)) {
+    run_rows(fixtures(), send);
+}
+
+/// [`run_table`] over another table.
+pub fn run_rows(rows: Vec<Fixture>, mut send: impl FnMut(&Fixture) -> (Action, Option<Vec<u8>>)) {
     let mut failures = Vec::new();
-    for f in fixtures() {
+    for f in rows {
         let (action, output) = send(&f);
         if action != f.action {
             failures.push(format!(

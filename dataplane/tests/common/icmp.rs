@@ -22,18 +22,18 @@ use limpet_pktgen::{ACK, PacketSpec, SYN};
 use std::net::IpAddr;
 
 /// A router between limpet and the backends, and one on the clients' side.
-const ROUTER4: &str = "203.0.113.254";
-const ROUTER6: &str = "2001:db8:be::fe";
-const CLIENT_ROUTER4: &str = "198.51.100.254";
-const CLIENT_ROUTER6: &str = "2001:db8:100::fe";
+pub const ROUTER4: &str = "203.0.113.254";
+pub const ROUTER6: &str = "2001:db8:be::fe";
+pub const CLIENT_ROUTER4: &str = "198.51.100.254";
+pub const CLIENT_ROUTER6: &str = "2001:db8:100::fe";
 
-const DEST_UNREACHABLE4: u8 = 3;
+pub const DEST_UNREACHABLE4: u8 = 3;
 const TIME_EXCEEDED4: u8 = 11;
 const DEST_UNREACHABLE6: u8 = 1;
-const PACKET_TOO_BIG6: u8 = 2;
+pub const PACKET_TOO_BIG6: u8 = 2;
 const TIME_EXCEEDED6: u8 = 3;
 /// The 1280-byte next-hop MTU of a fragmentation needed / packet too big.
-const MTU_1280: [u8; 4] = [0, 0, 0x05, 0x00];
+pub const MTU_1280: [u8; 4] = [0, 0, 0x05, 0x00];
 
 fn v4(s: &str) -> [u8; 4] {
     match ip(s) {
@@ -61,7 +61,7 @@ pub fn ip_packet(frame: &[u8]) -> Vec<u8> {
 }
 
 /// The first `n` bytes of a packet, as an ICMP error quotes it.
-fn cut(mut packet: Vec<u8>, n: usize) -> Vec<u8> {
+pub fn cut(mut packet: Vec<u8>, n: usize) -> Vec<u8> {
     packet.truncate(n);
     packet
 }
@@ -69,7 +69,7 @@ fn cut(mut packet: Vec<u8>, n: usize) -> Vec<u8> {
 /// An ICMP (IPv4) message in a frame, from etherparse: an error as Linux
 /// sends one (precedence "internetwork control", no DF, id 0).
 #[allow(clippy::too_many_arguments)]
-fn icmp4(
+pub fn icmp4(
     macs: ([u8; 6], [u8; 6]),
     src: &str,
     dst: &str,
@@ -93,7 +93,7 @@ fn icmp4(
 
 /// An `ICMPv6` message in a frame, from etherparse.
 #[allow(clippy::too_many_arguments)]
-fn icmp6(
+pub fn icmp6(
     macs: ([u8; 6], [u8; 6]),
     src: &str,
     dst: &str,

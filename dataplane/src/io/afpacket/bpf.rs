@@ -16,6 +16,9 @@ pub const MAX_INSNS: usize = 4096;
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const LD_H_ABS: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_ABS) as u16;
 const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
+/// `X = 4 * (byte at k & 0xf)`: an IPv4 header's length.
+const LDX_B_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
@@ -86,32 +89,23 @@ pub struct TooLong {
 /// the same socket, that is the same worker. One optional 802.1Q / 802.1ad
 /// tag is skipped; IPv4 and IPv6 are handled; anything else returns 0.
 ///
-/// Size: 31 instructions plus 2 per IPv4 and 9 per IPv6 frontend, twice
+/// A packet to one of `sources` (the addresses source-translated
+/// connections leave from, see [`crate::snat`]) is a reply of such a
+/// connection: the program returns its destination port, which the worker
+/// owning the connection allocated so that it lands there.
+///
+/// Size: 41 instructions plus 2 per IPv4 and 9 per IPv6 address, twice
 /// over (with and without a tag); more than [`MAX_INSNS`] is an error
 /// (about 1000 IPv4 or 225 IPv6 frontends).
-pub fn fanout_client_program(frontends: &[IpAddr]) -> Result<Vec<sock_filter>, TooLong> {
-    let v4: Vec<u32> = frontends
-        .iter()
-        .filter_map(|a| match a {
-            IpAddr::V4(a) => Some(u32::from(*a)),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    let v6: Vec<[u32; 4]> = frontends
-        .iter()
-        .filter_map(|a| match a {
-            IpAddr::V6(a) => {
-                let o = a.octets();
-                Some(std::array::from_fn(|i| {
-                    u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-                }))
-            }
-            IpAddr::V4(_) => None,
-        })
-        .collect();
-    // Exactly what is emitted below: 31 fixed, 2 per IPv4 and 9 per IPv6
-    // frontend, all twice.
-    let estimate = 31 + 4 * v4.len() + 18 * v6.len();
+pub fn fanout_client_program(
+    frontends: &[IpAddr],
+    sources: &[IpAddr],
+) -> Result<Vec<sock_filter>, TooLong> {
+    let (v4, v6) = words(frontends);
+    let (src4, src6) = words(sources);
+    // Exactly what is emitted below: 41 fixed, 2 per IPv4 and 9 per IPv6
+    // address, all twice.
+    let estimate = 41 + 4 * (v4.len() + src4.len()) + 18 * (v6.len() + src6.len());
     if estimate > MAX_INSNS {
         return Err(TooLong { insns: estimate });
     }
@@ -132,13 +126,13 @@ pub fn fanout_client_program(frontends: &[IpAddr]) -> Result<Vec<sock_filter>, T
     asm.op(LD_H_ABS, 0, 0, ll(16));
     dispatch(&mut asm, v4_18, v6_18);
     asm.bind(v4_14);
-    ipv4(&mut asm, 14, &v4);
+    ipv4(&mut asm, 14, &v4, &src4);
     asm.bind(v6_14);
-    ipv6(&mut asm, 14, &v6);
+    ipv6(&mut asm, 14, &v6, &src6);
     asm.bind(v4_18);
-    ipv4(&mut asm, 18, &v4);
+    ipv4(&mut asm, 18, &v4, &src4);
     asm.bind(v6_18);
-    ipv6(&mut asm, 18, &v6);
+    ipv6(&mut asm, 18, &v6, &src6);
     let program = asm.finish();
     if program.len() > MAX_INSNS {
         return Err(TooLong {
@@ -146,6 +140,24 @@ pub fn fanout_client_program(frontends: &[IpAddr]) -> Result<Vec<sock_filter>, T
         });
     }
     Ok(program)
+}
+
+/// The IPv4 addresses of `addrs` as words, and the IPv6 ones as four.
+fn words(addrs: &[IpAddr]) -> (Vec<u32>, Vec<[u32; 4]>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for a in addrs {
+        match a {
+            IpAddr::V4(a) => v4.push(u32::from(*a)),
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                v6.push(std::array::from_fn(|i| {
+                    u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+                }));
+            }
+        }
+    }
+    (v4, v6)
 }
 
 /// With the ethertype in A: to `v4` or `v6`, or return 0.
@@ -157,36 +169,53 @@ fn dispatch(asm: &mut Asm, v4: usize, v6: usize) {
     asm.op(RET_K, 0, 0, 0);
 }
 
-/// IPv4 header at `base`: source at +12, destination at +16.
-fn ipv4(asm: &mut Asm, base: u32, frontends: &[u32]) {
+/// IPv4 header at `base`: source at +12, destination at +16; the
+/// transport header's destination port at +IHL+2.
+fn ipv4(asm: &mut Asm, base: u32, frontends: &[u32], sources: &[u32]) {
     let from_client = asm.label();
+    let by_port = asm.label();
     asm.op(LD_W_ABS, 0, 0, ll(base + 16));
     for &f in frontends {
         asm.op(JEQ_K, 0, 1, f);
         asm.ja(from_client);
+    }
+    for &s in sources {
+        asm.op(JEQ_K, 0, 1, s);
+        asm.ja(by_port);
     }
     // A reply: the client is the destination, still in A.
     asm.op(RET_A, 0, 0, 0);
     asm.bind(from_client);
     asm.op(LD_W_ABS, 0, 0, ll(base + 12));
     asm.op(RET_A, 0, 0, 0);
+    asm.bind(by_port);
+    asm.op(LDX_B_MSH, 0, 0, ll(base));
+    asm.op(LD_H_IND, 0, 0, ll(base + 2));
+    asm.op(RET_A, 0, 0, 0);
 }
 
-/// IPv6 header at `base`: source at +8..+24, destination at +24..+40.
-fn ipv6(asm: &mut Asm, base: u32, frontends: &[[u32; 4]]) {
+/// IPv6 header at `base`: source at +8..+24, destination at +24..+40; the
+/// transport header's destination port at +42 (no extension headers).
+fn ipv6(asm: &mut Asm, base: u32, frontends: &[[u32; 4]], sources: &[[u32; 4]]) {
     let from_client = asm.label();
-    for f in frontends {
-        // Nine instructions; a mismatch skips to the next frontend.
-        for (i, &word) in f.iter().enumerate() {
-            asm.op(LD_W_ABS, 0, 0, ll(base + 24 + 4 * i as u32));
-            asm.op(JEQ_K, 0, (7 - 2 * i) as u8, word);
+    let by_port = asm.label();
+    for (list, to) in [(frontends, from_client), (sources, by_port)] {
+        for f in list {
+            // Nine instructions; a mismatch skips to the next address.
+            for (i, &word) in f.iter().enumerate() {
+                asm.op(LD_W_ABS, 0, 0, ll(base + 24 + 4 * i as u32));
+                asm.op(JEQ_K, 0, (7 - 2 * i) as u8, word);
+            }
+            asm.ja(to);
         }
-        asm.ja(from_client);
     }
     asm.op(LD_W_ABS, 0, 0, ll(base + 36));
     asm.op(RET_A, 0, 0, 0);
     asm.bind(from_client);
     asm.op(LD_W_ABS, 0, 0, ll(base + 20));
+    asm.op(RET_A, 0, 0, 0);
+    asm.bind(by_port);
+    asm.op(LD_H_ABS, 0, 0, ll(base + 42));
     asm.op(RET_A, 0, 0, 0);
 }
 
@@ -215,12 +244,16 @@ pub(crate) mod interp {
     //! A classic BPF interpreter for the subset these programs use, to test
     //! them without a kernel. `ll` loads read the frame from offset 0.
 
-    use super::{JA, JEQ_K, JGE_K, JGT_K, LD_B_ABS, LD_H_ABS, LD_W_ABS, RET_A, RET_K, sock_filter};
+    use super::{
+        JA, JEQ_K, JGE_K, JGT_K, LD_B_ABS, LD_H_ABS, LD_H_IND, LD_W_ABS, LDX_B_MSH, RET_A, RET_K,
+        sock_filter,
+    };
 
     /// Runs `program` over `frame`; `None` is an aborted program (a load
     /// out of bounds), which the kernel treats as returning 0.
     pub fn run(program: &[sock_filter], frame: &[u8]) -> Option<u32> {
         let mut a: u32 = 0;
+        let mut x: u32 = 0;
         let mut pc = 0usize;
         let load = |k: u32, n: usize| -> Option<u32> {
             let off = if k >= libc::SKF_LL_OFF.cast_unsigned() {
@@ -238,6 +271,8 @@ pub(crate) mod interp {
                 LD_W_ABS => a = load(i.k, 4)?,
                 LD_H_ABS => a = load(i.k, 2)?,
                 LD_B_ABS => a = load(i.k, 1)?,
+                LD_H_IND => a = load(i.k.wrapping_add(x), 2)?,
+                LDX_B_MSH => x = 4 * (load(i.k, 1)? & 0xf),
                 JA => pc += i.k as usize,
                 JEQ_K | JGE_K | JGT_K => {
                     let taken = match i.code {
@@ -309,7 +344,7 @@ mod tests {
             IpAddr::V6(other6),
             IpAddr::V6(vip6),
         ];
-        let prog = fanout_client_program(&frontends).unwrap();
+        let prog = fanout_client_program(&frontends, &[]).unwrap();
         let backend = Ipv4Addr::new(198, 51, 100, 7);
         for c in 0..50u8 {
             let client = Ipv4Addr::new(203, 0, 113, c);
@@ -349,12 +384,12 @@ mod tests {
         let many: Vec<IpAddr> = (0..1000u32)
             .map(|i| IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i)))
             .collect();
-        let prog = fanout_client_program(&many).unwrap();
+        let prog = fanout_client_program(&many, &[]).unwrap();
         assert!(prog.len() <= MAX_INSNS);
         let too_many: Vec<IpAddr> = (0..300u128)
             .map(|i| IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) + i)))
             .collect();
-        assert!(fanout_client_program(&too_many).is_err());
+        assert!(fanout_client_program(&too_many, &[]).is_err());
         // Far jumps go through `ja`, so the last frontend still matches.
         let last = many[999];
         let client = Ipv4Addr::new(203, 0, 113, 9);
