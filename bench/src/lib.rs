@@ -124,6 +124,19 @@ pub fn worker_config(fam: Fam, flow_capacity: usize, affinity_capacity: usize) -
         affinity_capacity: v4.1,
         flow_capacity_v6: Some(v6.0),
         affinity_capacity_v6: Some(v6.1),
+        // limpet's own address on the backends' subnet, as `--address`
+        // gives it: every new connection is checked for hairpin (none of
+        // the benchmark's clients is on that subnet).
+        snat: limpet_dataplane::snat::SnatConfig {
+            subnets: vec![
+                (Ipv4Addr::new(10, 244, 255, 254).into(), 16),
+                (
+                    Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0xffff, 0xfffe).into(),
+                    64,
+                ),
+            ],
+            ..Default::default()
+        },
         ..WorkerConfig::default()
     }
 }

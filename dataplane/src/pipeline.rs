@@ -1155,10 +1155,12 @@ fn handle<A: IpRewrite>(
         awaiting_proof,
         port: *port,
     };
-    let flow = match open(snat, &tables.flows, opened, frame) {
-        Ok(flow) => flow,
-        Err(reason) => return Action::Drop(reason),
-    };
+    let mut flow = open(opened, frame);
+    if flow.nat
+        && let Err(reason) = source_nat(snat, &tables.flows, &mut flow, &key, svc.spec.mode)
+    {
+        return Action::Drop(reason);
+    }
     if tables.flows.insert(flow, meta.tcp_flags, now).is_none() {
         return Action::Drop(DropReason::FlowTableFull);
     }
@@ -1179,14 +1181,9 @@ struct Opened<'a, A> {
     port: u16,
 }
 
-/// The connection entry for a new connection, source translation and all.
+/// The connection entry for a new connection, its source as it came.
 #[inline(always)]
-fn open<A: IpRewrite>(
-    snat: &SnatConfig,
-    flows: &FlowTable<A>,
-    o: Opened<'_, A>,
-    frame: &[u8],
-) -> Result<Flow<A>, DropReason> {
+fn open<A: IpRewrite>(o: Opened<'_, A>, frame: &[u8]) -> Flow<A> {
     let Opened {
         key,
         svc,
@@ -1195,7 +1192,7 @@ fn open<A: IpRewrite>(
         awaiting_proof,
         port,
     } = o;
-    let mut flow = Flow {
+    Flow {
         client: key.src,
         service_addr: key.dst,
         backend_addr,
@@ -1214,11 +1211,7 @@ fn open<A: IpRewrite>(
         snat: false,
         snat_addr: A::UNSPECIFIED,
         snat_port: 0,
-    };
-    if flow.nat {
-        source_nat(snat, flows, &mut flow, key, svc.spec.mode)?;
     }
-    Ok(flow)
 }
 
 /// Gives a new `nat` or `fullnat` connection its source translation, if
