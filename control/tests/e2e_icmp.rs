@@ -10,7 +10,10 @@
 //! - kube-proxy's reject: TCP and UDP to a service port without endpoints
 //!   and to a port the service address does not define fail at once with
 //!   "connection refused" (IPv4 and IPv6);
-//! - ping of a service address (IPv4 and IPv6).
+//! - ping of a service address (IPv4 and IPv6);
+//! - the same path MTU discovery through `fullnat`, two workers: the
+//!   router's error is addressed to limpet's source address and must be
+//!   steered, by the port it quotes, to the worker owning the connection.
 //!
 //! The router (`lp-rt`) and the far backend (`lp-far`) are built here on
 //! top of `scripts/testbed` and removed afterwards (`scripts/testbed down`
@@ -27,6 +30,9 @@ use testbed::{Testbed, must_be_root, sh};
 const UPLOAD_VIP: &str = "192.0.2.20";
 const UPLOAD_VIP6: &str = "2001:db8:5::20";
 const EMPTY_VIP4: &str = "192.0.2.21";
+/// The far backend again, for the `fullnat` upload: an address the client
+/// has learnt no path MTU for yet.
+const FULLNAT_VIP: &str = "192.0.2.22";
 const EMPTY_VIP6: &str = "2001:db8:5::21";
 const ROUTER: &str = "203.0.113.254";
 const ROUTER6: &str = "2001:db8:be::fe";
@@ -88,6 +94,37 @@ metadata:
   namespace: default
   labels:
     kubernetes.io/service-name: upload
+addressType: IPv4
+endpoints:
+- addresses: ["198.19.0.2"]
+  conditions:
+    ready: true
+ports:
+- name: ""
+  port: 9376
+  protocol: TCP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: upload-full
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: 192.0.2.22
+  clusterIPs: [192.0.2.22]
+  ports:
+  - port: 80
+    protocol: TCP
+    targetPort: 9376
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: upload-full-v4
+  namespace: default
+  labels:
+    kubernetes.io/service-name: upload-full
 addressType: IPv4
 endpoints:
 - addresses: ["198.19.0.2"]
@@ -505,5 +542,15 @@ fn icmp_story(io: Io, workers: u16) {
     }
     assert!(metric("icmp_rejects_total") >= 6.0);
     assert!(metric("icmp_echo_replies_total") >= 2.0);
+    drop(limpet);
+
+    // `fullnat`: the far backend sees limpet's address as the client, the
+    // router's fragmentation-needed goes to that address, and with two
+    // workers it is steered by the port it quotes to the connection's.
+    ROUTER.clone_into(&mut args[gateway]);
+    let forward = args.iter().position(|a| a == "--forward").unwrap() + 1;
+    "fullnat".clone_into(&mut args[forward]);
+    let limpet = Limpet::start_with(&config, &args);
+    upload_through_small_link(&limpet, FULLNAT_VIP, 1.0);
     drop(limpet);
 }

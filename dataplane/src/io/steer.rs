@@ -108,7 +108,14 @@ impl ClientSteering {
                 }
                 if self.sources4.binary_search(&dst).is_ok() {
                     let l4 = l3 + 4 * usize::from(*frame.get(l3)? & 0xf);
-                    let port = frame.get(l4 + 2..l4 + 4)?;
+                    // An ICMP error: the source port of the packet quoted.
+                    let at = if *frame.get(l3 + 9)? == 1 {
+                        let quote = l4 + 8;
+                        quote + 4 * usize::from(*frame.get(quote)? & 0xf)
+                    } else {
+                        l4 + 2
+                    };
+                    let port = frame.get(at..at + 2)?;
                     return Some(u32::from(u16::from_be_bytes([port[0], port[1]])));
                 }
                 Some(dst)
@@ -119,7 +126,8 @@ impl ClientSteering {
                 dst.copy_from_slice(&ip[16..32]);
                 let dst = u128::from_be_bytes(dst);
                 if self.sources6.binary_search(&dst).is_ok() {
-                    let port = frame.get(l3 + 42..l3 + 44)?;
+                    let at = if *frame.get(l3 + 6)? == 58 { 88 } else { 42 };
+                    let port = frame.get(l3 + at..l3 + at + 2)?;
                     return Some(u32::from(u16::from_be_bytes([port[0], port[1]])));
                 }
                 let low = if self.v6.binary_search(&dst).is_ok() {
@@ -181,6 +189,27 @@ mod tests {
         f
     }
 
+    /// An ICMP error from `from` to `to` quoting the IP packet of `frame`.
+    fn icmp_error(from: IpAddr, to: IpAddr, frame: &[u8]) -> Vec<u8> {
+        let mut f = match (from, to) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut f = v4_frame(s, d, false);
+                f[14 + 9] = 1;
+                f.extend_from_slice(&[3, 4, 0, 0, 0, 0, 5, 0]);
+                f
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut f = v6_frame(s, d);
+                f[14 + 6] = 58;
+                f.extend_from_slice(&[2, 0, 0, 0, 0, 0, 5, 0]);
+                f
+            }
+            _ => unreachable!(),
+        };
+        f.extend_from_slice(&frame[14..]);
+        f
+    }
+
     #[test]
     fn a_source_translated_connection_has_one_owner_as_the_fanout_program_says() {
         use crate::snat::SnatPorts;
@@ -216,8 +245,13 @@ mod tests {
                     };
                     for port in ports.candidates(u64::from(c)) {
                         let reply = tcp_frame(backend, src, 9376, port);
-                        assert_eq!(steer.owner(&reply, usize::from(workers)), Some(owner));
-                        assert_eq!(steer.client_key(&reply), interp::run(&prog, &reply));
+                        // A router's error about a packet limpet sent the
+                        // backend from `src:port`.
+                        let error = icmp_error(backend, src, &tcp_frame(src, backend, port, 9376));
+                        for frame in [reply, error] {
+                            assert_eq!(steer.owner(&frame, usize::from(workers)), Some(owner));
+                            assert_eq!(steer.client_key(&frame), interp::run(&prog, &frame));
+                        }
                     }
                     assert_eq!(steer.client_key(&fwd), interp::run(&prog, &fwd));
                 }

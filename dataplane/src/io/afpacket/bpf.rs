@@ -19,6 +19,11 @@ const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
 const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
 /// `X = 4 * (byte at k & 0xf)`: an IPv4 header's length.
 const LDX_B_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
+const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
+const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+const LSH_K: u16 = (libc::BPF_ALU | libc::BPF_LSH | libc::BPF_K) as u16;
+const ADD_X: u16 = (libc::BPF_ALU | libc::BPF_ADD | libc::BPF_X) as u16;
+const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
@@ -92,9 +97,11 @@ pub struct TooLong {
 /// A packet to one of `sources` (the addresses source-translated
 /// connections leave from, see [`crate::snat`]) is a reply of such a
 /// connection: the program returns its destination port, which the worker
-/// owning the connection allocated so that it lands there.
+/// owning the connection allocated so that it lands there; for an ICMP
+/// error, the source port of the packet it quotes (the same port, as
+/// limpet sent it).
 ///
-/// Size: 41 instructions plus 2 per IPv4 and 9 per IPv6 address, twice
+/// Size: 69 instructions plus 2 per IPv4 and 9 per IPv6 address, twice
 /// over (with and without a tag); more than [`MAX_INSNS`] is an error
 /// (about 1000 IPv4 or 225 IPv6 frontends).
 pub fn fanout_client_program(
@@ -103,9 +110,9 @@ pub fn fanout_client_program(
 ) -> Result<Vec<sock_filter>, TooLong> {
     let (v4, v6) = words(frontends);
     let (src4, src6) = words(sources);
-    // Exactly what is emitted below: 41 fixed, 2 per IPv4 and 9 per IPv6
+    // Exactly what is emitted below: 69 fixed, 2 per IPv4 and 9 per IPv6
     // address, all twice.
-    let estimate = 41 + 4 * (v4.len() + src4.len()) + 18 * (v6.len() + src6.len());
+    let estimate = 69 + 4 * (v4.len() + src4.len()) + 18 * (v6.len() + src6.len());
     if estimate > MAX_INSNS {
         return Err(TooLong { insns: estimate });
     }
@@ -134,6 +141,7 @@ pub fn fanout_client_program(
     asm.bind(v6_18);
     ipv6(&mut asm, 18, &v6, &src6);
     let program = asm.finish();
+    debug_assert_eq!(program.len(), estimate, "the size estimate is exact");
     if program.len() > MAX_INSNS {
         return Err(TooLong {
             insns: program.len(),
@@ -189,8 +197,20 @@ fn ipv4(asm: &mut Asm, base: u32, frontends: &[u32], sources: &[u32]) {
     asm.op(LD_W_ABS, 0, 0, ll(base + 12));
     asm.op(RET_A, 0, 0, 0);
     asm.bind(by_port);
+    asm.op(LD_B_ABS, 0, 0, ll(base + 9));
+    asm.op(JEQ_K, 3, 0, u32::from(crate::wire::IpProtocol::ICMP));
     asm.op(LDX_B_MSH, 0, 0, ll(base));
     asm.op(LD_H_IND, 0, 0, ll(base + 2));
+    asm.op(RET_A, 0, 0, 0);
+    // ICMP: X = the outer header's length plus the quoted one's; the
+    // quote starts 8 bytes into the message.
+    asm.op(LDX_B_MSH, 0, 0, ll(base));
+    asm.op(LD_B_IND, 0, 0, ll(base + 8));
+    asm.op(AND_K, 0, 0, 0x0f);
+    asm.op(LSH_K, 0, 0, 2);
+    asm.op(ADD_X, 0, 0, 0);
+    asm.op(TAX, 0, 0, 0);
+    asm.op(LD_H_IND, 0, 0, ll(base + 8));
     asm.op(RET_A, 0, 0, 0);
 }
 
@@ -215,7 +235,12 @@ fn ipv6(asm: &mut Asm, base: u32, frontends: &[[u32; 4]], sources: &[[u32; 4]]) 
     asm.op(LD_W_ABS, 0, 0, ll(base + 20));
     asm.op(RET_A, 0, 0, 0);
     asm.bind(by_port);
+    asm.op(LD_B_ABS, 0, 0, ll(base + 6));
+    asm.op(JEQ_K, 2, 0, u32::from(crate::wire::IpProtocol::ICMPV6));
     asm.op(LD_H_ABS, 0, 0, ll(base + 42));
+    asm.op(RET_A, 0, 0, 0);
+    // `ICMPv6`: the quoted packet's source port, past two fixed headers.
+    asm.op(LD_H_ABS, 0, 0, ll(base + 40 + 8 + 40));
     asm.op(RET_A, 0, 0, 0);
 }
 
@@ -245,8 +270,8 @@ pub(crate) mod interp {
     //! them without a kernel. `ll` loads read the frame from offset 0.
 
     use super::{
-        JA, JEQ_K, JGE_K, JGT_K, LD_B_ABS, LD_H_ABS, LD_H_IND, LD_W_ABS, LDX_B_MSH, RET_A, RET_K,
-        sock_filter,
+        ADD_X, AND_K, JA, JEQ_K, JGE_K, JGT_K, LD_B_ABS, LD_B_IND, LD_H_ABS, LD_H_IND, LD_W_ABS,
+        LDX_B_MSH, LSH_K, RET_A, RET_K, TAX, sock_filter,
     };
 
     /// Runs `program` over `frame`; `None` is an aborted program (a load
@@ -272,6 +297,11 @@ pub(crate) mod interp {
                 LD_H_ABS => a = load(i.k, 2)?,
                 LD_B_ABS => a = load(i.k, 1)?,
                 LD_H_IND => a = load(i.k.wrapping_add(x), 2)?,
+                LD_B_IND => a = load(i.k.wrapping_add(x), 1)?,
+                AND_K => a &= i.k,
+                LSH_K => a <<= i.k,
+                ADD_X => a = a.wrapping_add(x),
+                TAX => x = a,
                 LDX_B_MSH => x = 4 * (load(i.k, 1)? & 0xf),
                 JA => pc += i.k as usize,
                 JEQ_K | JGE_K | JGT_K => {
