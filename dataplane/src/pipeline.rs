@@ -31,7 +31,7 @@
 use crate::affinity::{AffinityKey, AffinityTable, Sticky};
 use crate::clock::Clock;
 use crate::command::{self, Command, WorkerReport};
-use crate::family::Family;
+use crate::family::{Family, from_ip};
 use crate::flow::{Direction, Flow, FlowKey, FlowState, FlowTable, FlowTimeouts};
 use crate::hash::stable_hash;
 use crate::icmp::{self, Icmp, IcmpConfig};
@@ -841,7 +841,8 @@ fn prefetch_reply<A: Family>(svc: &ServicePort, tables: &Tables<A>, key: &FlowKe
     else {
         return;
     };
-    if svc.spec.mode == ForwardMode::Dsr {
+    // `dsr` files no reply tuple; `fullnat`'s holds a port not chosen yet.
+    if svc.spec.mode != ForwardMode::Nat {
         return;
     }
     let akey = affinity_key(svc, key.src, v4_prefix, v6_prefix);
@@ -856,7 +857,7 @@ fn prefetch_reply<A: Family>(svc: &ServicePort, tables: &Tables<A>, key: &FlowKe
     else {
         return;
     };
-    let Some(addr) = family_addr::<A>(b.addr) else {
+    let Some(addr) = from_ip::<A>(b.addr) else {
         return;
     };
     let reply = FlowKey {
@@ -1144,7 +1145,8 @@ fn handle<A: IpRewrite>(
     let Some((backend, awaiting_proof)) = picked else {
         return Action::Drop(DropReason::NoBackend);
     };
-    let Some(backend_addr) = family_addr::<A>(backend.addr) else {
+    // Snapshots refuse mixed families: only a broken one fails here.
+    let Some(backend_addr) = from_ip::<A>(backend.addr) else {
         return Action::Drop(DropReason::NoBackend);
     };
     let opened = Opened {
@@ -1217,7 +1219,8 @@ fn open<A: IpRewrite>(o: Opened<'_, A>, frame: &[u8]) -> Flow<A> {
 /// Gives a new `nat` or `fullnat` connection its source translation, if
 /// it needs one: under `fullnat` always, under `nat` when its endpoint
 /// would answer the client directly. The port is the first candidate this
-/// worker owns whose reply tuple no live connection holds.
+/// worker owns whose reply tuple no entry holds (live, or idle and not
+/// reaped yet).
 #[inline]
 fn source_nat<A: IpRewrite>(
     config: &SnatConfig,
@@ -1377,13 +1380,6 @@ fn tuple_hash<A: Family>(key: &FlowKey<A>) -> u64 {
     bytes[34..36].copy_from_slice(&key.dst_port.to_be_bytes());
     bytes[36] = key.protocol;
     stable_hash(&bytes)
-}
-
-/// `addr` as family `A`; snapshots reject mixed families, so this only
-/// fails on a broken one.
-#[inline(always)]
-fn family_addr<A: Family>(addr: IpAddr) -> Option<A> {
-    crate::family::from_ip(addr)
 }
 
 /// Rewrites a packet of `flow` travelling `dir`, points it at its next hop
