@@ -35,18 +35,25 @@ fn apply(csum: u16, delta: u32) -> u16 {
     !fold(u32::from(!csum) + u32::from(fold(delta)))
 }
 
+/// Writes `new` over the IPv4 header's address at `end`; returns the
+/// change as a partial sum (`!old + new`), checksum not yet updated.
+#[inline(always)]
+fn swap_v4(h: &mut [u8; 20], end: End, new: Ipv4Addr) -> u32 {
+    let at = match end {
+        End::Source => 12,
+        End::Destination => 16,
+    };
+    let old = u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let new = new.to_bits();
+    h[at..at + 4].copy_from_slice(&new.to_be_bytes());
+    u32::from(!fold(sum32(old))) + sum32(new)
+}
+
 impl IpRewrite for Ipv4Addr {
     #[inline(always)]
     fn rewrite_ip(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
         let h = ip.first_chunk_mut::<20>()?;
-        let field: &mut [u8; 4] = match end {
-            End::Source => h[12..16].as_mut_array()?,
-            End::Destination => h[16..20].as_mut_array()?,
-        };
-        let old = u32::from_be_bytes(*field);
-        let new = new.to_bits();
-        *field = new.to_be_bytes();
-        let addr = u32::from(!fold(sum32(old))) + sum32(new);
+        let addr = swap_v4(h, end, new);
         // TTL is the high byte of the 16-bit word it shares with protocol.
         // A TTL of 0 is left alone: the parser drops anything at or below 1.
         let ttl = h[8];
@@ -63,14 +70,7 @@ impl IpRewrite for Ipv4Addr {
     #[inline(always)]
     fn set_addr(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
         let h = ip.first_chunk_mut::<20>()?;
-        let field: &mut [u8; 4] = match end {
-            End::Source => h[12..16].as_mut_array()?,
-            End::Destination => h[16..20].as_mut_array()?,
-        };
-        let old = u32::from_be_bytes(*field);
-        let new = new.to_bits();
-        *field = new.to_be_bytes();
-        let addr = u32::from(!fold(sum32(old))) + sum32(new);
+        let addr = swap_v4(h, end, new);
         let csum = u16::from_be_bytes([h[10], h[11]]);
         [h[10], h[11]] = apply(csum, addr).to_be_bytes();
         Some(addr)
@@ -80,16 +80,10 @@ impl IpRewrite for Ipv4Addr {
 impl IpRewrite for Ipv6Addr {
     #[inline(always)]
     fn rewrite_ip(ip: &mut [u8], end: End, new: Self) -> Option<u32> {
+        // No header checksum: the hop limit costs nothing else.
         let h = ip.first_chunk_mut::<40>()?;
         h[7] = h[7].saturating_sub(1);
-        let field: &mut [u8; 16] = match end {
-            End::Source => h[8..24].as_mut_array()?,
-            End::Destination => h[24..40].as_mut_array()?,
-        };
-        let new = new.octets();
-        let addr = u32::from(!fold(sum(&field[..]))) + sum(&new);
-        *field = new;
-        Some(addr)
+        Self::set_addr(ip, end, new)
     }
 
     #[inline(always)]

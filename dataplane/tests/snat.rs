@@ -393,23 +393,6 @@ fn fullnat_without_an_address_of_the_family_is_refused() {
     assert_eq!(IpAddr::V6(v6.header().source_addr()), ip("2001:db8:5a::1"));
 }
 
-/// The source of a frame limpet sent, read with etherparse.
-fn source(frame: &[u8]) -> SocketAddr {
-    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-    let p = SlicedPacket::from_ethernet(frame).unwrap();
-    let ip: IpAddr = match p.net.unwrap() {
-        NetSlice::Ipv4(v4) => v4.header().source_addr().into(),
-        NetSlice::Ipv6(v6) => v6.header().source_addr().into(),
-        NetSlice::Arp(_) => panic!("not IP"),
-    };
-    let port = match p.transport.unwrap() {
-        TransportSlice::Tcp(t) => t.source_port(),
-        TransportSlice::Udp(u) => u.source_port(),
-        _ => panic!("not TCP/UDP"),
-    };
-    SocketAddr::new(ip, port)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
 
@@ -435,7 +418,7 @@ proptest! {
             let client = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 1, c as u8));
             let syn = inbound(PacketSpec::tcp(client, ip(FULL4), 1000 + c as u16, 80).flags(SYN)).build();
             match h.send(&syn) {
-                (Action::Forward, Some(out)) => given.push((client, 1000 + c as u16, source(&out))),
+                (Action::Forward, Some(out)) => given.push((client, 1000 + c as u16, common::source(&out))),
                 (Action::Drop(DropReason::SnatPortsExhausted), None) => refused += 1,
                 other => prop_assert!(false, "unexpected {other:?}"),
             }

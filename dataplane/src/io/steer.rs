@@ -38,6 +38,24 @@ pub fn client_owner(client: IpAddr, workers: usize) -> usize {
     low as usize % workers.max(1)
 }
 
+/// `addrs` by family as numbers, sorted and deduplicated for a binary
+/// search on the packet path.
+fn sorted_words(addrs: &[IpAddr]) -> (Vec<u32>, Vec<u128>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for a in addrs {
+        match a {
+            IpAddr::V4(a) => v4.push(u32::from(*a)),
+            IpAddr::V6(a) => v6.push(u128::from(*a)),
+        }
+    }
+    v4.sort_unstable();
+    v4.dedup();
+    v6.sort_unstable();
+    v6.dedup();
+    (v4, v6)
+}
+
 /// The frontends (service addresses) of the current snapshot, sorted for
 /// a binary search on the packet path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,32 +76,12 @@ impl ClientSteering {
 
     /// Replaces the frontends. Allocates: call at a snapshot swap.
     pub fn set_frontends(&mut self, frontends: &[IpAddr]) {
-        self.v4.clear();
-        self.v6.clear();
-        for a in frontends {
-            match a {
-                IpAddr::V4(a) => self.v4.push(u32::from(*a)),
-                IpAddr::V6(a) => self.v6.push(u128::from(*a)),
-            }
-        }
-        self.v4.sort_unstable();
-        self.v4.dedup();
-        self.v6.sort_unstable();
-        self.v6.dedup();
+        (self.v4, self.v6) = sorted_words(frontends);
     }
 
     /// Replaces the source-NAT addresses. Allocates: call at start.
     pub fn set_sources(&mut self, sources: &[IpAddr]) {
-        self.sources4.clear();
-        self.sources6.clear();
-        for a in sources {
-            match a {
-                IpAddr::V4(a) => self.sources4.push(u32::from(*a)),
-                IpAddr::V6(a) => self.sources6.push(u128::from(*a)),
-            }
-        }
-        self.sources4.sort_unstable();
-        self.sources6.sort_unstable();
+        (self.sources4, self.sources6) = sorted_words(sources);
     }
 
     /// The low 32 bits of the frame's client address (the destination

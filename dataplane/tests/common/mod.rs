@@ -183,17 +183,33 @@ impl Harness {
 
 /// The destination address and port of a frame, read with etherparse.
 pub fn destination(frame: &[u8]) -> SocketAddr {
+    endpoints(frame).1
+}
+
+/// The source address and port of a frame, read with etherparse.
+pub fn source(frame: &[u8]) -> SocketAddr {
+    endpoints(frame).0
+}
+
+/// A TCP or UDP frame's (source, destination), read with etherparse.
+fn endpoints(frame: &[u8]) -> (SocketAddr, SocketAddr) {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let p = SlicedPacket::from_ethernet(frame).unwrap();
-    let ip: IpAddr = match p.net.unwrap() {
-        NetSlice::Ipv4(v4) => v4.header().destination_addr().into(),
-        NetSlice::Ipv6(v6) => v6.header().destination_addr().into(),
+    let (src, dst): (IpAddr, IpAddr) = match p.net.unwrap() {
+        NetSlice::Ipv4(v4) => (
+            v4.header().source_addr().into(),
+            v4.header().destination_addr().into(),
+        ),
+        NetSlice::Ipv6(v6) => (
+            v6.header().source_addr().into(),
+            v6.header().destination_addr().into(),
+        ),
         NetSlice::Arp(_) => panic!("not IP"),
     };
-    let port = match p.transport.unwrap() {
-        TransportSlice::Tcp(t) => t.destination_port(),
-        TransportSlice::Udp(u) => u.destination_port(),
+    let (sport, dport) = match p.transport.unwrap() {
+        TransportSlice::Tcp(t) => (t.source_port(), t.destination_port()),
+        TransportSlice::Udp(u) => (u.source_port(), u.destination_port()),
         _ => panic!("not TCP/UDP"),
     };
-    SocketAddr::new(ip, port)
+    (SocketAddr::new(src, sport), SocketAddr::new(dst, dport))
 }
