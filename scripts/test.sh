@@ -60,6 +60,8 @@ cargo test -p limpet-dataplane --features dpdk --test dpdk --locked
 cargo test -p limpet-control --features dpdk --test e2e_dpdk --test dpdk_vdevs --locked
 # ICMP (path MTU across a 1280-byte router link, rejects, ping) over DPDK net_af_packet.
 cargo test -p limpet-control --features dpdk --test e2e_icmp --locked -- over_dpdk
+# Encapsulated DSR (ipip, gue) to an endpoint behind a router, over DPDK net_af_packet.
+cargo test -p limpet-control --features dpdk --test e2e_tunnel --locked -- over_dpdk
 # pktgen over DPDK ports: net_ring in process, and send -> sink as two
 # processes over net_memif; the DPDK benchmark's smoke run (not asserted).
 cargo clippy -p limpet-pktgen -p limpet-bench --features limpet-pktgen/dpdk,limpet-bench/dpdk \

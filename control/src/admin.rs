@@ -320,7 +320,7 @@ type Field = (
     fn(&WorkerReport) -> f64,
 );
 /// Per-worker metrics: name, type, help, and how to read it off a report.
-const WORKER_METRICS: [Field; 33] = [
+const WORKER_METRICS: [Field; 35] = [
     ("rx_packets_total", "counter", "Packets received.", |r| {
         r.stats.rx_packets as f64
     }),
@@ -424,6 +424,12 @@ const WORKER_METRICS: [Field; 33] = [
         |r| r.stats.checksums_completed as f64,
     ),
     (
+        "tunnelled_packets_total",
+        "counter",
+        "Packets sent to their endpoint encapsulated (--forward ipip / gue).",
+        |r| r.stats.tunnelled as f64,
+    ),
+    (
         "flow_evictions_total",
         "counter",
         "Live connections evicted because the table was full.",
@@ -476,6 +482,12 @@ const WORKER_METRICS: [Field; 33] = [
         "counter",
         "Port unreachables not sent: no room in the buffer, or a source that may not be answered.",
         |r| r.stats.icmp.rejects_unsent as f64,
+    ),
+    (
+        "icmp_too_big_total",
+        "counter",
+        "Fragmentation needed / packet too big sent to clients whose packets would not fit the tunnel once wrapped.",
+        |r| r.stats.icmp.too_big as f64,
     ),
     ("affinity_entries", "gauge", "Live affinity entries.", |r| {
         r.affinity_entries as f64
@@ -772,6 +784,8 @@ mod tests {
             "affinity_probation_entries",
             "udp_repicks_total",
             "checksums_completed_total",
+            "tunnelled_packets_total",
+            "icmp_too_big_total",
         ] {
             assert!(
                 text.contains(&format!("\nlimpet_{name}{{worker=\"0\"}} 0\n")),

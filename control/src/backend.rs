@@ -35,7 +35,8 @@ pub enum Idle {
 pub struct Link {
     pub iface: String,
     pub addresses: Vec<InterfaceAddr>,
-    pub gateway: Option<IpAddr>,
+    /// At most one per family.
+    pub gateways: Vec<IpAddr>,
 }
 
 /// What a backend is asked to start: the part of `limpet run`'s options

@@ -508,7 +508,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     let mut l2 = Vec::with_capacity(opts.links.len());
     for (i, (link, raw)) in opts.links.iter().zip(wires).enumerate() {
         let (tx, rx) = unbounded();
-        let neighbours = Neighbours::new(mac, link.addresses.clone(), link.gateway);
+        let neighbours = Neighbours::new(mac, link.addresses.clone(), link.gateways.clone());
         handles.push(spawn_neighbour_thread(
             i,
             raw,

@@ -15,15 +15,15 @@
 //!   router's error is addressed to limpet's source address and must be
 //!   steered, by the port it quotes, to the worker owning the connection.
 //!
-//! The router (`lp-rt`) and the far backend (`lp-far`) are built here on
-//! top of `scripts/testbed` and removed afterwards (`scripts/testbed down`
-//! removes them too, should this test die half-way). Runs over `AF_PACKET`
+//! The router (`lp-rt`) and the far backend (`lp-far`) are
+//! `testbed::behind`'s, on top of `scripts/testbed`. Runs over `AF_PACKET`
 //! and, built with `--features dpdk`, over DPDK's `net_af_packet`.
 
 mod testbed;
 
 use serde_json::Value;
 use std::process::Command;
+use testbed::behind::{Behind, ROUTER, ROUTER6, in_ns, upload_completes};
 use testbed::story::{Config, Io, Limpet};
 use testbed::{Testbed, must_be_root, sh};
 
@@ -34,8 +34,6 @@ const EMPTY_VIP4: &str = "192.0.2.21";
 /// has learnt no path MTU for yet.
 const FULLNAT_VIP: &str = "192.0.2.22";
 const EMPTY_VIP6: &str = "2001:db8:5::21";
-const ROUTER: &str = "203.0.113.254";
-const ROUTER6: &str = "2001:db8:be::fe";
 const UPLOAD_BYTES: usize = 200_000;
 
 /// The upload Services (IPv4 and IPv6, each with its one endpoint behind
@@ -174,177 +172,6 @@ ports:
   protocol: UDP
 "#;
 
-fn ip(args: &[&str]) {
-    sh(Command::new("ip").args(args));
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> String {
-    sh(Command::new("ip").args(["netns", "exec", ns]).args(args))
-}
-
-/// The router and the far backend (and its server), removed when dropped.
-struct Behind {
-    server: Option<std::process::Child>,
-}
-
-impl Behind {
-    /// lp-rt: rt0 on the testbed's bridge (203.0.113.254, its way back to
-    /// the clients through limpet), rt1 towards lp-far with a 1280-byte
-    /// MTU; lp-far: 198.19.0.2 behind it, MTU 1280, advertising MSS 1460,
-    /// running a server that answers each connection with the number of
-    /// bytes it received.
-    fn up() -> Self {
-        let mut behind = Behind { server: None };
-        let setup = [
-            "netns add lp-rt",
-            "netns add lp-far",
-            "-n lp-rt link set lo up",
-            "-n lp-far link set lo up",
-            "-n lp-sw link add sw-rt type veth peer name rt0 netns lp-rt",
-            "-n lp-sw link set sw-rt master br0",
-            "-n lp-sw link set sw-rt up",
-            "-n lp-rt link add rt1 type veth peer name eth0 netns lp-far",
-            "-n lp-rt link set rt0 address 02:00:00:00:04:00",
-            "-n lp-rt addr add 203.0.113.254/24 dev rt0",
-            "-n lp-rt link set rt0 up",
-            "-n lp-rt link set rt1 mtu 1280",
-            "-n lp-rt addr add 198.19.0.1/24 dev rt1",
-            "-n lp-rt link set rt1 up",
-            // Back to the clients through limpet, as the testbed's backends.
-            "-n lp-rt route add default via 203.0.113.1",
-            "-n lp-rt -6 addr add 2001:db8:be::fe/64 dev rt0 nodad",
-            "-n lp-rt -6 addr add 2001:db8:f0::1/64 dev rt1 nodad",
-            "-n lp-rt -6 route add default via 2001:db8:be::1",
-            "-n lp-far link set eth0 mtu 1280",
-            "-n lp-far addr add 198.19.0.2/24 dev eth0",
-            "-n lp-far link set eth0 up",
-            "-n lp-far route add default via 198.19.0.1 advmss 1460",
-            "-n lp-far -6 addr add 2001:db8:f0::2/64 dev eth0 nodad",
-            "-n lp-far -6 route add default via 2001:db8:f0::1 advmss 1440",
-        ];
-        for (i, cmd) in setup.iter().enumerate() {
-            ip(&cmd.split_whitespace().collect::<Vec<_>>());
-            if i == 1 {
-                for ns in ["lp-rt", "lp-far"] {
-                    for kv in [
-                        "net.ipv6.conf.all.accept_dad=0",
-                        "net.ipv6.conf.default.accept_dad=0",
-                        "net.ipv6.conf.all.accept_ra=0",
-                        "net.ipv6.conf.default.accept_ra=0",
-                    ] {
-                        in_ns(ns, &["sysctl", "-qw", kv]);
-                    }
-                }
-            }
-        }
-        // Offloads off as on every testbed veth: limpet must see the real
-        // frames (and their checksums), not 64 KB super-frames.
-        for (ns, dev) in [
-            ("lp-sw", "sw-rt"),
-            ("lp-rt", "rt0"),
-            ("lp-rt", "rt1"),
-            ("lp-far", "eth0"),
-        ] {
-            let off = "tx off sg off tso off gso off gro off";
-            let mut args = vec!["ethtool", "-K", dev];
-            args.extend(off.split_whitespace());
-            in_ns(ns, &args);
-        }
-        for kv in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv4.conf.rt0.rp_filter=0",
-            "net.ipv6.conf.all.forwarding=1",
-        ] {
-            in_ns("lp-rt", &["sysctl", "-qw", kv]);
-        }
-        behind.server = Some(
-            Command::new("ip")
-                .args(["netns", "exec", "lp-far", "python3", "-c", SERVER])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("starting the far backend's server"),
-        );
-        let ready = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !in_ns("lp-far", &["ss", "-Hltn", "sport = :9376"]).contains("9376") {
-            assert!(
-                std::time::Instant::now() < ready,
-                "far server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        behind
-    }
-}
-
-impl Drop for Behind {
-    fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-        for ns in ["lp-far", "lp-rt"] {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for pid in pids.split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-const SERVER: &str = r#"
-import socket, threading
-def serve(c):
-    n = 0
-    while True:
-        b = c.recv(65536)
-        if not b:
-            break
-        n += len(b)
-    c.sendall(str(n).encode())
-    c.close()
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", 9376))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
-/// In lp-client: a 200 kB upload to the upload Service, what came back,
-/// and the client's MSS and route MTU afterwards.
-const UPLOAD: &str = r#"
-import json, socket, sys, time
-s = socket.create_connection((sys.argv[1], 80), timeout=20)
-mss_before = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
-t = time.time()
-out = {"mss_before": mss_before}
-try:
-    s.sendall(b"x" * int(sys.argv[2]))
-    s.shutdown(socket.SHUT_WR)
-    reply = b""
-    while True:
-        b = s.recv(100)
-        if not b:
-            break
-        reply += b
-    out["reply"] = reply.decode()
-except OSError as e:
-    out["error"] = repr(e)
-out["secs"] = time.time() - t
-out["mss_after"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
-print(json.dumps(out))
-"#;
-
 /// In lp-client: TCP connects and connected UDP exchanges, each with a
 /// 3 s timeout; what each got and how long it took.
 const PROBES: &str = r#"
@@ -420,20 +247,8 @@ print(json.dumps(out))
 /// segments too big for the backend's link and learnt the path's MTU, and
 /// limpet translated at least `errors` ICMP errors to the client.
 fn upload_through_small_link(limpet: &Limpet, vip: &str, errors: f64) {
-    let out = in_ns(
-        "lp-client",
-        &["python3", "-c", UPLOAD, vip, &UPLOAD_BYTES.to_string()],
-    );
-    let upload: Value = serde_json::from_str(&out).expect("upload JSON");
-    eprintln!("upload to {vip} through a 1280-byte link: {upload}");
-    let route = in_ns("lp-client", &["ip", "route", "get", vip]);
-    eprintln!("client's route to {vip} afterwards: {}", route.trim());
-    assert_eq!(
-        upload["reply"].as_str(),
-        Some(UPLOAD_BYTES.to_string().as_str()),
-        "the upload to {vip} did not complete: {upload}\n{}",
-        limpet.log_text()
-    );
+    let (upload, route) =
+        upload_completes(limpet, (vip, 80), UPLOAD_BYTES, "through a 1280-byte link");
     let mss_before = upload["mss_before"].as_u64().unwrap_or(0);
     let headers = if vip.contains(':') { 60 } else { 40 };
     assert!(
@@ -483,7 +298,8 @@ fn icmp_story(io: Io, workers: u16) {
     must_be_root();
     let testbed = Testbed::up(1);
     testbed.mode("nat");
-    let _behind = Behind::up();
+    let mut behind = Behind::up(1280);
+    behind.serve(&["python3", "-c", testbed::COUNT_SERVER, "9376"], 9376);
     let config = Config::new("icmp");
     config.write(MANIFEST);
     let mut args = io.args(&["lb0"], workers);

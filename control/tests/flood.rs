@@ -16,10 +16,9 @@ mod testbed;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use testbed::story::{Config, Io, Limpet, ep, manifest};
-use testbed::{LIMPET, Testbed, VIP4, http, must_be_root, sh};
+use testbed::{Testbed, VIP4, http, must_be_root, pktgen, sh};
 
 const CLIENTS: usize = 2000;
 const FIRST_CLIENT: &str = "198.18.0.1";
@@ -33,23 +32,6 @@ const FLOOD_PPS: &str = "400000";
 const CAPACITY: &str = "8192";
 const LB_MAC: &str = "02:00:00:00:01:00";
 const ADMIN: &str = "127.0.0.1:9901";
-
-/// pktgen, built into the same target directory as the limpet under test.
-fn pktgen() -> PathBuf {
-    let bin_dir = Path::new(LIMPET).parent().expect("limpet's directory");
-    let target_dir = bin_dir.parent().expect("target directory");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "limpet-pktgen", "--bin", "pktgen"])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(testbed::repo());
-    if bin_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("running cargo build");
-    assert!(status.success(), "{cmd:?} failed");
-    bin_dir.join("pktgen")
-}
 
 fn metrics() -> String {
     let script = format!(

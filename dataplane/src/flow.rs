@@ -137,6 +137,9 @@ pub struct Flow<A> {
     /// With `snat`: the source the backend sees. Meaningless without it.
     pub snat_addr: A,
     pub snat_port: u16,
+    /// Encapsulated DSR: forward packets go to `backend_addr` wrapped in
+    /// this tunnel (`nat` is false).
+    pub tunnel: crate::encap::Tunnel,
 }
 
 impl<A: Family> Default for Flow<A> {
@@ -160,6 +163,7 @@ impl<A: Family> Default for Flow<A> {
             snat: false,
             snat_addr: A::UNSPECIFIED,
             snat_port: 0,
+            tunnel: crate::encap::Tunnel::None,
         }
     }
 }

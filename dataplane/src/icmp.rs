@@ -41,6 +41,7 @@
 //! (IPv4) or 1280-byte (IPv6) limit, is the quote. A token bucket per worker
 //! bounds the rate; what it holds back is counted and dropped as before.
 
+use crate::encap::{self, Encap, Tunnel};
 use crate::flow::{Direction, Flow, FlowKey, FlowTable};
 use crate::io::PacketBuf;
 use crate::nat::{End, IpRewrite};
@@ -70,6 +71,8 @@ const V4_PARAMETER_PROBLEM: u8 = 12;
 /// Destination unreachable codes for "port unreachable".
 const V4_PORT_UNREACHABLE: u8 = 3;
 const V6_PORT_UNREACHABLE: u8 = 4;
+/// Destination unreachable's "fragmentation needed and DF set" (RFC 1191).
+const V4_FRAG_NEEDED: u8 = 4;
 
 /// How a worker treats ICMP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +112,9 @@ pub struct IcmpCounters {
     /// the frame for the new headers, or the packet's source may not be
     /// answered (multicast, broadcast, unspecified).
     pub rejects_unsent: u64,
+    /// "Fragmentation needed" / "packet too big" sent to clients whose
+    /// packets would not fit the tunnel once encapsulated.
+    pub too_big: u64,
 }
 
 /// A token bucket on the worker's seconds clock: `rate` tokens a second,
@@ -161,6 +167,9 @@ pub struct Env<'a> {
     pub mac: MacAddr,
     pub now: u32,
     pub counters: &'a mut IcmpCounters,
+    /// GUE's port: errors quoting limpet's own GUE packets are recognised
+    /// by it.
+    pub gue_port: u16,
 }
 
 impl Icmp {
@@ -188,22 +197,30 @@ impl Icmp {
         l3: usize,
         l4: usize,
         port: &mut u16,
+        encap: &mut Option<Encap>,
     ) -> Action {
         let frame = buf.data_mut();
-        match frame.get(l3).map(|b| b >> 4) {
-            Some(4) => self.message_v4(env, frame, l3, l4, port),
-            Some(6) => self.message_v6(env, frame, l3, l4, port),
+        let mut len = None;
+        let action = match frame.get(l3).map(|b| b >> 4) {
+            Some(4) => self.message_v4(env, frame, (l3, l4), port, (encap, &mut len)),
+            Some(6) => self.message_v6(env, frame, (l3, l4), port, (encap, &mut len)),
             _ => Action::SlowPath,
+        };
+        if let Some(len) = len {
+            buf.truncate(len);
         }
+        action
     }
 
+    /// `out`: the tunnel the message still has to be wrapped for, and the
+    /// frame's new length if the message was rebuilt shorter.
     fn message_v4(
         &self,
         env: &mut Env<'_>,
         frame: &mut [u8],
-        l3: usize,
-        l4: usize,
+        (l3, l4): (usize, usize),
         port: &mut u16,
+        (encap, len): (&mut Option<Encap>, &mut Option<usize>),
     ) -> Action {
         let Some(ip) = frame.get(l3..) else {
             return Action::Drop(DropReason::Truncated);
@@ -238,6 +255,19 @@ impl Icmp {
             env.counters.echo_replies += 1;
             return Action::Forward;
         }
+        if kind == icmpv4::msg_type::DEST_UNREACHABLE
+            && msg[1] == V4_FRAG_NEEDED
+            && let Some(at) = encap::quoted_tunnel(&msg[ICMP_HEADER..], env.gue_port)
+        {
+            let mtu = u32::from(get_u16(msg, 6));
+            let inner = l3 + l4 + ICMP_HEADER + at..l3 + total;
+            let tunnelled = quoted_v4(&frame[inner.clone()])
+                .ok()
+                .and_then(|q| tunnelled_flow(env.flows4, &q.key, env.now));
+            if let Some(flow) = tunnelled {
+                return tunnel_too_big(env, frame, (l3, inner, at), &flow, mtu, (port, len));
+            }
+        }
         let quote = match quoted_v4(&msg[ICMP_HEADER..]) {
             Ok(q) => q,
             Err(reason) => return Action::Drop(reason),
@@ -250,17 +280,20 @@ impl Icmp {
         }
         let flow = *env.flows4.get(idx);
         *port = translate(frame, l3, l4, total, quote.l4, &flow, dir, env.mac);
+        *encap = tunnelled(&flow, dir, quote.key.hash());
         count(env.counters, dir);
         Action::Forward
     }
 
+    /// `out`: the tunnel the message still has to be wrapped for, and the
+    /// frame's new length if the message was rebuilt shorter.
     fn message_v6(
         &self,
         env: &mut Env<'_>,
         frame: &mut [u8],
-        l3: usize,
-        l4: usize,
+        (l3, l4): (usize, usize),
         port: &mut u16,
+        (encap, len): (&mut Option<Encap>, &mut Option<usize>),
     ) -> Action {
         let Some(ip) = frame.get(l3..).filter(|ip| ip.len() >= IPV6_HEADER) else {
             return Action::Drop(DropReason::Truncated);
@@ -299,6 +332,18 @@ impl Icmp {
             env.counters.echo_replies += 1;
             return Action::Forward;
         }
+        if kind == icmpv6::msg_type::PACKET_TOO_BIG
+            && let Some(at) = encap::quoted_tunnel(&msg[ICMP_HEADER..], env.gue_port)
+        {
+            let mtu = u32::from_be_bytes(get4(msg, 4));
+            let inner = l3 + l4 + ICMP_HEADER + at..l3 + total;
+            let tunnelled = quoted_v6(&frame[inner.clone()])
+                .ok()
+                .and_then(|q| tunnelled_flow(env.flows6, &q.key, env.now));
+            if let Some(flow) = tunnelled {
+                return tunnel_too_big(env, frame, (l3, inner, at), &flow, mtu, (port, len));
+            }
+        }
         let quote = match quoted_v6(&msg[ICMP_HEADER..]) {
             Ok(q) => q,
             Err(reason) => return Action::Drop(reason),
@@ -311,6 +356,7 @@ impl Icmp {
         }
         let flow = *env.flows6.get(idx);
         *port = translate(frame, l3, l4, total, quote.l4, &flow, dir, env.mac);
+        *encap = tunnelled(&flow, dir, quote.key.hash());
         count(env.counters, dir);
         Action::Forward
     }
@@ -369,6 +415,138 @@ impl Icmp {
         env.counters.rejects += 1;
         Action::Forward
     }
+
+    /// Turns a packet (IP header at `l3`) that would not fit the tunnel
+    /// once wrapped into "fragmentation needed" (IPv4) or "packet too big"
+    /// (IPv6) with `mtu`, back to its sender at `client_mac`, as a router
+    /// at the tunnel's entry answers; the token bucket of rejects bounds
+    /// the rate. Returns whether it did (otherwise the packet is as it was).
+    pub fn too_big<B: PacketBuf>(
+        &mut self,
+        env: &mut Env<'_>,
+        buf: &mut B,
+        l3: usize,
+        mtu: u16,
+        client_mac: MacAddr,
+    ) -> bool {
+        if !answerable(buf.data(), l3) || !self.bucket.take(env.now) {
+            return false;
+        }
+        let v4 = buf.data().get(l3).is_some_and(|b| b >> 4 == 4);
+        let [hi, lo] = mtu.to_be_bytes();
+        let built = if v4 {
+            error_reply(
+                buf,
+                l3,
+                icmpv4::msg_type::DEST_UNREACHABLE,
+                V4_FRAG_NEEDED,
+                [0, 0, hi, lo],
+                env.mac,
+            )
+        } else {
+            error_reply(
+                buf,
+                l3,
+                icmpv6::msg_type::PACKET_TOO_BIG,
+                0,
+                [0, 0, hi, lo],
+                env.mac,
+            )
+        };
+        if built {
+            buf.data_mut()[0..6].copy_from_slice(&client_mac.0);
+            env.counters.too_big += 1;
+        }
+        built
+    }
+}
+
+/// An error about a reply of a tunnelled connection goes to its endpoint
+/// the way the connection's packets do, wrapped, with the connection's
+/// outer source (`hash`: its forward tuple's, which the quote reverses to).
+fn tunnelled<A: IpRewrite>(flow: &Flow<A>, dir: Direction, hash: u64) -> Option<Encap> {
+    (dir == Direction::Forward && flow.tunnel != Tunnel::None).then(|| Encap {
+        tunnel: flow.tunnel,
+        dst: flow.backend_addr.ip(),
+        hash,
+    })
+}
+
+/// The tunnelled connection whose packet a tunnel error quotes (`key`:
+/// the quoted tuple reversed, as [`quoted_v4`] reads it), if limpet holds
+/// one.
+fn tunnelled_flow<A: IpRewrite>(
+    flows: &FlowTable<A>,
+    key: &FlowKey<A>,
+    now: u32,
+) -> Option<Flow<A>> {
+    let forward = FlowKey {
+        src: key.dst,
+        dst: key.src,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+        protocol: key.protocol,
+    };
+    let (idx, dir) = flows.lookup(forward.hash(), &forward, now)?;
+    let flow = *flows.get(idx);
+    (dir == Direction::Forward && flow.tunnel != Tunnel::None).then_some(flow)
+}
+
+/// A router on the tunnel's path could not forward one of limpet's outer
+/// packets (its MTU `mtu` is too small) and told limpet, the outer source:
+/// the error (IP header at `l3`) becomes the one the client needs, as if
+/// limpet were that router for the inner packet (what Linux's own tunnels
+/// do): from the service address to the client, quoting the client's
+/// packet (`inner`, `overhead` bytes into the router's quote), with the
+/// MTU less the tunnel's overhead. The frame's new length goes to `len`.
+#[cold]
+#[inline(never)]
+fn tunnel_too_big<A: IpRewrite>(
+    env: &mut Env<'_>,
+    frame: &mut [u8],
+    (l3, inner, overhead): (usize, std::ops::Range<usize>, usize),
+    flow: &Flow<A>,
+    mtu: u32,
+    (port, len): (&mut u16, &mut Option<usize>),
+) -> Action {
+    let v4 = A::LEN == 4;
+    let (header, limit, min) = if v4 {
+        (IPV4_HEADER, MAX_ERROR_V4, 68)
+    } else {
+        (IPV6_HEADER, MAX_ERROR_V6, 1280)
+    };
+    // A router that reports no MTU (RFC 792's) leaves nothing to tell.
+    let Some(mtu) = mtu.checked_sub(overhead as u32).filter(|_| mtu != 0) else {
+        return Action::Drop(DropReason::Malformed);
+    };
+    // IPv6 links carry 1280 bytes at least (RFC 8200 5).
+    let mtu = mtu.max(min);
+    let quote = inner.len().min(limit - header - ICMP_HEADER);
+    frame.copy_within(inner.start..inner.start + quote, l3 + header + ICMP_HEADER);
+    frame[0..6].copy_from_slice(&flow.client_mac.0);
+    frame[6..12].copy_from_slice(&env.mac.0);
+    let rest = if v4 {
+        let [hi, lo] = (mtu.min(0xffff) as u16).to_be_bytes();
+        [0, 0, hi, lo]
+    } else {
+        mtu.to_be_bytes()
+    };
+    let (kind, code) = if v4 {
+        (icmpv4::msg_type::DEST_UNREACHABLE, V4_FRAG_NEEDED)
+    } else {
+        (icmpv6::msg_type::PACKET_TOO_BIG, 0)
+    };
+    let end = write_error(
+        &mut frame[l3..],
+        (flow.service_addr.octets16(), flow.client.octets16()),
+        (kind, code, rest),
+        quote,
+        v4,
+    );
+    *len = Some(l3 + end);
+    *port = flow.client_iface;
+    env.counters.errors_to_client += 1;
+    Action::Forward
 }
 
 fn count(counters: &mut IcmpCounters, dir: Direction) {
@@ -749,22 +927,39 @@ pub fn error_reply<B: PacketBuf>(
     let frame = buf.data_mut();
     frame[..l3].copy_from_slice(&link[..l3]);
     swap_macs(frame, mac);
+    write_error(&mut frame[l3..], (dst, src), (kind, code, rest), quote, v4);
+    true
+}
+
+/// Writes an ICMP (`v4`) or `ICMPv6` error's IP header, from `src` to `dst`
+/// (the first 4 bytes of each for IPv4), and its message header (`kind`,
+/// `code`, the four type-specific bytes `rest`) before the `quote` bytes
+/// already in place after them, both checksums included. Returns the IP
+/// packet's length.
+fn write_error(
+    ip: &mut [u8],
+    (src, dst): ([u8; 16], [u8; 16]),
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    quote: usize,
+    v4: bool,
+) -> usize {
     let msg_len = ICMP_HEADER + quote;
-    let ip = &mut frame[l3..];
-    if v4 {
+    let header = if v4 {
         let len = ((IPV4_HEADER + msg_len) as u16).to_be_bytes();
         // Precedence "internetwork control", as Linux sends its errors.
         ip[..12].copy_from_slice(&[0x45, 0xc0, len[0], len[1], 0, 0, 0, 0, 64, 1, 0, 0]);
-        ip[12..16].copy_from_slice(&dst[..4]);
-        ip[16..20].copy_from_slice(&src[..4]);
+        ip[12..16].copy_from_slice(&src[..4]);
+        ip[16..20].copy_from_slice(&dst[..4]);
         let csum = checksum::checksum(&ip[..IPV4_HEADER]);
         ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        IPV4_HEADER
     } else {
         let len = (msg_len as u16).to_be_bytes();
         ip[..8].copy_from_slice(&[0x60, 0, 0, 0, len[0], len[1], IpProtocol::ICMPV6, 64]);
-        ip[8..24].copy_from_slice(&dst);
-        ip[24..40].copy_from_slice(&src);
-    }
+        ip[8..24].copy_from_slice(&src);
+        ip[24..40].copy_from_slice(&dst);
+        IPV6_HEADER
+    };
     let msg = &mut ip[header..header + msg_len];
     msg[..4].copy_from_slice(&[kind, code, 0, 0]);
     msg[4..8].copy_from_slice(&rest);
@@ -772,15 +967,15 @@ pub fn error_reply<B: PacketBuf>(
         0
     } else {
         checksum::pseudo_header_v6(
-            Ipv6Addr::from(dst),
             Ipv6Addr::from(src),
+            Ipv6Addr::from(dst),
             IpProtocol::ICMPV6,
             msg_len as u32,
         )
     };
     let csum = !fold(pseudo + sum(msg));
     msg[2..4].copy_from_slice(&csum.to_be_bytes());
-    true
+    header + msg_len
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod affinity;
 pub mod clock;
 pub mod command;
+pub mod encap;
 pub mod family;
 pub mod flow;
 pub mod hash;

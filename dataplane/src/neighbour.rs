@@ -86,21 +86,22 @@ pub enum Handled {
 pub struct Neighbours {
     mac: MacAddr,
     addrs: Vec<InterfaceAddr>,
-    gateway: Option<IpAddr>,
+    /// At most one per family.
+    gateways: Vec<IpAddr>,
     served: HashSet<IpAddr>,
     wanted: HashMap<IpAddr, Entry>,
     counters: NeighbourCounters,
 }
 
 impl Neighbours {
-    /// A responder for interface MAC `mac` owning `addrs`, with an optional
-    /// gateway for backends on no subnet of `addrs`.
-    pub fn new(mac: MacAddr, addrs: Vec<InterfaceAddr>, gateway: Option<IpAddr>) -> Self {
+    /// A responder for interface MAC `mac` owning `addrs`, with gateways
+    /// (one per family at most) for backends on no subnet of `addrs`.
+    pub fn new(mac: MacAddr, addrs: Vec<InterfaceAddr>, gateways: Vec<IpAddr>) -> Self {
         let served = addrs.iter().map(|a| a.addr).collect();
         Self {
             mac,
             addrs,
-            gateway,
+            gateways,
             served,
             wanted: HashMap::new(),
             counters: NeighbourCounters::default(),
@@ -118,12 +119,15 @@ impl Neighbours {
     }
 
     /// The address whose MAC a packet to `ip` is sent to: `ip` itself if on
-    /// a subnet of the interface, else the gateway.
+    /// a subnet of the interface, else the gateway of its family.
     pub fn next_hop(&self, ip: IpAddr) -> Option<IpAddr> {
         if self.addrs.iter().any(|a| a.on_link(ip)) {
             Some(ip)
         } else {
-            self.gateway.filter(|g| g.is_ipv4() == ip.is_ipv4())
+            self.gateways
+                .iter()
+                .find(|g| g.is_ipv4() == ip.is_ipv4())
+                .copied()
         }
     }
 
@@ -445,7 +449,7 @@ mod tests {
                     prefix: 64,
                 },
             ],
-            None,
+            Vec::new(),
         );
         n.set_served([
             "192.0.2.10".parse().unwrap(),
@@ -588,7 +592,14 @@ mod tests {
                 addr: "203.0.113.1".parse().unwrap(),
                 prefix: 24,
             }],
-            Some("203.0.113.254".parse().unwrap()),
+            vec![
+                "203.0.113.254".parse().unwrap(),
+                "2001:db8:be::fe".parse().unwrap(),
+            ],
+        );
+        assert_eq!(
+            n.next_hop("2001:db8:f0::2".parse().unwrap()),
+            Some("2001:db8:be::fe".parse().unwrap())
         );
         assert_eq!(
             n.next_hop("198.51.100.50".parse().unwrap()),

@@ -31,6 +31,7 @@
 use crate::affinity::{AffinityKey, AffinityTable, Sticky};
 use crate::clock::Clock;
 use crate::command::{self, Command, WorkerReport};
+use crate::encap::{self, Encap, Refused, Tunnel, TunnelConfig};
 use crate::family::{Family, from_ip};
 use crate::flow::{Direction, Flow, FlowKey, FlowState, FlowTable, FlowTimeouts};
 use crate::hash::stable_hash;
@@ -48,6 +49,22 @@ use crossbeam_channel::{Receiver, Sender};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What the ICMP handlers need from worker `w` (an `icmp::Env`), its
+/// fields borrowed one by one so the burst's buffers stay borrowable.
+macro_rules! icmp_env {
+    ($w:ident, $now:expr) => {
+        icmp::Env {
+            snapshot: &$w.snapshot,
+            flows4: &$w.v4.flows,
+            flows6: &$w.v6.flows,
+            mac: $w.config.mac,
+            now: $now,
+            counters: &mut $w.stats.icmp,
+            gue_port: $w.config.tunnel.gue_port,
+        }
+    };
+}
 
 /// A worker's fixed settings.
 #[derive(Debug, Clone)]
@@ -69,6 +86,8 @@ pub struct WorkerConfig {
     pub icmp: IcmpConfig,
     /// Source NAT: addresses, and the ports this worker owns.
     pub snat: SnatConfig,
+    /// Encapsulated DSR: outer sources, GUE's port, the path's MTU.
+    pub tunnel: TunnelConfig,
 }
 
 impl WorkerConfig {
@@ -97,6 +116,7 @@ impl Default for WorkerConfig {
             timeouts: FlowTimeouts::default(),
             icmp: IcmpConfig::default(),
             snat: SnatConfig::default(),
+            tunnel: TunnelConfig::default(),
         }
     }
 }
@@ -240,6 +260,8 @@ pub struct Worker<I: PacketIo, C: Clock> {
     held: bool,
     /// [`PacketIo::max_frame`], read once.
     max_frame: usize,
+    /// [`PacketIo::mtu`], read once.
+    mtu: usize,
 }
 
 /// Affinity entries re-filed per poll after a timeout cut.
@@ -264,6 +286,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     ) -> Result<Self, TableError> {
         let now = clock.now();
         let max_frame = io.max_frame();
+        let mtu = io.mtu();
         let mut io = io;
         io.serve_sources(&config.snat.addrs());
         Ok(Self {
@@ -291,6 +314,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             swapped_at: now,
             held: false,
             max_frame,
+            mtu,
         })
     }
 
@@ -678,51 +702,118 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             swapped_at: self.swapped_at,
             stats: &mut self.stats,
         };
-        let (action, dst) = match meta.tuple {
+        let mut tunnel = None;
+        let (action, dst, protocol) = match meta.tuple {
             Tuple::V4(key) => (
-                handle(ctx, &mut self.v4, key, meta, frame, port),
+                handle(ctx, &mut self.v4, key, meta, frame, port, &mut tunnel),
                 key.dst.ip(),
+                key.protocol,
             ),
             Tuple::V6(key) => (
-                handle(ctx, &mut self.v6, key, meta, frame, port),
+                handle(ctx, &mut self.v6, key, meta, frame, port, &mut tunnel),
                 key.dst.ip(),
+                key.protocol,
             ),
         };
-        if action == Action::Forward {
-            action
-        } else {
-            self.reject(i, meta, dst, action, now)
+        if action != Action::Forward {
+            return self.reject(i, meta, dst, action, now);
         }
+        match tunnel {
+            None => action,
+            Some(t) => self.send_tunnelled(i, meta, protocol, t, now),
+        }
+    }
+
+    /// The longest outer packet the interface sends, for a frame whose IP
+    /// header is at `l3`.
+    fn tunnel_limit(&self, l3: usize) -> usize {
+        self.mtu.min(self.max_frame.saturating_sub(l3))
+    }
+
+    /// Wraps the burst's `i`th packet, already addressed to its endpoint's
+    /// next hop, for the tunnel; one too big for it once wrapped is
+    /// answered as a router would, so the client's path MTU shrinks.
+    fn send_tunnelled(
+        &mut self,
+        i: usize,
+        meta: &Meta,
+        protocol: u8,
+        t: Tunnelled,
+        now: u32,
+    ) -> Action {
+        let (l3, l4) = (usize::from(meta.l3), usize::from(meta.l4));
+        let limit = self.tunnel_limit(l3);
+        let buf = &mut self.rx[i];
+        let refused =
+            match encap::encapsulate(buf, l3, l4, protocol, t.encap, &self.config.tunnel, limit) {
+                Ok(()) => {
+                    self.stats.tunnelled += 1;
+                    return Action::Forward;
+                }
+                Err(refused) => refused,
+            };
+        if let Refused::TooBig {
+            mtu,
+            dont_fragment: true,
+        } = refused
+        {
+            let env = &mut icmp_env!(self, now);
+            if self.icmp.too_big(env, buf, l3, mtu, t.client_mac) {
+                self.ports[i] = buf.port();
+                return Action::Forward;
+            }
+        }
+        Action::Drop(refused.reason())
     }
 
     /// Answers or translates the burst's `i`th packet, an ICMP message.
     fn icmp_message(&mut self, i: usize, meta: &Meta, now: u32) -> Action {
         self.ports[i] = self.rx[i].port();
-        let env = &mut icmp::Env {
-            snapshot: &self.snapshot,
-            flows4: &self.v4.flows,
-            flows6: &self.v6.flows,
-            mac: self.config.mac,
-            now,
-            counters: &mut self.stats.icmp,
-        };
+        let env = &mut icmp_env!(self, now);
         let (l3, l4) = (usize::from(meta.l3), usize::from(meta.l4));
-        self.icmp
-            .message(env, &mut self.rx[i], l3, l4, &mut self.ports[i])
+        let mut tunnel = None;
+        let action = self.icmp.message(
+            env,
+            &mut self.rx[i],
+            l3,
+            l4,
+            &mut self.ports[i],
+            &mut tunnel,
+        );
+        let Some(encap) = tunnel.filter(|_| action == Action::Forward) else {
+            return action;
+        };
+        // An error about a reply, for a tunnelled connection's endpoint:
+        // wrapped as the connection's packets are (and never answered
+        // with another error).
+        let protocol = if self.rx[i].data().get(l3).is_some_and(|b| b >> 4 == 4) {
+            IpProtocol::ICMP
+        } else {
+            IpProtocol::ICMPV6
+        };
+        let limit = self.tunnel_limit(l3);
+        match encap::encapsulate(
+            &mut self.rx[i],
+            l3,
+            l4,
+            protocol,
+            encap,
+            &self.config.tunnel,
+            limit,
+        ) {
+            Ok(()) => {
+                self.stats.tunnelled += 1;
+                Action::Forward
+            }
+            Err(refused) => Action::Drop(refused.reason()),
+        }
     }
 
     /// No usable endpoint, or no such port: refused as kube-proxy refuses
     /// it (a port unreachable in place of the packet), where the rate
     /// allows; otherwise `action` stands.
     fn reject(&mut self, i: usize, meta: &Meta, dst: IpAddr, action: Action, now: u32) -> Action {
-        let env = &mut icmp::Env {
-            snapshot: &self.snapshot,
-            flows4: &self.v4.flows,
-            flows6: &self.v6.flows,
-            mac: self.config.mac,
-            now,
-            counters: &mut self.stats.icmp,
-        };
+        let env = &mut icmp_env!(self, now);
         let l3 = usize::from(meta.l3);
         self.icmp.reject(env, &mut self.rx[i], l3, dst, action)
     }
@@ -1052,8 +1143,35 @@ struct Ctx<'a> {
     stats: &'a mut WorkerStats,
 }
 
+/// A forwarded packet that still has to be wrapped for its tunnel.
+#[derive(Debug, Clone, Copy)]
+struct Tunnelled {
+    encap: Encap,
+    /// Where a "too big" answer goes: the hop the client's packets come
+    /// from (the frame's own source address is limpet's by then).
+    client_mac: MacAddr,
+}
+
+impl Tunnelled {
+    /// For a packet of `flow` whose parse found flow hash `hash`; `None`
+    /// unless the connection is tunnelled.
+    #[inline(always)]
+    fn of<A: Family>(flow: &Flow<A>, hash: u64) -> Option<Tunnelled> {
+        (flow.tunnel != Tunnel::None).then(|| Tunnelled {
+            encap: Encap {
+                tunnel: flow.tunnel,
+                dst: flow.backend_addr.ip(),
+                hash,
+            },
+            client_mac: flow.client_mac,
+        })
+    }
+}
+
 /// Decides one parsed packet and rewrites it in place. `port` holds the
 /// port the packet arrived on, and is set to the port it is to leave by.
+/// A packet of a tunnelled connection is addressed to its endpoint's next
+/// hop and described in `tunnel`, for the caller to wrap.
 #[inline]
 fn handle<A: IpRewrite>(
     ctx: Ctx<'_>,
@@ -1062,6 +1180,7 @@ fn handle<A: IpRewrite>(
     meta: &Meta,
     frame: &mut [u8],
     port: &mut u16,
+    tunnel: &mut Option<Tunnelled>,
 ) -> Action {
     let Ctx {
         snapshot,
@@ -1101,6 +1220,7 @@ fn handle<A: IpRewrite>(
                 Direction::Reply => stats.replies += 1,
             }
             *port = send(frame, meta, &flow, dir, mac);
+            *tunnel = Tunnelled::of(&flow, meta.flow_hash);
             return Action::Forward;
         }
         // A SYN reusing the tuple of a closed connection is a new
@@ -1168,6 +1288,7 @@ fn handle<A: IpRewrite>(
     }
     stats.new_flows += 1;
     *port = send(frame, meta, &flow, Direction::Forward, mac);
+    *tunnel = Tunnelled::of(&flow, meta.flow_hash);
     Action::Forward
 }
 
@@ -1203,7 +1324,7 @@ fn open<A: IpRewrite>(o: Opened<'_, A>, frame: &[u8]) -> Flow<A> {
         backend_port: backend.port,
         protocol: key.protocol,
         state: FlowState::SynSent,
-        nat: svc.spec.mode != ForwardMode::Dsr,
+        nat: svc.spec.mode.translates(),
         awaiting_proof,
         backend: backend.id,
         backend_mac: backend.mac,
@@ -1213,6 +1334,7 @@ fn open<A: IpRewrite>(o: Opened<'_, A>, frame: &[u8]) -> Flow<A> {
         snat: false,
         snat_addr: A::UNSPECIFIED,
         snat_port: 0,
+        tunnel: svc.spec.mode.tunnel(),
     }
 }
 

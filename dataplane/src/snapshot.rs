@@ -73,6 +73,30 @@ pub enum ForwardMode {
     /// backends need no route to clients through limpet. Affinity still
     /// keys on the real client.
     FullNat,
+    /// Encapsulated direct server return, IP in IP (see [`crate::encap`]):
+    /// the endpoint decapsulates, holds the service address and replies
+    /// to the client itself; it may be behind routers.
+    Ipip,
+    /// The same in UDP (GUE variant 1) to the configured port.
+    Gue,
+}
+
+impl ForwardMode {
+    /// The tunnel a connection of this mode is sent through.
+    pub fn tunnel(self) -> crate::encap::Tunnel {
+        match self {
+            ForwardMode::Ipip => crate::encap::Tunnel::Ipip,
+            ForwardMode::Gue => crate::encap::Tunnel::Gue,
+            ForwardMode::Nat | ForwardMode::Dsr | ForwardMode::FullNat => {
+                crate::encap::Tunnel::None
+            }
+        }
+    }
+
+    /// Whether replies come back through limpet to be translated.
+    pub fn translates(self) -> bool {
+        matches!(self, ForwardMode::Nat | ForwardMode::FullNat)
+    }
 }
 
 /// One usable endpoint of a service port.

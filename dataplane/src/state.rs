@@ -43,7 +43,7 @@ pub const LAYOUT: &str = "limpet worker state: \
     flow{client:addr,service_addr:addr,backend_addr:addr,client_port:u16,service_port:u16,\
     backend_port:u16,protocol:u8,state:u8(syn_sent=0,established=1,closing=2,reset=3),\
     nat:u8,awaiting_proof:u8,backend:u32,backend_mac:[u8;6],client_mac:[u8;6],client_iface:u16,\
-    backend_iface:u16,snat:u8,snat_addr:addr,snat_port:u16,last_seen:u32}; \
+    backend_iface:u16,snat:u8,snat_addr:addr,snat_port:u16,tunnel:u8,last_seen:u32}; \
     worker{affinity_v4,affinity_v6,flows_v4,flows_v6: u64 count then entries}; \
     addr: 4 or 16 bytes, network order; integers little-endian; times Unix seconds";
 
@@ -242,7 +242,7 @@ impl<A: Family> SavedAffinity<A> {
 impl<A: Family> SavedFlow<A> {
     /// Bytes one connection takes.
     pub const SIZE: usize =
-        3 * A::LEN + 2 * 3 + 1 + 1 + 1 + 1 + 4 + 6 + 6 + 2 + 2 + 1 + A::LEN + 2 + 4;
+        3 * A::LEN + 2 * 3 + 1 + 1 + 1 + 1 + 4 + 6 + 6 + 2 + 2 + 1 + A::LEN + 2 + 1 + 4;
 
     fn encode(&self, out: &mut Vec<u8>) {
         let f = &self.flow;
@@ -264,6 +264,7 @@ impl<A: Family> SavedFlow<A> {
         out.push(u8::from(f.snat));
         put_addr(out, f.snat_addr);
         out.extend_from_slice(&f.snat_port.to_le_bytes());
+        out.push(f.tunnel.to_u8());
         out.extend_from_slice(&self.last_seen.to_le_bytes());
     }
 
@@ -306,6 +307,9 @@ impl<A: Family> SavedFlow<A> {
         };
         let snat_addr = r.addr::<A>()?;
         let snat_port = r.u16()?;
+        let t = r.u8()?;
+        let tunnel = crate::encap::Tunnel::from_u8(t)
+            .ok_or_else(|| r.invalid(format!("tunnel kind {t}")))?;
         let last_seen = r.u32()?;
         Ok(Self {
             flow: Flow {
@@ -327,6 +331,7 @@ impl<A: Family> SavedFlow<A> {
                 snat,
                 snat_addr,
                 snat_port,
+                tunnel,
             },
             last_seen,
         })
@@ -819,6 +824,7 @@ mod tests {
             snat: false,
             snat_addr: Ipv4Addr::UNSPECIFIED,
             snat_port: 0,
+            tunnel: crate::encap::Tunnel::None,
         }
     }
 
@@ -865,6 +871,14 @@ mod tests {
                     },
                     last_seen: 1_700_000_003,
                 },
+                SavedFlow {
+                    flow: Flow {
+                        nat: false,
+                        tunnel: crate::encap::Tunnel::Gue,
+                        ..flow4(12, 40002)
+                    },
+                    last_seen: 1_700_000_004,
+                },
             ],
             flows_v6: vec![SavedFlow {
                 flow: Flow {
@@ -900,7 +914,7 @@ mod tests {
             4 * 8
                 + SavedAffinity::<Ipv4Addr>::SIZE
                 + SavedAffinity::<Ipv6Addr>::SIZE
-                + 2 * SavedFlow::<Ipv4Addr>::SIZE
+                + 3 * SavedFlow::<Ipv4Addr>::SIZE
                 + SavedFlow::<Ipv6Addr>::SIZE
         );
         let mut r = Reader::new(&buf);
@@ -1085,7 +1099,10 @@ mod tests {
         // The source-translated one goes where its client (11 % 4 = 3) and
         // its replies (port 61003 % 4 = 3) both go.
         assert!(one.flows_v4[1].flow.snat);
-        assert_eq!(routed[3].flows_v4, one.flows_v4[1..]);
+        assert_eq!(routed[3].flows_v4, one.flows_v4[1..2]);
+        // The tunnelled one, like any DSR connection, goes with its client
+        // (12 % 4 = 0).
+        assert_eq!(routed[0].flows_v4, one.flows_v4[2..]);
         // The /64 IPv6 entry is on every worker.
         assert!(routed.iter().all(|w| w.affinity_v6 == one.affinity_v6));
         let total: usize = routed.iter().map(WorkerState::flows_len).sum();

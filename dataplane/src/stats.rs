@@ -41,10 +41,19 @@ pub enum DropReason {
     /// A connection to source-translate, with no limpet address of its
     /// family to translate to.
     NoSnatAddress,
+    /// A packet to tunnel (`ipip`, `gue`) too big for the tunnel path once
+    /// wrapped, that could not be answered with "fragmentation needed" /
+    /// "packet too big": IPv4 without DF, or the answer held back by its
+    /// rate limit.
+    TunnelTooBig,
+    /// A packet to tunnel with no tunnel source address of its family.
+    NoTunnelSource,
+    /// A packet to tunnel whose buffer had no room for the outer headers.
+    NoHeadroom,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 18;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Truncated,
         DropReason::Malformed,
@@ -61,6 +70,9 @@ impl DropReason {
         DropReason::Oversized,
         DropReason::SnatPortsExhausted,
         DropReason::NoSnatAddress,
+        DropReason::TunnelTooBig,
+        DropReason::NoTunnelSource,
+        DropReason::NoHeadroom,
     ];
 
     /// A stable `snake_case` name, for metrics labels.
@@ -81,6 +93,9 @@ impl DropReason {
             DropReason::Oversized => "oversized",
             DropReason::SnatPortsExhausted => "snat_ports_exhausted",
             DropReason::NoSnatAddress => "no_snat_address",
+            DropReason::TunnelTooBig => "tunnel_too_big",
+            DropReason::NoTunnelSource => "no_tunnel_source",
+            DropReason::NoHeadroom => "no_headroom",
         }
     }
 }
@@ -134,6 +149,8 @@ pub struct WorkerStats {
     pub affinity_proofs_unpromoted: u64,
     /// UDP flows re-balanced because their backend left the usable set.
     pub udp_repicks: u64,
+    /// Packets sent to their endpoint encapsulated (`ipip`, `gue`).
+    pub tunnelled: u64,
     /// TCP/UDP checksums completed because the sender left them to offload.
     pub checksums_completed: u64,
     /// Live connections evicted to make room.

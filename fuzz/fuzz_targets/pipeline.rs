@@ -32,7 +32,8 @@ use limpet_dataplane::wire::MacAddr;
 use limpet_fuzz::frames::{FrameDesc, PacketDesc, Seen, Session};
 use limpet_fuzz::raw;
 use limpet_fuzz::services::{
-    LIMPET_MAC, backend_mac, snapshots, snat_config, snat_source, universe,
+    GUE_PORT, LIMPET_MAC, backend_mac, snapshots, snat_config, snat_source, tunnel_config,
+    universe,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -184,6 +185,7 @@ impl Harness {
                 udp: 10,
             },
             snat: snat_config(),
+            tunnel: tunnel_config(),
         };
         let snapshot = Arc::clone(&snapshots()[0]);
         let worker = Worker::new(MemoryIo::new(BURST), clock.clone(), config, snapshot)
@@ -328,7 +330,11 @@ fn check_counters(before: &WorkerStats, after: &WorkerStats, actions: &[Action])
             + d(|s| s.icmp.errors_to_backend)
             + d(|s| s.icmp.echo_replies)
             + d(|s| s.icmp.rejects),
-        count(Action::Forward),
+        count(Action::Forward)
+            // Balanced (or an error matched), then not wrapped.
+            + count(Action::Drop(DropReason::TunnelTooBig))
+            + count(Action::Drop(DropReason::NoTunnelSource))
+            + count(Action::Drop(DropReason::NoHeadroom)),
         "every forwarded packet is a new flow, a flow hit, a reply or an ICMP message"
     );
     // A port no service defines, on a service address, is rejected.
@@ -521,6 +527,10 @@ fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]])
     // An ICMP error translated for a connection: its rewrite is checked
     // by the fixtures and icmp_props, not by this TCP/UDP model.
     let pin = parse(input)?;
+    if let Some(inner) = tunnel_inner(out, pin.l3) {
+        check_tunnelled(input, out, &pin, inner, port);
+        return None;
+    }
     assert_eq!(
         out.len(),
         input.len(),
@@ -620,6 +630,91 @@ fn check_forwarded(input: &[u8], out: &[u8], port: u16, client_macs: &[[u8; 6]])
         client: pout.src,
         protocol: proto,
     })
+}
+
+/// Where the inner packet of a frame limpet tunnelled starts (its outer
+/// IP header at `l3`): IP in IP of one family, or UDP to GUE's port.
+fn tunnel_inner(out: &[u8], l3: usize) -> Option<usize> {
+    let ip = out.get(l3..)?;
+    let (header, next) = match ip.first()? >> 4 {
+        4 => (usize::from(ip[0] & 0x0f) * 4, *ip.get(9)?),
+        6 => (40, *ip.get(6)?),
+        _ => return None,
+    };
+    match next {
+        4 | 41 => Some(l3 + header),
+        17 if ip.get(header + 2..header + 4)? == GUE_PORT.to_be_bytes() => Some(l3 + header + 8),
+        _ => None,
+    }
+}
+
+/// A TCP/UDP packet sent through a tunnel: to a tunnelled service port,
+/// the inner packet exactly the client's (padding left out), the outer
+/// header from limpet's address to one of that mode's backends, carrying
+/// the hop count and traffic class, its checksums right.
+fn check_tunnelled(input: &[u8], out: &[u8], pin: &Parsed, inner: usize, port: u16) {
+    use limpet_fuzz::refsum;
+    let proto = pin.protocol;
+    let mode = [ForwardMode::Ipip, ForwardMode::Gue]
+        .into_iter()
+        .find(|&m| is_frontend(pin.dst, proto, m))
+        .expect("tunnelled a packet of no tunnelled service port");
+    let l3 = pin.l3;
+    let v6 = pin.src.is_ipv6();
+    let len = if v6 {
+        40 + usize::from(u16::from_be_bytes([input[l3 + 4], input[l3 + 5]]))
+    } else {
+        usize::from(u16::from_be_bytes([input[l3 + 2], input[l3 + 3]]))
+    };
+    assert_eq!(&out[inner..], &input[l3..l3 + len], "the inner packet is the client's");
+    assert_eq!(out[12..l3], input[12..l3], "the link header's type and tags kept");
+    let outer = &out[l3..inner];
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        let s: [u8; 16] = outer[8..24].try_into().unwrap();
+        let d: [u8; 16] = outer[24..40].try_into().unwrap();
+        (s.into(), d.into())
+    } else {
+        let s: [u8; 4] = outer[12..16].try_into().unwrap();
+        let d: [u8; 4] = outer[16..20].try_into().unwrap();
+        (s.into(), d.into())
+    };
+    assert!(
+        universe()
+            .backends
+            .iter()
+            .any(|&(b, m)| b.ip() == dst && m == mode),
+        "tunnelled to {dst}, no backend of its service port"
+    );
+    let ours: IpAddr = if v6 {
+        limpet_fuzz::services::LIMPET6.parse().unwrap()
+    } else {
+        limpet_fuzz::services::LIMPET4.parse().unwrap()
+    };
+    assert_eq!(src, ours, "the outer source is limpet's");
+    assert_eq!(out[0..6], backend_mac(dst), "to the endpoint's MAC");
+    assert_eq!(port, 1, "out of the backends' port");
+    let inner_ip = &input[l3..];
+    if v6 {
+        assert_eq!(outer[7], inner_ip[7], "hop limit carried");
+        let class = |h: &[u8]| (h[0] << 4) | (h[1] >> 4);
+        assert_eq!(class(outer), class(inner_ip), "traffic class carried");
+        // limpet derives the outer UDP checksum from the inner one: right
+        // whenever the inner one is (a wrong one makes it wrong too).
+        if mode == ForwardMode::Gue && pin.l4_sum != L4Sum::Invalid {
+            let udp = &out[l3 + 40..];
+            let s: [u8; 16] = outer[8..24].try_into().unwrap();
+            let d: [u8; 16] = outer[24..40].try_into().unwrap();
+            assert!(
+                refsum::verifies(refsum::pseudo_v6(s, d, 17, udp.len()), udp),
+                "outer UDP checksum of a right inner one: {}",
+                hex(out)
+            );
+        }
+    } else {
+        assert_eq!(refsum::sum(&outer[..20]), 0xffff, "outer IPv4 header checksum");
+        assert_eq!(outer[8], inner_ip[8], "TTL carried");
+        assert_eq!(outer[1], inner_ip[1], "DSCP/ECN carried");
+    }
 }
 
 fn hex(frame: &[u8]) -> String {
@@ -725,9 +820,15 @@ fn icmp_view(frame: &[u8]) -> Option<IcmpView> {
 fn check_icmp_sent(input: &[u8], out: &IcmpView) {
     if let Some(pin) = parse(input) {
         let unreachable = if pin.src.is_ipv6() { (1, 4) } else { (3, 3) };
-        assert_eq!(
-            out.kind, unreachable,
-            "a TCP/UDP packet answered only by a port unreachable"
+        // Or, for a tunnelled service port, too big once wrapped.
+        let too_big = if pin.src.is_ipv6() { (2, 0) } else { (3, 4) };
+        let tunnelled = [ForwardMode::Ipip, ForwardMode::Gue]
+            .into_iter()
+            .any(|m| is_frontend(pin.dst, pin.protocol, m));
+        assert!(
+            out.kind == unreachable || (tunnelled && out.kind == too_big),
+            "a TCP/UDP packet answered only by a port unreachable, or too big for a tunnel: {:?}",
+            out.kind
         );
         assert_eq!(
             (out.src, out.dst),

@@ -28,6 +28,15 @@ pub const VIP6_UDP: &str = "2001:db8::11";
 /// `fullnat` service ports (TCP over IPv4, UDP over IPv6).
 pub const VIP4_FULL: &str = "192.0.2.14";
 pub const VIP6_FULL: &str = "2001:db8::14";
+/// Encapsulated DSR service ports: `ipip` TCP over IPv4, `gue` UDP over
+/// IPv6.
+pub const VIP4_IPIP: &str = "192.0.2.15";
+pub const VIP6_GUE: &str = "2001:db8::15";
+/// GUE's port in the worker's tunnel settings.
+pub const GUE_PORT: u16 = 6080;
+/// The tunnel path's MTU in the worker's settings: small enough that
+/// generated frames reach the too-big answer.
+pub const TUNNEL_MTU: u16 = 600;
 /// limpet's own addresses on the backends' subnets: source-NAT sources.
 pub const LIMPET4: &str = "203.0.113.1";
 pub const LIMPET6: &str = "2001:db8:be::1";
@@ -191,7 +200,34 @@ pub fn specs(b: bool) -> Vec<ServicePortSpec> {
             ForwardMode::FullNat,
             vec![backend("2001:db8:be::7", 9376)],
         ),
+        service(
+            9,
+            VIP4_IPIP,
+            6,
+            sticky,
+            ForwardMode::Ipip,
+            vec![be4("203.0.113.7"), be4("203.0.113.9")],
+        ),
+        service(
+            10,
+            VIP6_GUE,
+            17,
+            Affinity::None,
+            ForwardMode::Gue,
+            vec![backend("2001:db8:be::7", 9376)],
+        ),
     ]
+}
+
+/// The worker's tunnel settings: limpet's own addresses as outer sources.
+pub fn tunnel_config() -> limpet_dataplane::encap::TunnelConfig {
+    limpet_dataplane::encap::TunnelConfig {
+        gue_port: GUE_PORT,
+        source_v4: Some((LIMPET4.parse().unwrap(), 32)),
+        source_v6: Some((LIMPET6.parse().unwrap(), 128)),
+        mtu: TUNNEL_MTU,
+        workers: 1,
+    }
 }
 
 /// The worker's source NAT: limpet's addresses on the backends' subnets,

@@ -19,6 +19,7 @@
 
 pub mod arp;
 mod checksum;
+pub mod decap;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod forward;

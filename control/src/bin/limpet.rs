@@ -108,9 +108,34 @@ struct RunArgs {
     /// so endpoints need no route back to clients through limpet. Under
     /// `nat` a client the endpoint would answer directly (the endpoint
     /// itself, or a neighbour on its --address subnet) is source-translated
-    /// the same way, as kube-proxy masquerades hairpin traffic.
+    /// the same way, as kube-proxy masquerades hairpin traffic. `ipip`
+    /// and `gue` are direct server return through a tunnel: the packet,
+    /// untouched, goes to the endpoint inside IP-in-IP (IPv6-in-IPv6) or
+    /// GUE (IP in UDP to --gue-port), so endpoints may be behind routers;
+    /// each decapsulates with its kernel's tunnel device, holds the service
+    /// address and replies to the client directly.
     #[arg(long, value_enum, default_value_t = Forward::Nat)]
     forward: Forward,
+    /// `ipip` / `gue`: the outer source addresses, as a prefix (one per
+    /// family at most, repeatable): each connection's outer source takes
+    /// its host bits from the connection's hash, so the endpoints' NICs
+    /// spread connections over their receive queues (e.g. 198.18.128.0/20).
+    /// Without one of a family: limpet's first --address of the family,
+    /// alone. Endpoints' tunnel devices must accept these sources.
+    #[arg(long = "tunnel-source", value_name = "ADDR/PREFIX", value_parser = parse_interface_addr)]
+    tunnel_sources: Vec<InterfaceAddr>,
+    /// `gue`: the UDP port endpoints decapsulate on (their `ip fou add
+    /// port N gue`).
+    #[arg(long, value_name = "PORT", default_value_t = limpet_dataplane::encap::DEFAULT_GUE_PORT)]
+    gue_port: u16,
+    /// `ipip` / `gue`: the largest outer packet the path to the endpoints
+    /// carries (its smallest link MTU); the interface's MTU bounds it in
+    /// any case. A client packet that would not fit once wrapped is
+    /// answered with "fragmentation needed" / "packet too big" carrying
+    /// the room left, so the client's path MTU discovery adapts.
+    #[arg(long, value_name = "BYTES", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=65535))]
+    tunnel_mtu: u16,
     /// `fullnat`'s source address, one per family at most (repeatable).
     /// Without one of a family: limpet's --address on the endpoint's
     /// subnet, else its first --address of the family. Replies to it must
@@ -148,7 +173,8 @@ struct RunArgs {
     #[arg(long = "address", value_name = "[IFACE=]ADDR/PREFIX", value_parser = parse_on_iface::<InterfaceAddr>)]
     addresses: Vec<(Option<String>, InterfaceAddr)>,
     /// Next hop for backends outside every --address subnet of an
-    /// interface ([IFACE=]IP; unnamed means the first). Repeatable.
+    /// interface ([IFACE=]IP; unnamed means the first), one per family
+    /// and interface. Repeatable.
     #[arg(long = "gateway", value_name = "[IFACE=]IP", value_parser = parse_on_iface::<IpAddr>)]
     gateways: Vec<(Option<String>, IpAddr)>,
     /// MAC address to send from; defaults to the interface's.
@@ -297,6 +323,8 @@ enum Forward {
     Dsr,
     #[value(name = "fullnat")]
     FullNat,
+    Ipip,
+    Gue,
 }
 
 /// Parses `FIRST-LAST`, an inclusive port range.
@@ -353,7 +381,7 @@ fn links(
         .map(|iface| Link {
             iface,
             addresses: Vec::new(),
-            gateway: None,
+            gateways: Vec::new(),
         })
         .collect();
     let index = |links: &[Link], iface: Option<&str>| -> Result<usize, String> {
@@ -371,9 +399,18 @@ fn links(
     }
     for (iface, gw) in gateways {
         let i = index(&links, iface.as_deref())?;
-        if links[i].gateway.replace(gw).is_some() {
-            return Err(format!("two gateways for {}", links[i].iface));
+        if links[i]
+            .gateways
+            .iter()
+            .any(|g| g.is_ipv4() == gw.is_ipv4())
+        {
+            return Err(format!(
+                "two {} gateways for {}",
+                if gw.is_ipv4() { "IPv4" } else { "IPv6" },
+                links[i].iface
+            ));
         }
+        links[i].gateways.push(gw);
     }
     Ok(links)
 }
@@ -559,9 +596,53 @@ fn snat_config(
     Ok(snat)
 }
 
-fn run(args: RunArgs) -> Result<(), String> {
-    let (kind, interfaces) = parse_io(&args.io)?;
-    let io = io_backend(kind, &interfaces, &args)?;
+/// Encapsulated DSR as the flags give it: `--tunnel-source`, else
+/// limpet's first `--address` of each family.
+fn tunnel_config(
+    sources: &[InterfaceAddr],
+    (gue_port, mtu, workers): (u16, u16, u16),
+    mode: ForwardMode,
+    links: &[Link],
+) -> Result<limpet_dataplane::encap::TunnelConfig, String> {
+    let own = || links.iter().flat_map(|l| l.addresses.iter());
+    let pick = |v4: bool| -> Result<Option<(IpAddr, u8)>, String> {
+        let given: Vec<_> = sources.iter().filter(|s| s.addr.is_ipv4() == v4).collect();
+        match given.as_slice() {
+            [] => Ok(own()
+                .find(|a| a.addr.is_ipv4() == v4)
+                .map(|a| (a.addr, if v4 { 32 } else { 128 }))),
+            [one] => Ok(Some((one.addr, one.prefix))),
+            _ => Err("--tunnel-source: give at most one prefix per family".to_owned()),
+        }
+    };
+    let v4 = pick(true)?;
+    let v6 = pick(false)?;
+    if mode.tunnel() != limpet_dataplane::encap::Tunnel::None && v4.is_none() && v6.is_none() {
+        return Err(
+            "--forward ipip / gue needs an outer source: give --address or --tunnel-source"
+                .to_owned(),
+        );
+    }
+    if mtu != 0 && mtu < 576 {
+        return Err(format!("--tunnel-mtu {mtu}: below IPv4's minimum of 576"));
+    }
+    Ok(limpet_dataplane::encap::TunnelConfig {
+        gue_port,
+        source_v4: v4.and_then(|(a, p)| match a {
+            IpAddr::V4(a) => Some((a, p)),
+            IpAddr::V6(_) => None,
+        }),
+        source_v6: v6.and_then(|(a, p)| match a {
+            IpAddr::V6(a) => Some((a, p)),
+            IpAddr::V4(_) => None,
+        }),
+        mtu,
+        workers,
+    })
+}
+
+/// `--cpus` pins `AF_PACKET` workers, one CPU each.
+fn check_cpus(args: &RunArgs, kind: IoKind) -> Result<(), String> {
     if !args.cpus.is_empty() && !matches!(kind, IoKind::AfPacket) {
         return Err(
             "--cpus pins AF_PACKET workers; DPDK workers run on the EAL \
@@ -576,6 +657,13 @@ fn run(args: RunArgs) -> Result<(), String> {
             args.workers
         ));
     }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let (kind, interfaces) = parse_io(&args.io)?;
+    let io = io_backend(kind, &interfaces, &args)?;
+    check_cpus(&args, kind)?;
     let node_name = args.node_name.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
@@ -584,6 +672,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         Forward::Nat => ForwardMode::Nat,
         Forward::Dsr => ForwardMode::Dsr,
         Forward::FullNat => ForwardMode::FullNat,
+        Forward::Ipip => ForwardMode::Ipip,
+        Forward::Gue => ForwardMode::Gue,
     };
     let affinity = limpet_control::translate::AffinityDefaults {
         v4_prefix: args.affinity_ipv4_prefix,
@@ -626,6 +716,12 @@ fn run(args: RunArgs) -> Result<(), String> {
         mode,
         &links,
     )?;
+    let tunnel = tunnel_config(
+        &args.tunnel_sources,
+        (args.gue_port, args.tunnel_mtu, args.workers),
+        mode,
+        &links,
+    )?;
     let opts = RunOptions {
         source,
         io,
@@ -643,6 +739,7 @@ fn run(args: RunArgs) -> Result<(), String> {
             timeouts: FlowTimeouts::default(),
             icmp,
             snat,
+            tunnel,
         },
         idle: args.idle,
         state: args

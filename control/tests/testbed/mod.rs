@@ -3,6 +3,7 @@
 //! addresses in lp-client, and what they saw.
 #![allow(dead_code)]
 
+pub mod behind;
 pub mod story;
 
 use serde_json::Value;
@@ -238,4 +239,88 @@ pub fn allowed_cpus() -> String {
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
         .map_or_else(|| "0".to_owned(), |l| l.trim().to_owned())
+}
+
+/// pktgen, built into the same target directory as the limpet under test.
+pub fn pktgen() -> PathBuf {
+    let bin_dir = Path::new(LIMPET).parent().expect("limpet's directory");
+    let target_dir = bin_dir.parent().expect("target directory");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-p", "limpet-pktgen", "--bin", "pktgen"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(repo());
+    if bin_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "{cmd:?} failed");
+    bin_dir.join("pktgen")
+}
+
+/// A server (run with `python3 -c`, its port the one argument) answering
+/// each connection, once the client has shut its side, with the number of
+/// bytes it received. Dual-stack on `[::]`.
+pub const COUNT_SERVER: &str = r#"
+import socket, sys, threading
+def serve(c):
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    c.sendall(str(n).encode())
+    c.close()
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// In lp-client: an upload of `argv[3]` bytes to `argv[1]:argv[2]` (a
+/// [`COUNT_SERVER`]), what came back, and the client's MSS before and
+/// after (TCP with DF, as Linux sends it).
+const UPLOAD: &str = r#"
+import json, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+mss_before = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+t = time.time()
+out = {"mss_before": mss_before}
+try:
+    s.sendall(b"x" * int(sys.argv[3]))
+    s.shutdown(socket.SHUT_WR)
+    reply = b""
+    while True:
+        b = s.recv(100)
+        if not b:
+            break
+        reply += b
+    out["reply"] = reply.decode()
+except OSError as e:
+    out["error"] = repr(e)
+out["secs"] = time.time() - t
+out["mss_after"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+print(json.dumps(out))
+"#;
+
+/// Uploads `bytes` from lp-client's own address to `vip:port` (see
+/// [`UPLOAD`]); the script's JSON report.
+pub fn upload(vip: &str, port: u16, bytes: usize) -> Value {
+    let out = sh(Command::new("ip").args([
+        "netns",
+        "exec",
+        "lp-client",
+        "python3",
+        "-c",
+        UPLOAD,
+        vip,
+        &port.to_string(),
+        &bytes.to_string(),
+    ]));
+    serde_json::from_str(&out).expect("upload JSON")
 }

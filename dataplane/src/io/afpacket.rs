@@ -370,6 +370,8 @@ struct Port {
     held_blocks: usize,
     tx_block_size: usize,
     tx_frame_size: usize,
+    /// The interface's MTU, read when opened.
+    mtu: usize,
     tx_frames_per_block: usize,
     tx_slots: usize,
     tx_head: usize,
@@ -907,6 +909,10 @@ impl PacketIo for AfPacketIo {
             .unwrap_or(0)
     }
 
+    fn mtu(&self) -> usize {
+        self.ports.iter().map(|p| p.mtu).min().unwrap_or(0)
+    }
+
     #[inline]
     fn rx_burst(&mut self, burst: &mut Vec<AfPacketBuf>) -> usize {
         let before = burst.len();
@@ -1028,6 +1034,7 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         iface: iface.to_owned(),
     })?;
     let flags = sys::if_flags(&rx_fd, &name).map_err(err("ioctl(SIOCGIFFLAGS)"))?;
+    let mtu = sys::if_mtu(&rx_fd, &name).map_err(err("ioctl(SIOCGIFMTU)"))?;
     if !opts.allow_link_down {
         check_flags(iface, flags)?;
     }
@@ -1106,6 +1113,7 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         held_blocks: 0,
         tx_block_size: opts.block_size as usize,
         tx_frame_size: opts.frame_size as usize,
+        mtu,
         tx_frames_per_block: tx.frames_per_block,
         tx_slots: tx.slots,
         tx_head: 0,

@@ -1562,6 +1562,23 @@ impl PacketIo for DpdkIo {
         }
     }
 
+    fn mtu(&self) -> usize {
+        self.ports
+            .iter()
+            .map(|p| {
+                let mut mtu: u16 = 0;
+                // SAFETY: a started port of ours and a valid out-pointer.
+                let rc = unsafe { sys::rte_eth_dev_get_mtu(p.id, &raw mut mtu) };
+                if rc == 0 && mtu > 0 {
+                    usize::from(mtu)
+                } else {
+                    usize::MAX
+                }
+            })
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
     fn counters(&self, out: &mut Vec<(&'static str, u64)>) {
         out.extend(self.stats.named());
     }

@@ -73,6 +73,12 @@ pub trait PacketIo {
         usize::MAX
     }
 
+    /// The largest IP packet every port sends (the interfaces' MTU): what
+    /// an encapsulated packet must fit. Read once, when a worker is built.
+    fn mtu(&self) -> usize {
+        usize::MAX
+    }
+
     /// Takes the packets the pipeline leaves to the slow path (ARP,
     /// neighbour discovery, ICMP for limpet itself) and empties `burst`.
     /// Backends whose control plane sees the wire on its own (`AF_PACKET`:

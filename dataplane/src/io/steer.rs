@@ -106,10 +106,16 @@ impl ClientSteering {
                 }
                 if self.sources4.binary_search(&dst).is_ok() {
                     let l4 = l3 + 4 * usize::from(*frame.get(l3)? & 0xf);
-                    // An ICMP error: the source port of the packet quoted.
+                    // An ICMP error: the source port of the packet quoted,
+                    // or quoting IP in IP, the inner source (the client).
                     let at = if *frame.get(l3 + 9)? == 1 {
                         let quote = l4 + 8;
-                        quote + 4 * usize::from(*frame.get(quote)? & 0xf)
+                        let inner = quote + 4 * usize::from(*frame.get(quote)? & 0xf);
+                        if *frame.get(quote + 9)? == 4 {
+                            let a = frame.get(inner + 12..inner + 16)?;
+                            return Some(u32::from_be_bytes([a[0], a[1], a[2], a[3]]));
+                        }
+                        inner
                     } else {
                         l4 + 2
                     };
@@ -124,7 +130,12 @@ impl ClientSteering {
                 dst.copy_from_slice(&ip[16..32]);
                 let dst = u128::from_be_bytes(dst);
                 if self.sources6.binary_search(&dst).is_ok() {
-                    let at = if *frame.get(l3 + 6)? == 58 { 88 } else { 42 };
+                    let icmp = *frame.get(l3 + 6)? == 58;
+                    if icmp && *frame.get(l3 + 40 + 8 + 6)? == 41 {
+                        let a = frame.get(l3 + 108..l3 + 112)?;
+                        return Some(u32::from_be_bytes([a[0], a[1], a[2], a[3]]));
+                    }
+                    let at = if icmp { 88 } else { 42 };
                     let port = frame.get(l3 + at..l3 + at + 2)?;
                     return Some(u32::from(u16::from_be_bytes([port[0], port[1]])));
                 }
@@ -252,6 +263,82 @@ mod tests {
                         }
                     }
                     assert_eq!(steer.client_key(&fwd), interp::run(&prog, &fwd));
+                }
+            }
+        }
+    }
+
+    /// `frame`'s IP packet inside an outer header from `src` to `dst`:
+    /// IP in IP, or (with `gue`) UDP from `sport` to 6080.
+    fn wrapped(src: IpAddr, dst: IpAddr, frame: &[u8], gue: Option<u16>) -> Vec<u8> {
+        let mut f = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut f = v4_frame(s, d, false);
+                f[14 + 9] = if gue.is_some() { 17 } else { 4 };
+                f
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut f = v6_frame(s, d);
+                f[14 + 6] = if gue.is_some() { 17 } else { 41 };
+                f
+            }
+            _ => unreachable!(),
+        };
+        if let Some(sport) = gue {
+            f.extend_from_slice(&sport.to_be_bytes());
+            f.extend_from_slice(&[0x17, 0xc0, 0, 0, 0, 0]);
+        }
+        f.extend_from_slice(&frame[14..]);
+        f
+    }
+
+    #[test]
+    fn a_router_error_about_a_tunnelled_packet_reaches_its_connection_as_the_fanout_program_says() {
+        use crate::encap::TunnelConfig;
+        let vip4: IpAddr = "192.0.2.40".parse().unwrap();
+        let vip6: IpAddr = "2001:db8:5::40".parse().unwrap();
+        let src4: IpAddr = "203.0.113.1".parse().unwrap();
+        let src6: IpAddr = "2001:db8:be::1".parse().unwrap();
+        let mut steer = ClientSteering::new(&[vip4, vip6]);
+        steer.set_sources(&[src4, src6]);
+        let prog = fanout_client_program(&[vip4, vip6], &[src4, src6]).unwrap();
+        for workers in 1..=5u16 {
+            for c in 0..40u8 {
+                for (client, vip, src, far, router) in [
+                    (
+                        IpAddr::V4(Ipv4Addr::new(198, 18, 2, c)),
+                        vip4,
+                        src4,
+                        "198.19.0.2".parse().unwrap(),
+                        "203.0.113.254".parse().unwrap(),
+                    ),
+                    (
+                        format!("2001:db8:c1::{c:x}").parse().unwrap(),
+                        vip6,
+                        src6,
+                        "2001:db8:f0::2".parse().unwrap(),
+                        "2001:db8:be::fe".parse().unwrap(),
+                    ),
+                ] {
+                    let fwd = tcp_frame(client, vip, 40000, 80);
+                    let owner = steer.owner(&fwd, usize::from(workers)).unwrap();
+                    // What the GUE source port is picked from: the low 32
+                    // bits of the client.
+                    let low = match client {
+                        IpAddr::V4(a) => u32::from(a),
+                        IpAddr::V6(a) => a.to_bits() as u32,
+                    };
+                    let sport = TunnelConfig::gue_source_port(u64::from(c) << 40, low, workers);
+                    for gue in [None, Some(sport)] {
+                        let outer = wrapped(src, far, &fwd, gue);
+                        let error = icmp_error(router, src, &outer);
+                        assert_eq!(
+                            steer.owner(&error, usize::from(workers)),
+                            Some(owner),
+                            "{client} via {gue:?}, {workers} workers"
+                        );
+                        assert_eq!(steer.client_key(&error), interp::run(&prog, &error));
+                    }
                 }
             }
         }

@@ -35,14 +35,14 @@ const TIME_EXCEEDED6: u8 = 3;
 /// The 1280-byte next-hop MTU of a fragmentation needed / packet too big.
 pub const MTU_1280: [u8; 4] = [0, 0, 0x05, 0x00];
 
-fn v4(s: &str) -> [u8; 4] {
+pub fn v4(s: &str) -> [u8; 4] {
     match ip(s) {
         IpAddr::V4(a) => a.octets(),
         IpAddr::V6(_) => panic!("{s} is not IPv4"),
     }
 }
 
-fn v6(s: &str) -> [u8; 16] {
+pub fn v6(s: &str) -> [u8; 16] {
     match ip(s) {
         IpAddr::V6(a) => a.octets(),
         IpAddr::V4(_) => panic!("{s} is not IPv6"),

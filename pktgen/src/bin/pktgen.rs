@@ -25,7 +25,7 @@
 //!         --iface net_memif0 --dst-mac 02:11:11:11:11:11 --vip 192.0.2.10:80 ...
 
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,6 +58,10 @@ enum Cmd {
     /// Forward frames to backends by MAC rewrite alone (the benchmarks'
     /// floor: the packet I/O with no load balancing in between).
     Forward(ForwardArgs),
+    /// Unwrap encapsulated DSR (IP in IP, GUE) addressed to this host and
+    /// hand the inner packets to the kernel over a veth pair: a tunnel
+    /// endpoint for kernels without tunnel modules.
+    Decap(DecapArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -240,6 +244,28 @@ struct ForwardArgs {
     #[arg(long)]
     duration: Option<f64>,
     /// Write the JSON report here instead of stdout.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DecapArgs {
+    /// Interface tunnelled packets arrive on.
+    #[arg(long)]
+    on: String,
+    /// This host's tunnel address (an outer destination); repeatable.
+    #[arg(long = "address", required = true)]
+    addresses: Vec<IpAddr>,
+    /// GUE's UDP port.
+    #[arg(long, default_value_t = 6080)]
+    gue_port: u16,
+    /// Our end of the veth pair inner packets are sent into.
+    #[arg(long)]
+    into: String,
+    /// The kernel's end of that pair, whose MAC the inner packets go to.
+    #[arg(long)]
+    peer: String,
+    /// Write the JSON report here (at SIGINT / SIGTERM) instead of stdout.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -766,6 +792,57 @@ fn forward(a: &ForwardArgs) -> Result<(), String> {
     emit(&table, &json, a.json.as_ref())
 }
 
+fn decap(a: &DecapArgs) -> Result<(), String> {
+    let into_mac = RawSocket::open(&a.into).map_err(|e| e.to_string())?.mac();
+    let peer_mac = RawSocket::open(&a.peer).map_err(|e| e.to_string())?.mac();
+    let mut io = AfPacketIo::open(
+        &[a.on.as_str(), a.into.as_str()],
+        &AfPacketOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let stop = stop_flag()?;
+    let (mut rx, mut tx, mut other) = (
+        Vec::with_capacity(BURST),
+        Vec::with_capacity(BURST),
+        Vec::with_capacity(BURST),
+    );
+    let (mut unwrapped, mut ignored) = (0u64, 0u64);
+    eprintln!("pktgen: decapsulating on {} into {} ready", a.on, a.into);
+    while !stop.load(Ordering::Relaxed) {
+        if io.rx_burst(&mut rx) == 0 {
+            io.wait(Some(Duration::from_millis(1)))
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
+        for mut buf in rx.drain(..) {
+            let found = (buf.port() == 0)
+                .then(|| limpet_pktgen::decap::inner(buf.data(), &a.addresses, a.gue_port))
+                .flatten();
+            let Some(inner) = found else {
+                ignored += 1;
+                other.push(buf);
+                continue;
+            };
+            let frame = buf.data_mut();
+            frame.copy_within(inner.at..inner.at + inner.len, 14);
+            frame[0..6].copy_from_slice(&peer_mac.0);
+            frame[6..12].copy_from_slice(&into_mac.0);
+            let ethertype: u16 = if inner.version == 4 { 0x0800 } else { 0x86dd };
+            frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            buf.truncate(14 + inner.len);
+            buf.set_port(1);
+            tx.push(buf);
+            unwrapped += 1;
+        }
+        io.tx_burst(&mut tx);
+        io.free_burst(&mut other);
+    }
+    let report = serde_json::json!({ "unwrapped": unwrapped, "ignored": ignored });
+    let table = format!("unwrapped {unwrapped} packets, ignored {ignored}\n");
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    emit(&table, &json, a.json.as_ref())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.cmd {
@@ -773,6 +850,7 @@ fn main() -> ExitCode {
         Cmd::Sink(a) => sink(a),
         Cmd::Merge(a) => merge(a),
         Cmd::Forward(a) => forward(a),
+        Cmd::Decap(a) => decap(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

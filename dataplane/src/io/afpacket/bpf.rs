@@ -20,6 +20,7 @@ const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
 /// `X = 4 * (byte at k & 0xf)`: an IPv4 header's length.
 const LDX_B_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
 const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
+const LD_W_IND: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_IND) as u16;
 const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
 const LSH_K: u16 = (libc::BPF_ALU | libc::BPF_LSH | libc::BPF_K) as u16;
 const ADD_X: u16 = (libc::BPF_ALU | libc::BPF_ADD | libc::BPF_X) as u16;
@@ -99,9 +100,12 @@ pub struct TooLong {
 /// connection: the program returns its destination port, which the worker
 /// owning the connection allocated so that it lands there; for an ICMP
 /// error, the source port of the packet it quotes (the same port, as
-/// limpet sent it).
+/// limpet sent it). An error quoting one of limpet's IP-in-IP packets (see
+/// [`crate::encap`]; its outer source is limpet's address) returns the
+/// client, the inner packet's source; a GUE one needs nothing more, since
+/// limpet picks a GUE source port that its client's worker owns.
 ///
-/// Size: 69 instructions plus 2 per IPv4 and 9 per IPv6 address, twice
+/// Size: 95 instructions plus 2 per IPv4 and 9 per IPv6 address, twice
 /// over (with and without a tag); more than [`MAX_INSNS`] is an error
 /// (about 1000 IPv4 or 225 IPv6 frontends).
 pub fn fanout_client_program(
@@ -110,9 +114,9 @@ pub fn fanout_client_program(
 ) -> Result<Vec<sock_filter>, TooLong> {
     let (v4, v6) = words(frontends);
     let (src4, src6) = words(sources);
-    // Exactly what is emitted below: 69 fixed, 2 per IPv4 and 9 per IPv6
+    // Exactly what is emitted below: 95 fixed, 2 per IPv4 and 9 per IPv6
     // address, all twice.
-    let estimate = 69 + 4 * (v4.len() + src4.len()) + 18 * (v6.len() + src6.len());
+    let estimate = 95 + 4 * (v4.len() + src4.len()) + 18 * (v6.len() + src6.len());
     if estimate > MAX_INSNS {
         return Err(TooLong { insns: estimate });
     }
@@ -202,16 +206,22 @@ fn ipv4(asm: &mut Asm, base: u32, frontends: &[u32], sources: &[u32]) {
     asm.op(LDX_B_MSH, 0, 0, ll(base));
     asm.op(LD_H_IND, 0, 0, ll(base + 2));
     asm.op(RET_A, 0, 0, 0);
-    // ICMP: X = the outer header's length plus the quoted one's; the
-    // quote starts 8 bytes into the message.
+    // ICMP: X = the outer header's length; the quote starts 8 bytes into
+    // the message. Quoting IP in IP, the client is the inner source.
     asm.op(LDX_B_MSH, 0, 0, ll(base));
-    asm.op(LD_B_IND, 0, 0, ll(base + 8));
-    asm.op(AND_K, 0, 0, 0x0f);
-    asm.op(LSH_K, 0, 0, 2);
-    asm.op(ADD_X, 0, 0, 0);
-    asm.op(TAX, 0, 0, 0);
-    asm.op(LD_H_IND, 0, 0, ll(base + 8));
-    asm.op(RET_A, 0, 0, 0);
+    asm.op(LD_B_IND, 0, 0, ll(base + 8 + 9));
+    asm.op(JEQ_K, 7, 0, u32::from(crate::wire::IpProtocol::IPIP));
+    // X plus the quoted header's length: the quoted transport header.
+    for (i, last) in [(0, LD_H_IND), (1, LD_W_IND)] {
+        asm.op(LD_B_IND, 0, 0, ll(base + 8));
+        asm.op(AND_K, 0, 0, 0x0f);
+        asm.op(LSH_K, 0, 0, 2);
+        asm.op(ADD_X, 0, 0, 0);
+        asm.op(TAX, 0, 0, 0);
+        // Its source port, or (IP in IP) the inner header's source.
+        asm.op(last, 0, 0, ll(base + 8 + 12 * i));
+        asm.op(RET_A, 0, 0, 0);
+    }
 }
 
 /// IPv6 header at `base`: source at +8..+24, destination at +24..+40; the
@@ -239,8 +249,13 @@ fn ipv6(asm: &mut Asm, base: u32, frontends: &[[u32; 4]], sources: &[[u32; 4]]) 
     asm.op(JEQ_K, 2, 0, u32::from(crate::wire::IpProtocol::ICMPV6));
     asm.op(LD_H_ABS, 0, 0, ll(base + 42));
     asm.op(RET_A, 0, 0, 0);
-    // `ICMPv6`: the quoted packet's source port, past two fixed headers.
+    // `ICMPv6`: the quoted packet's source port, past two fixed headers;
+    // quoting IPv6 in IPv6, the low word of the inner source (the client).
+    asm.op(LD_B_ABS, 0, 0, ll(base + 40 + 8 + 6));
+    asm.op(JEQ_K, 2, 0, u32::from(crate::wire::IpProtocol::IPV6));
     asm.op(LD_H_ABS, 0, 0, ll(base + 40 + 8 + 40));
+    asm.op(RET_A, 0, 0, 0);
+    asm.op(LD_W_ABS, 0, 0, ll(base + 40 + 8 + 40 + 20));
     asm.op(RET_A, 0, 0, 0);
 }
 
@@ -271,7 +286,7 @@ pub(crate) mod interp {
 
     use super::{
         ADD_X, AND_K, JA, JEQ_K, JGE_K, JGT_K, LD_B_ABS, LD_B_IND, LD_H_ABS, LD_H_IND, LD_W_ABS,
-        LDX_B_MSH, LSH_K, RET_A, RET_K, TAX, sock_filter,
+        LD_W_IND, LDX_B_MSH, LSH_K, RET_A, RET_K, TAX, sock_filter,
     };
 
     /// Runs `program` over `frame`; `None` is an aborted program (a load
@@ -298,6 +313,7 @@ pub(crate) mod interp {
                 LD_B_ABS => a = load(i.k, 1)?,
                 LD_H_IND => a = load(i.k.wrapping_add(x), 2)?,
                 LD_B_IND => a = load(i.k.wrapping_add(x), 1)?,
+                LD_W_IND => a = load(i.k.wrapping_add(x), 4)?,
                 AND_K => a &= i.k,
                 LSH_K => a <<= i.k,
                 ADD_X => a = a.wrapping_add(x),

@@ -177,6 +177,15 @@ pub(super) fn if_flags(fd: &OwnedFd, name: &[libc::c_char; libc::IFNAMSIZ]) -> i
     Ok(i32::from(flags) & 0xffff)
 }
 
+/// `SIOCGIFMTU`: the largest IP packet the interface sends.
+pub(super) fn if_mtu(fd: &OwnedFd, name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<usize> {
+    let mut req = ifreq(name);
+    ioctl_ifreq(fd, libc::SIOCGIFMTU, &mut req)?;
+    // SAFETY: SIOCGIFMTU wrote `ifru_mtu`; the union is plain data.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(usize::try_from(mtu).unwrap_or(0))
+}
+
 /// `SIOCGIFHWADDR`: the interface's MAC address.
 pub(super) fn if_hwaddr(
     fd: &OwnedFd,
