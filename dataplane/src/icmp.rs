@@ -434,30 +434,23 @@ impl Icmp {
         }
         let v4 = buf.data().get(l3).is_some_and(|b| b >> 4 == 4);
         let [hi, lo] = mtu.to_be_bytes();
-        let built = if v4 {
-            error_reply(
-                buf,
-                l3,
-                icmpv4::msg_type::DEST_UNREACHABLE,
-                V4_FRAG_NEEDED,
-                [0, 0, hi, lo],
-                env.mac,
-            )
-        } else {
-            error_reply(
-                buf,
-                l3,
-                icmpv6::msg_type::PACKET_TOO_BIG,
-                0,
-                [0, 0, hi, lo],
-                env.mac,
-            )
-        };
+        let (kind, code) = too_big_type(v4);
+        let built = error_reply(buf, l3, kind, code, [0, 0, hi, lo], env.mac);
         if built {
             buf.data_mut()[0..6].copy_from_slice(&client_mac.0);
             env.counters.too_big += 1;
         }
         built
+    }
+}
+
+/// The type and code of "fragmentation needed" (IPv4, `v4`) or "packet
+/// too big" (`ICMPv6`).
+fn too_big_type(v4: bool) -> (u8, u8) {
+    if v4 {
+        (icmpv4::msg_type::DEST_UNREACHABLE, V4_FRAG_NEEDED)
+    } else {
+        (icmpv6::msg_type::PACKET_TOO_BIG, 0)
     }
 }
 
@@ -531,11 +524,7 @@ fn tunnel_too_big<A: IpRewrite>(
     } else {
         mtu.to_be_bytes()
     };
-    let (kind, code) = if v4 {
-        (icmpv4::msg_type::DEST_UNREACHABLE, V4_FRAG_NEEDED)
-    } else {
-        (icmpv6::msg_type::PACKET_TOO_BIG, 0)
-    };
+    let (kind, code) = too_big_type(v4);
     let end = write_error(
         &mut frame[l3..],
         (flow.service_addr.octets16(), flow.client.octets16()),
