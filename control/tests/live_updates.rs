@@ -65,13 +65,14 @@ fn check(path: &str, applied: &[Applied], logs: &[WorkerLog]) {
     let t = live::total(logs);
     // For the log only: timing figures come from the benchmark.
     println!(
-        "{path}: {} changes {kinds:?}; {} packets forwarded ({} new connections, {} replies, {} segments), {} SYNs to service ports already gone; change -> every worker p50 {:.2} ms, p99 {:.2} ms (debug build)",
+        "{path}: {} changes {kinds:?}; {} packets forwarded ({} new connections, {} replies, {} segments), {} SYNs to service ports already gone, {} to service ports without endpoints yet or any more; change -> every worker p50 {:.2} ms, p99 {:.2} ms (debug build)",
         applied.len(),
         t.forwarded,
         t.new_connections,
         t.replies,
         t.segments,
         t.absent,
+        t.empty,
         control::percentile(&mut ms, 50),
         control::percentile(&mut ms, 99),
     );
@@ -159,4 +160,6 @@ fn manifest_changes_under_steady_forwarding_drop_and_misroute_nothing() {
     assert!(refused.is_empty(), "loads refused: {refused:#?}");
     let logs = workers.stop();
     check("manifests", &applied, &logs);
+    // One file holds a service and its slice: no snapshot has one alone.
+    assert_eq!(live::total(&logs).empty, 0, "a service without endpoints");
 }

@@ -8,7 +8,8 @@
 //! `198.18.64.0 + j`. Every change leaves every service at least one ready
 //! endpoint (a service port with none drops new connections, as
 //! kube-proxy's do); a service is created slice first and deleted service
-//! first, so it never exists without endpoints.
+//! first, so a manifest directory never holds one without endpoints (the
+//! API's two watches may still show one for a moment: `WorkerLog::empty`).
 
 use crate::fake_apiserver::{FakeApiServer, Resource, service, slice};
 use limpet_dataplane::snapshot::Snapshot;
