@@ -6,12 +6,15 @@ use crate::backend::{
     BackendError, Idle, NeighbourWire, WorkerIo, WorkerSetup, Workers, worker_loop,
 };
 use limpet_dataplane::clock::MonotonicClock;
-use limpet_dataplane::io::afpacket::{AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket};
+use limpet_dataplane::io::afpacket::{
+    AfPacketError, AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket, link_state,
+};
 use limpet_dataplane::pipeline::Worker;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tracing::info;
 
 impl NeighbourWire for RawSocket {
     fn send(&self, frame: &[u8]) -> Result<(), String> {
@@ -39,6 +42,9 @@ impl WorkerIo for AfPacketIo {
 /// empty snapshot.
 pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, BackendError> {
     let mut sockets = Vec::with_capacity(opts.links.len());
+    for link in opts.links {
+        wait_for_link(&link.iface, opts.link_wait, stop)?;
+    }
     for link in opts.links {
         let raw = RawSocket::open_neighbour(&link.iface).map_err(|source| BackendError::Io {
             iface: link.iface.clone(),
@@ -93,6 +99,43 @@ pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, 
         .map(|s| Box::new(s) as Box<dyn NeighbourWire>)
         .collect();
     Ok(workers)
+}
+
+/// Waits up to `wait` for `iface` to be up with carrier: a link that comes
+/// up a moment after limpet (at boot, in a fresh namespace) is not an
+/// error, a missing interface is at once, and a stop ends the wait.
+fn wait_for_link(iface: &str, wait: Duration, stop: &AtomicBool) -> Result<(), BackendError> {
+    let deadline = Instant::now() + wait;
+    let mut logged = false;
+    loop {
+        match link_state(iface) {
+            Ok(()) => {
+                if logged {
+                    info!(iface, "link up");
+                }
+                return Ok(());
+            }
+            Err(e @ (AfPacketError::LinkDown { .. } | AfPacketError::NoCarrier { .. }))
+                if Instant::now() < deadline && !stop.load(Ordering::Relaxed) =>
+            {
+                if !logged {
+                    info!(
+                        iface,
+                        wait_s = wait.as_secs_f64(),
+                        "waiting for the link: {e}"
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(BackendError::Io {
+                    iface: iface.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 /// Starts worker `index` on its own thread, pinned to `cpu` when given;

@@ -52,6 +52,10 @@ pub struct WorkerSetup<'a> {
     pub mac: Option<MacAddr>,
     pub worker: &'a WorkerConfig,
     pub idle: Idle,
+    /// How long to wait for a link that is down or without carrier at
+    /// start (at boot, or in a namespace whose link comes up a moment
+    /// later) before giving up.
+    pub link_wait: Duration,
 }
 
 /// Why a backend could not start.

@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     pub worker: WorkerConfig,
     pub idle: Idle,
+    /// See [`WorkerSetup::link_wait`].
+    pub link_wait: std::time::Duration,
     /// Where the tables are saved on a planned stop and checkpointed, and
     /// read back at start; `None`: they start empty every time.
     pub state: Option<crate::checkpoint::StateOptions>,
@@ -89,6 +91,7 @@ impl RunOptions {
             mac: self.mac,
             worker: &self.worker,
             idle: self.idle,
+            link_wait: self.link_wait,
         }
     }
 }

@@ -12,7 +12,7 @@ mod testbed;
 
 use std::process::Command;
 use testbed::LIMPET;
-use testbed::story::{Config, Io, ep, manifest, session_affinity};
+use testbed::story::{Config, Io, Limpet, ep, manifest, session_affinity};
 
 #[test]
 fn session_affinity_end_to_end() {
@@ -41,4 +41,87 @@ fn invalid_manifest_at_start_up_exits_non_zero_naming_the_field() {
         err.contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
         "no field named: {err}"
     );
+}
+
+/// As a new user meets limpet at boot: started a moment before its link
+/// has carrier, it waits for the link (and says so) instead of exiting;
+/// and with a manifest directory and no `--node-address`, a node port is
+/// served on limpet's own `--address`, as kube-proxy serves node ports on
+/// every node address.
+#[test]
+fn starts_before_its_link_has_carrier_and_serves_nodeports_on_its_own_address() {
+    testbed::must_be_root();
+    let _testbed = testbed::Testbed::up(3);
+    let config = Config::new("boot");
+    config.write(
+        &manifest(Some(10800), &[ep(1), ep(2), ep(3)])
+            .replace("type: ClusterIP", "type: NodePort")
+            .replace(
+                "targetPort: 9376\n",
+                "targetPort: 9376\n    nodePort: 30080\n",
+            ),
+    );
+    // lb0 loses carrier while its peer on the bridge is down.
+    let peer = |state: &str| {
+        testbed::sh(Command::new("ip").args(["-n", "lp-sw", "link", "set", "sw-lb", state]));
+    };
+    peer("down");
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        peer("up");
+    });
+    let limpet = Limpet::start(&config, Io::AfPacket, "nat", 1);
+    later.join().unwrap();
+    let log = limpet.log_text();
+    assert!(
+        log.contains("waiting for the link") && log.contains("link up"),
+        "no word of the wait:\n{log}"
+    );
+    assert!(
+        log.contains("NodePorts served on"),
+        "no word of NodePorts:\n{log}"
+    );
+    let sticky = testbed::clientip_sticks(testbed::VIP4, "198.18.0.10", 20);
+    assert_eq!(sticky.len(), 20);
+
+    // The client reaches limpet's own address on its link.
+    testbed::sh(Command::new("ip").args([
+        "-n",
+        "lp-client",
+        "route",
+        "add",
+        "203.0.113.1/32",
+        "dev",
+        "cl0",
+        "src",
+        "198.51.100.2",
+    ]));
+    let out = testbed::sh(
+        Command::new("ip")
+            .args(["netns", "exec", "lp-client", "python3"])
+            .arg(testbed::repo().join("scripts/testbed-client.py"))
+            .args([
+                "--vip",
+                "203.0.113.1",
+                "--port",
+                "30080",
+                "--first",
+                "198.18.1.10",
+                "--clients",
+                "20",
+                "--requests",
+                "2",
+                "--timeout",
+                "3",
+            ]),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("client JSON");
+    let answered = v["results"]
+        .as_object()
+        .expect("results")
+        .values()
+        .flat_map(|r| r.as_array().expect("requests").iter())
+        .filter(|a| a.is_string())
+        .count();
+    assert_eq!(answered, 40, "NodePort 30080 on 203.0.113.1: {out}");
 }

@@ -20,7 +20,8 @@ pub struct AffinityRecord {
     pub backend: BackendId,
     /// Seconds since the client's last new connection.
     pub idle: u32,
-    /// Seconds until the entry expires; `None` if its service port no
+    /// Whole seconds the entry is still honoured (it may last up to one
+    /// more: the clock ticks in seconds); `None` if its service port no
     /// longer has `ClientIP` affinity (it will be reaped).
     pub expires_in: Option<u32>,
     /// Whether its backend is still usable (an entry that is not is never
@@ -110,13 +111,15 @@ pub(crate) fn list<A: Family>(
         }
         let timeout = snapshot.affinity_timeout(entry.key.service);
         let idle = now.saturating_sub(last_seen);
-        let expires_in =
-            timeout.map(|t| crate::affinity::deadline(last_seen, t).saturating_sub(now));
-        if expires_in == Some(0) {
+        if timeout.is_some_and(|t| now >= crate::affinity::deadline(last_seen, t)) {
             // Past its timeout but not reaped yet: it is not honoured, so
             // it is not shown.
             continue;
         }
+        // The clock ticks in whole seconds, so an entry is honoured through
+        // the tick `timeout` after its last hit: at most `timeout` seconds
+        // shown right after a hit, as the Service asked.
+        let expires_in = timeout.map(|t| last_seen.saturating_add(t).saturating_sub(now));
         let backend_usable = snapshot
             .by_id(entry.key.service)
             .is_some_and(|s| s.usable(entry.backend).is_some());

@@ -1318,3 +1318,34 @@ fn timeout_cut_frees_dead_entries_before_evicting_live_ones() {
         entries.contains_key(&b)
     );
 }
+
+/// What the admin API lists matches what is honoured: right after a hit an
+/// entry shows `timeoutSeconds` to go (never one more), counts down a
+/// second a tick, shows 0 in its last honoured tick, and is gone the tick
+/// after.
+#[test]
+fn listed_expiry_counts_down_from_the_timeout() {
+    let fam = Fam::V4;
+    let vip = fam.vip();
+    let timeout = 600;
+    let mut h = Harness::new(vec![spec(
+        fam,
+        Proto::Tcp,
+        Affinity::client_ip(timeout),
+        ForwardMode::Nat,
+        backends(fam, 3),
+    )]);
+    let a = fam.client(1);
+    let mut ports = Ports::new();
+    open(&mut h, Proto::Tcp, a, ports.next(), vip);
+    let expires = |h: &mut Harness| -> Vec<Option<u32>> {
+        h.list_affinity().iter().map(|r| r.expires_in).collect()
+    };
+    assert_eq!(expires(&mut h), [Some(timeout)]);
+    h.tick(1);
+    assert_eq!(expires(&mut h), [Some(timeout - 1)]);
+    h.tick(timeout - 1);
+    assert_eq!(expires(&mut h), [Some(0)], "its last honoured tick");
+    h.tick(1);
+    assert_eq!(expires(&mut h), [], "past its timeout");
+}

@@ -154,7 +154,9 @@ struct RunArgs {
     node_name: Option<String>,
     /// This node's addresses, on which NodePorts are served. Repeatable.
     /// With the Kubernetes API and none given, the `InternalIP` and
-    /// `ExternalIP` addresses of the Node named `--node-name`.
+    /// `ExternalIP` addresses of the Node named `--node-name`; with a
+    /// manifest directory and none given, limpet's own `--address`es (as
+    /// kube-proxy serves NodePorts on every node address).
     #[arg(long = "node-address", value_name = "IP")]
     node_addresses: Vec<IpAddr>,
     /// This node's zone (its `topology.kubernetes.io/zone` label). With it,
@@ -245,6 +247,11 @@ struct RunArgs {
         requires = "state_file"
     )]
     state_interval: u64,
+    /// At start, how long to wait for an interface that is down or has no
+    /// carrier yet (at boot, or in a namespace whose link comes up a
+    /// moment later) before giving up. 0 fails at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    link_wait: u64,
     /// Do not answer ICMP/ICMPv6 echo requests (ping) to limpet's own
     /// --address es and to service addresses (answered by default).
     #[arg(long)]
@@ -660,6 +667,22 @@ fn check_cpus(args: &RunArgs, kind: IoKind) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a manifest configuration's NodePorts are served: `--node-address`
+/// if given, else every address limpet answers on.
+fn manifest_node_addresses(given: Vec<IpAddr>, links: &[Link]) -> Vec<IpAddr> {
+    let (addresses, from) = if given.is_empty() {
+        let own = links
+            .iter()
+            .flat_map(|l| l.addresses.iter().map(|a| a.addr))
+            .collect();
+        (own, "--address")
+    } else {
+        (given, "--node-address")
+    };
+    tracing::info!(?addresses, from, "NodePorts served on");
+    addresses
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
     let (kind, interfaces) = parse_io(&args.io)?;
     let io = io_backend(kind, &interfaces, &args)?;
@@ -683,12 +706,18 @@ fn run(args: RunArgs) -> Result<(), String> {
             RepickArg::Connection => limpet_dataplane::snapshot::Repick::Connection,
         },
     };
+    let links = links(interfaces, args.addresses, args.gateways)?;
     let source = match args.config {
         Some(path) => Source::Manifests(
-            limpet_control::config::ConfigSource::new(path, mode, node_name, args.node_addresses)
-                .with_maglev_min_size(args.maglev_min_size as usize)
-                .with_node_zone(args.node_zone.clone())
-                .with_affinity_defaults(affinity),
+            limpet_control::config::ConfigSource::new(
+                path,
+                mode,
+                node_name,
+                manifest_node_addresses(args.node_addresses, &links),
+            )
+            .with_maglev_min_size(args.maglev_min_size as usize)
+            .with_node_zone(args.node_zone.clone())
+            .with_affinity_defaults(affinity),
         ),
         None => Source::Kubernetes(limpet_control::kube_source::KubeOptions::new(
             args.kubeconfig,
@@ -702,7 +731,6 @@ fn run(args: RunArgs) -> Result<(), String> {
             },
         )),
     };
-    let links = links(interfaces, args.addresses, args.gateways)?;
     let icmp = limpet_dataplane::icmp::IcmpConfig {
         echo: !args.no_echo,
         own_addrs: links
@@ -742,6 +770,7 @@ fn run(args: RunArgs) -> Result<(), String> {
             tunnel,
         },
         idle: args.idle,
+        link_wait: std::time::Duration::from_secs(args.link_wait),
         state: args
             .state_file
             .map(|path| limpet_control::checkpoint::StateOptions {

@@ -347,6 +347,13 @@ pub fn session_affinity(io: Io) {
             .any(|e| e["client"] == "198.18.0.10" && e["service"] == "default/hostnames:80/TCP"),
         "198.18.0.10 not listed: {listed:?}"
     );
+    // Just hit under timeoutSeconds 10800: never more than the Service asked.
+    assert!(
+        listed.iter().all(|e| e["expires_in_seconds"]
+            .as_u64()
+            .is_some_and(|s| (10_700..=10_800).contains(&s))),
+        "expiry outside the timeout: {listed:?}"
+    );
 
     // --- switching: ClientIP -> None -> ClientIP by rewriting the manifest ---
     let n = limpet.published();

@@ -659,6 +659,22 @@ impl Port {
     }
 }
 
+/// Whether `iface` exists, is up and has carrier: what
+/// [`AfPacketIo::open`] requires (unless `allow_link_down`), asked without
+/// opening anything, so a caller can wait for a link that comes up late.
+pub fn link_state(iface: &str) -> Result<(), AfPacketError> {
+    let name = sys::ifname(iface).ok_or_else(|| AfPacketError::BadName {
+        iface: iface.to_owned(),
+    })?;
+    sys::if_nametoindex(&name).map_err(|_| AfPacketError::NotFound {
+        iface: iface.to_owned(),
+    })?;
+    let fd = sys::packet_socket().map_err(|e| AfPacketError::sys(iface, "socket(AF_PACKET)", e))?;
+    let flags = sys::if_flags(&fd, &name)
+        .map_err(|e| AfPacketError::sys(iface, "ioctl(SIOCGIFFLAGS)", e))?;
+    check_flags(iface, flags)
+}
+
 fn check_flags(iface: &str, flags: i32) -> Result<(), AfPacketError> {
     if flags & libc::IFF_UP == 0 {
         return Err(AfPacketError::LinkDown {

@@ -5,7 +5,8 @@
 pub mod fixtures;
 pub mod icmp;
 
-use limpet_dataplane::clock::ManualClock;
+use limpet_dataplane::clock::{Clock, ManualClock};
+use limpet_dataplane::command::{AffinityFilter, AffinityRecord, Command};
 use limpet_dataplane::io::MemoryIo;
 use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
 use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, Snapshot};
@@ -82,6 +83,7 @@ pub struct Harness {
     pub worker: Worker<MemoryIo, ManualClock>,
     pub clock: ManualClock,
     generation: u64,
+    commands: crossbeam_channel::Sender<Command>,
 }
 
 impl Harness {
@@ -117,12 +119,29 @@ impl Harness {
         };
         edit(&mut config);
         let snapshot = Arc::new(Snapshot::build(1, specs).unwrap());
-        let worker = Worker::new(io, clock.clone(), config, snapshot).unwrap();
+        let (commands, rx) = crossbeam_channel::unbounded();
+        let worker = Worker::new(io, clock.clone(), config, snapshot)
+            .unwrap()
+            .with_commands(rx);
         Self {
             worker,
             clock,
             generation: 1,
+            commands,
         }
+    }
+
+    /// The worker's affinity entries, as the admin API lists them.
+    pub fn list_affinity(&mut self) -> Vec<AffinityRecord> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(Command::ListAffinity {
+                filter: AffinityFilter::default(),
+                reply,
+            })
+            .unwrap();
+        self.worker.serve_commands(self.clock.now());
+        answer.recv().unwrap()
     }
 
     /// Publishes a new snapshot built from `specs`.
