@@ -709,27 +709,85 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// The admin API's routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The read-only routes: what Prometheus and the kubelet's probes need,
+/// and nothing that changes or reveals the tables. `--metrics` serves only
+/// these, so it can listen where other pods reach it.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    read_only().with_state(shared)
+}
+
+fn read_only() -> Router<Arc<Shared>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+/// The admin API's routes: the read-only ones, and `/v1` (the services,
+/// and the affinity table: client addresses, delete, flush), which with a
+/// `token` answers only requests bearing it.
+pub fn router(shared: Arc<Shared>, token: Option<Arc<str>>) -> Router {
+    let v1 = Router::new()
         .route("/v1/services", get(services))
         .route("/v1/affinity", get(get_affinity).delete(delete_affinity))
         .route("/v1/affinity/flush", post(flush_affinity))
-        .with_state(shared)
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token));
+    read_only().merge(v1).with_state(shared)
 }
 
-/// Serves the admin API on `addr` until the process ends. Runs its own
-/// small runtime on the calling thread.
-pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+/// Passes a request on when no token is configured or it bears
+/// `Authorization: Bearer <token>`; 401 otherwise.
+async fn require_token(
+    State(token): State<Option<Arc<str>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let offered = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if same_secret(offered.trim().as_bytes(), token.as_bytes()) {
+        next.run(request).await
+    } else {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "this admin API wants `Authorization: Bearer <token>` (limpet affinity --token-file)",
+        );
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        response
+    }
+}
+
+/// Compares without stopping at the first differing byte, so the time a
+/// refusal takes says nothing of how much of the token was right.
+fn same_secret(offered: &[u8], token: &[u8]) -> bool {
+    offered.len() == token.len()
+        && offered
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// Serves `router` on `listener` (bound by the caller, so a bad address
+/// fails at start) until the process ends. Runs its own small runtime on
+/// the calling thread.
+pub fn serve(listener: std::net::TcpListener, router: Router) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    listener.set_nonblocking(true)?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        axum::serve(listener, router(shared)).await
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, router).await
     })
 }
 
@@ -791,6 +849,85 @@ mod tests {
                 text.contains(&format!("\nlimpet_{name}{{worker=\"0\"}} 0\n")),
                 "{name} missing:\n{text}"
             );
+        }
+    }
+
+    /// Serves `router` on an ephemeral loopback port; its address.
+    fn serving(router: Router) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve(listener, router));
+        addr
+    }
+
+    fn status(addr: SocketAddr, token: Option<&str>, method: &str, path: &str) -> u16 {
+        let api = crate::client::AdminApi {
+            addr,
+            token: token.map(str::to_owned),
+        };
+        match crate::client::request(&api, method, path) {
+            Ok(_) => 200,
+            Err(crate::client::ClientError::Status { status, .. }) => status,
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    /// With a token, `/v1` (client addresses, delete, flush) answers only
+    /// requests bearing it; health and metrics stay open, as the kubelet
+    /// and Prometheus carry no token.
+    #[test]
+    fn a_token_guards_v1_and_leaves_health_and_metrics_open() {
+        let shared = Arc::new(Shared::new(Vec::new()));
+        shared.lock().ready = true;
+        let addr = serving(router(Arc::clone(&shared), Some("s3cret".into())));
+        for (method, path) in [
+            ("GET", "/v1/services"),
+            ("GET", "/v1/affinity"),
+            ("DELETE", "/v1/affinity?client=192.0.2.1"),
+            ("POST", "/v1/affinity/flush"),
+        ] {
+            assert_eq!(status(addr, None, method, path), 401, "{method} {path}");
+            assert_eq!(
+                status(addr, Some("s3cre"), method, path),
+                401,
+                "{method} {path}"
+            );
+            assert_eq!(
+                status(addr, Some("s3cret!"), method, path),
+                401,
+                "{method} {path}"
+            );
+            assert_eq!(
+                status(addr, Some("s3cret"), method, path),
+                200,
+                "{method} {path}"
+            );
+        }
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(status(addr, None, "GET", path), 200, "{path}");
+        }
+        // Without a token, as on loopback by default, nothing is asked.
+        let open = serving(router(shared, None));
+        assert_eq!(status(open, None, "POST", "/v1/affinity/flush"), 200);
+    }
+
+    /// `--metrics` serves health and metrics only: nothing there lists or
+    /// changes the tables.
+    #[test]
+    fn the_metrics_listener_is_read_only() {
+        let shared = Arc::new(Shared::new(Vec::new()));
+        shared.lock().ready = true;
+        let addr = serving(metrics_router(shared));
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(status(addr, None, "GET", path), 200, "{path}");
+        }
+        for (method, path) in [
+            ("GET", "/v1/services"),
+            ("GET", "/v1/affinity"),
+            ("DELETE", "/v1/affinity?client=192.0.2.1"),
+            ("POST", "/v1/affinity/flush"),
+        ] {
+            assert_eq!(status(addr, None, method, path), 404, "{method} {path}");
         }
     }
 }

@@ -57,14 +57,28 @@ fn query(service: Option<&str>, client: Option<IpAddr>) -> String {
     }
 }
 
+/// Where a running limpet's admin API is, and the token its `/v1` wants
+/// (`--admin-token-file`), if any.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
 /// Sends one request and returns the response body on a 2xx status.
-pub fn request(addr: SocketAddr, method: &str, path: &str) -> Result<String, ClientError> {
+pub fn request(api: &AdminApi, method: &str, path: &str) -> Result<String, ClientError> {
+    let addr = api.addr;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|source| ClientError::Connect { addr, source })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = api
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -109,30 +123,30 @@ fn dechunk(mut body: &str) -> String {
 }
 
 pub fn list(
-    addr: SocketAddr,
+    api: &AdminApi,
     service: Option<&str>,
     client: Option<IpAddr>,
 ) -> Result<Vec<AffinityView>, ClientError> {
     let body = request(
-        addr,
+        api,
         "GET",
         &format!("/v1/affinity{}", query(service, client)),
     )?;
     Ok(serde_json::from_str(&body)?)
 }
 
-pub fn delete(addr: SocketAddr, client: IpAddr, service: Option<&str>) -> Result<u64, ClientError> {
+pub fn delete(api: &AdminApi, client: IpAddr, service: Option<&str>) -> Result<u64, ClientError> {
     let body = request(
-        addr,
+        api,
         "DELETE",
         &format!("/v1/affinity{}", query(service, Some(client))),
     )?;
     deleted(&body)
 }
 
-pub fn flush(addr: SocketAddr, service: Option<&str>) -> Result<u64, ClientError> {
+pub fn flush(api: &AdminApi, service: Option<&str>) -> Result<u64, ClientError> {
     let body = request(
-        addr,
+        api,
         "POST",
         &format!("/v1/affinity/flush{}", query(service, None)),
     )?;

@@ -72,6 +72,11 @@ pub struct RunOptions {
     pub cpus: Vec<usize>,
     pub mac: Option<MacAddr>,
     pub admin: SocketAddr,
+    /// With it, `/v1` on the admin API answers only requests bearing
+    /// `Authorization: Bearer <token>`.
+    pub admin_token: Option<Arc<str>>,
+    /// A second, read-only listener: `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: Option<SocketAddr>,
     pub worker: WorkerConfig,
     pub idle: Idle,
     /// See [`WorkerSetup::link_wait`].
@@ -108,6 +113,17 @@ pub enum RunError {
     NoInterface,
     #[error("compiling the service snapshot: {0}")]
     Snapshot(#[from] limpet_dataplane::snapshot::SnapshotError),
+    #[error(
+        "--admin {0} is not a loopback address: its /v1 API lists client addresses and deletes affinity entries; give --admin-token-file, or serve metrics alone with --metrics"
+    )]
+    AdminExposed(SocketAddr),
+    #[error("listening on {what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -433,17 +449,68 @@ fn record_backends<'a>(shared: &Shared, specs: impl IntoIterator<Item = &'a Serv
     }
 }
 
-fn start_admin(addr: SocketAddr, shared: &Arc<Shared>) -> Result<(), RunError> {
-    let shared = Arc::clone(shared);
+/// The admin API's and the metrics' listeners, bound before anything
+/// else starts so that a bad or taken address fails at once.
+struct Listeners {
+    admin: (SocketAddr, std::net::TcpListener),
+    metrics: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
+impl Listeners {
+    fn bind(opts: &RunOptions) -> Result<Self, RunError> {
+        if !opts.admin.ip().is_loopback() && opts.admin_token.is_none() {
+            return Err(RunError::AdminExposed(opts.admin));
+        }
+        let bind = |what, addr| {
+            std::net::TcpListener::bind(addr)
+                .map(|l| (addr, l))
+                .map_err(|source| RunError::Listen { what, addr, source })
+        };
+        Ok(Self {
+            admin: bind("--admin", opts.admin)?,
+            metrics: opts.metrics.map(|a| bind("--metrics", a)).transpose()?,
+        })
+    }
+
+    fn serve(self, shared: &Arc<Shared>, token: Option<Arc<str>>) -> Result<(), RunError> {
+        let (addr, listener) = self.admin;
+        let guarded = if token.is_some() {
+            " (/v1 needs the token)"
+        } else {
+            ""
+        };
+        spawn_listener(
+            "limpet-admin",
+            listener,
+            crate::admin::router(Arc::clone(shared), token),
+        )?;
+        info!("admin API on http://{addr}{guarded}");
+        if let Some((addr, listener)) = self.metrics {
+            spawn_listener(
+                "limpet-metrics",
+                listener,
+                crate::admin::metrics_router(Arc::clone(shared)),
+            )?;
+            info!("metrics and health on http://{addr} (read-only)");
+        }
+        Ok(())
+    }
+}
+
+fn spawn_listener(
+    name: &str,
+    listener: std::net::TcpListener,
+    router: axum::Router,
+) -> Result<(), RunError> {
+    let label = name.to_owned();
     std::thread::Builder::new()
-        .name("limpet-admin".into())
+        .name(name.into())
         .spawn(move || {
-            if let Err(e) = crate::admin::serve(addr, shared) {
-                error!("admin API on {addr} stopped: {e}");
+            if let Err(e) = crate::admin::serve(listener, router) {
+                error!("{label} listener stopped: {e}");
             }
         })
         .map_err(|e| RunError::Other(e.to_string()))?;
-    info!("admin API on http://{addr}");
     Ok(())
 }
 
@@ -458,6 +525,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     if opts.links.is_empty() {
         return Err(RunError::NoInterface);
     }
+    let listeners = Listeners::bind(opts)?;
     // The last process's tables, and the ids its entries name: read
     // before the configuration, so the same names get the same ids.
     let saved = opts
@@ -522,7 +590,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         ));
         l2.push((tx, link.addresses.clone()));
     }
-    start_admin(opts.admin, &shared)?;
+    listeners.serve(&shared, opts.admin_token.clone())?;
 
     let mut control = Control {
         shared: Arc::clone(&shared),

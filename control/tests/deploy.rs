@@ -1,7 +1,9 @@
 //! The deployment files under `deploy/` parse as the Kubernetes objects they
 //! claim to be (k8s-openapi's own types, every field known), and say what
 //! the documentation says: least-privilege RBAC, no privileged container,
-//! readiness on the admin API.
+//! readiness and metrics on a read-only listener, the admin API on
+//! loopback, a `PodMonitor` and a dashboard that name only what limpet
+//! exports.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
@@ -229,21 +231,179 @@ fn the_daemonset_runs_limpet_on_the_host_network_unprivileged() {
     let mut added = caps.add.clone().unwrap();
     added.sort();
     assert_eq!(added, ["IPC_LOCK", "NET_ADMIN", "NET_RAW"]);
+}
 
-    // Ready when the admin API on the host's loopback says so.
-    let probe = c
+/// Metrics and health on their own read-only listener, a named port that
+/// the kubelet probes from the host; the admin API (which deletes
+/// entries) stays on loopback.
+#[test]
+fn probes_and_metrics_use_the_read_only_listener() {
+    let (_, ds) = daemonset();
+    let pod = ds.spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let line = [c.command.clone(), c.args.clone()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(line.contains("--admin 127.0.0.1:9901"), "{line}");
+    assert!(line.contains("--metrics 0.0.0.0:9902"), "{line}");
+    let ports = c.ports.as_deref().unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some("metrics") && p.container_port == 9902),
+        "no metrics port: {ports:?}"
+    );
+    // Ready and live as the read-only listener says, probed from the host.
+    for probe in [&c.readiness_probe, &c.liveness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".into())
+        );
+    }
+    let ready = c
         .readiness_probe
         .as_ref()
         .unwrap()
         .http_get
         .as_ref()
         .unwrap();
-    assert_eq!(probe.path.as_deref(), Some("/readyz"));
-    assert_eq!(probe.host.as_deref(), Some("127.0.0.1"));
+    assert_eq!(ready.path.as_deref(), Some("/readyz"));
+}
+
+/// The `PodMonitor` scrapes the `DaemonSet`'s pods on their read-only port.
+#[test]
+fn the_pod_monitor_scrapes_the_read_only_port() {
+    let (_, ds) = daemonset();
+    let docs = documents("kubernetes/monitoring.yaml");
+    assert_eq!(docs.len(), 1);
+    let pm = &docs[0];
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(kind(pm), "PodMonitor");
+    let labels = ds.spec.template.metadata.as_ref().unwrap().labels.clone();
+    let labels = labels.unwrap();
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            labels.get(k).map(String::as_str),
+            v.as_str(),
+            "selector {k}"
+        );
+    }
+    let namespace = ds.metadata.namespace.clone().unwrap();
     assert_eq!(
-        probe.port,
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9901)
+        pm["spec"]["namespaceSelector"]["matchNames"][0],
+        namespace.as_str()
     );
+    let endpoints = pm["spec"]["podMetricsEndpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0]["port"], "metrics");
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    assert_eq!(
+        endpoints[0]["relabelings"][0]["targetLabel"], "node",
+        "the dashboard groups by node"
+    );
+}
+
+/// Every series the dashboard asks for is one limpet exports (rendered
+/// from a real worker), grouped only by labels it carries (or `node`,
+/// which the `PodMonitor` adds): a renamed metric breaks this test, not a
+/// panel in production.
+#[test]
+fn the_dashboard_asks_only_for_what_limpet_exports() {
+    use limpet_dataplane::clock::ManualClock;
+    use limpet_dataplane::io::MemoryIo;
+    use limpet_dataplane::pipeline::{Worker, WorkerConfig};
+    use limpet_dataplane::snapshot::Snapshot;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let config = WorkerConfig {
+        affinity_capacity: 1024,
+        flow_capacity: 1024,
+        ..WorkerConfig::default()
+    };
+    let snapshot = Arc::new(Snapshot::build(1, Vec::new()).unwrap());
+    let mut worker = Worker::new(MemoryIo::new(16), ManualClock::new(0), config, snapshot)
+        .unwrap()
+        .with_commands(rx);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || worker.run(&stop))
+    };
+    let text = limpet_control::admin::render_metrics(&limpet_control::state::Shared::new(vec![tx]));
+    stop.store(true, Ordering::Relaxed);
+    running.join().unwrap();
+    let text = text.unwrap();
+    // Each exported series' name, with the labels it carries.
+    let mut exported: std::collections::BTreeMap<String, BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = exported.entry(line[..name_end].to_owned()).or_default();
+        if let Some(inner) = line[name_end..].strip_prefix('{') {
+            for pair in inner.split('}').next().unwrap().split(',') {
+                labels.insert(pair.split('=').next().unwrap().to_owned());
+            }
+        }
+    }
+
+    let path = deploy("grafana/limpet.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for t in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = t["query"].as_str().filter(|q| q.contains("limpet_")) {
+            exprs.push(q.to_owned());
+        }
+    }
+    assert!(exprs.len() >= 20, "{} queries", exprs.len());
+    let mut seen = BTreeSet::new();
+    for expr in &exprs {
+        let mut i = 0;
+        while let Some(at) = expr[i..].find("limpet_") {
+            let start = i + at;
+            let end = start
+                + expr[start..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(expr.len() - start);
+            let name = &expr[start..end];
+            assert!(
+                exported.contains_key(name),
+                "{name} (in {expr:?}) is not exported"
+            );
+            seen.insert(name.to_owned());
+            i = end;
+        }
+        for group in expr.split("by (").skip(1) {
+            for label in group.split(')').next().unwrap().split(',') {
+                let label = label.trim();
+                assert!(
+                    label == "node" || exported.values().any(|l| l.contains(label)),
+                    "grouping by {label:?} (in {expr:?}), which no series carries"
+                );
+            }
+        }
+    }
+    for must in [
+        "limpet_rx_packets_total",
+        "limpet_drops_total",
+        "limpet_affinity_entries",
+        "limpet_affinity_evictions_total",
+        "limpet_ready",
+    ] {
+        assert!(seen.contains(must), "the dashboard does not show {must}");
+    }
 }
 
 #[test]

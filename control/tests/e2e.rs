@@ -125,3 +125,28 @@ fn starts_before_its_link_has_carrier_and_serves_nodeports_on_its_own_address() 
         .count();
     assert_eq!(answered, 40, "NodePort 30080 on 203.0.113.1: {out}");
 }
+
+/// The admin API deletes affinity entries: on a non-loopback address
+/// without a token limpet refuses to start, before touching an interface.
+#[test]
+fn an_exposed_admin_api_without_a_token_is_refused_at_start() {
+    let config = Config::new("exposed");
+    config.write(&manifest(Some(10800), &[ep(1)]));
+    let out = Command::new(LIMPET)
+        .args(["run", "--config"])
+        .arg(&config.dir)
+        .args([
+            "--io",
+            "afpacket:lp-does-not-exist",
+            "--admin",
+            "0.0.0.0:9901",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "limpet served /v1 on 0.0.0.0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--admin 0.0.0.0:9901") && err.contains("--admin-token-file"),
+        "{err}"
+    );
+}

@@ -35,6 +35,10 @@ enum Command {
         /// Address of the running limpet's admin API.
         #[arg(long, default_value = DEFAULT_ADMIN, global = true)]
         admin: SocketAddr,
+        /// A file holding the token the admin API wants (its
+        /// `--admin-token-file`).
+        #[arg(long, value_name = "PATH", global = true)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         action: AffinityAction,
     },
@@ -182,10 +186,20 @@ struct RunArgs {
     /// MAC address to send from; defaults to the interface's.
     #[arg(long, value_parser = parse_mac)]
     mac: Option<MacAddr>,
-    /// Where the admin API listens (metrics, readiness, affinity table).
-    /// Keep it on loopback unless something in front authenticates.
+    /// Where the admin API listens (metrics, readiness, and `/v1`: the
+    /// services and the affinity table, which it can delete). A
+    /// non-loopback address needs `--admin-token-file`.
     #[arg(long, default_value = DEFAULT_ADMIN)]
     admin: SocketAddr,
+    /// A file holding a secret that `/v1` on the admin API then requires
+    /// as `Authorization: Bearer <secret>` (`limpet affinity --token-file`).
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
+    /// A second listener serving only `/metrics`, `/healthz` and `/readyz`,
+    /// read-only: where Prometheus in another pod scrapes (for example
+    /// `0.0.0.0:9902`), with the admin API left on loopback.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Connections each worker can track per address family.
     #[arg(long, default_value_t = 1 << 20)]
     flow_capacity: usize,
@@ -469,8 +483,22 @@ enum AffinityAction {
     },
 }
 
+/// The secret in `path`, without surrounding whitespace; never empty.
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "the token file {} must hold one word, the token",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
 fn affinity(
-    admin: SocketAddr,
+    admin: &limpet_control::client::AdminApi,
     action: AffinityAction,
 ) -> Result<String, limpet_control::client::ClientError> {
     use limpet_control::client;
@@ -667,6 +695,18 @@ fn check_cpus(args: &RunArgs, kind: IoKind) -> Result<(), String> {
     Ok(())
 }
 
+impl From<Forward> for ForwardMode {
+    fn from(f: Forward) -> Self {
+        match f {
+            Forward::Nat => ForwardMode::Nat,
+            Forward::Dsr => ForwardMode::Dsr,
+            Forward::FullNat => ForwardMode::FullNat,
+            Forward::Ipip => ForwardMode::Ipip,
+            Forward::Gue => ForwardMode::Gue,
+        }
+    }
+}
+
 /// Where a manifest configuration's NodePorts are served: `--node-address`
 /// if given, else every address limpet answers on.
 fn manifest_node_addresses(given: Vec<IpAddr>, links: &[Link]) -> Vec<IpAddr> {
@@ -691,13 +731,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map_or_else(|_| "localhost".into(), |s| s.trim().to_string())
     });
-    let mode = match args.forward {
-        Forward::Nat => ForwardMode::Nat,
-        Forward::Dsr => ForwardMode::Dsr,
-        Forward::FullNat => ForwardMode::FullNat,
-        Forward::Ipip => ForwardMode::Ipip,
-        Forward::Gue => ForwardMode::Gue,
-    };
+    let mode = ForwardMode::from(args.forward);
     let affinity = limpet_control::translate::AffinityDefaults {
         v4_prefix: args.affinity_ipv4_prefix,
         v6_prefix: args.affinity_ipv6_prefix,
@@ -750,6 +784,11 @@ fn run(args: RunArgs) -> Result<(), String> {
         mode,
         &links,
     )?;
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
     let opts = RunOptions {
         source,
         io,
@@ -758,6 +797,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         cpus: args.cpus,
         mac: args.mac,
         admin: args.admin,
+        admin_token: admin_token.map(Into::into),
+        metrics: args.metrics,
         worker: WorkerConfig {
             mac: MacAddr::UNSPECIFIED,
             flow_capacity: args.flow_capacity,
@@ -801,7 +842,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Affinity { admin, action } => match affinity(admin, action) {
+        Command::Affinity {
+            admin,
+            token_file,
+            action,
+        } => match token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()
+            .and_then(|token| {
+                let api = limpet_control::client::AdminApi { addr: admin, token };
+                affinity(&api, action).map_err(|e| e.to_string())
+            }) {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
