@@ -67,6 +67,21 @@ pub struct AdminApi {
 
 /// Sends one request and returns the response body on a 2xx status.
 pub fn request(api: &AdminApi, method: &str, path: &str) -> Result<String, ClientError> {
+    let (status, _, body) = request_full(api, method, path)?;
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(ClientError::Status { status, body })
+    }
+}
+
+/// Sends one request and returns the status, the head and the body,
+/// whatever the status.
+pub fn request_full(
+    api: &AdminApi,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String, String), ClientError> {
     let addr = api.addr;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .map_err(|source| ClientError::Connect { addr, source })?;
@@ -100,11 +115,7 @@ pub fn request(api: &AdminApi, method: &str, path: &str) -> Result<String, Clien
     } else {
         body.to_string()
     };
-    if (200..300).contains(&status) {
-        Ok(body)
-    } else {
-        Err(ClientError::Status { status, body })
-    }
+    Ok((status, head.to_owned(), body))
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -8,7 +8,7 @@
 use crate::ids::IdAllocator;
 use crate::manifest::{Limits, LoadError};
 use crate::manifest_cache::ManifestCache;
-use crate::translate::{AffinityDefaults, ObjectError, TranslateContext, translate};
+use crate::translate::{AffinityDefaults, ObjectError, SpecInfo, TranslateContext, translate};
 use crossbeam_channel::{Receiver, unbounded};
 use limpet_dataplane::snapshot::{ForwardMode, ServicePortSpec};
 use notify::{RecursiveMode, Watcher};
@@ -100,6 +100,12 @@ impl ConfigSource {
 
     /// Loads and translates the whole configuration.
     pub fn load(&mut self) -> Result<Vec<ServicePortSpec>, ConfigError> {
+        self.load_with_info().map(|(specs, _)| specs)
+    }
+
+    /// [`load`](Self::load), with what each spec was made from
+    /// (`info[i]` describes `specs[i]`).
+    pub fn load_with_info(&mut self) -> Result<(Vec<ServicePortSpec>, Vec<SpecInfo>), ConfigError> {
         let loaded = self.cache.load(&self.path, &Limits::DEFAULT)?;
         for note in loaded.notes() {
             tracing::info!("{note}");
@@ -111,7 +117,7 @@ impl ConfigSource {
         if !translation.errors.is_empty() {
             return Err(ConfigError::Invalid(translation.errors));
         }
-        Ok(translation.specs)
+        Ok((translation.specs, translation.info))
     }
 
     /// Starts watching the configuration; each change sends a message. The

@@ -12,6 +12,7 @@ pub mod debounce;
 pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod health;
 pub mod ids;
 pub mod kube_source;
 pub mod manifest;

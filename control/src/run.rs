@@ -21,9 +21,11 @@ pub use crate::backend::{Idle, Link};
 use crate::compile::{CompileStats, SnapshotCompiler};
 use crate::config::{ConfigError, ConfigSource};
 use crate::debounce::Debounce;
+use crate::health::{HealthIndex, HealthServer};
 use crate::kube_source::{KubeOptions, KubeSource, KubeUpdate};
 use crate::state::PortMetrics;
 use crate::state::Shared;
+use crate::translate::SpecInfo;
 use crossbeam_channel::{Receiver, Sender, bounded, select, tick, unbounded};
 use limpet_dataplane::affinity::{BackendId, ServicePortId};
 use limpet_dataplane::neighbour::{Handled, InterfaceAddr, NeighbourCounters, Neighbours};
@@ -291,6 +293,9 @@ struct Control {
     compiler: SnapshotCompiler,
     /// The backend's port probe, and when it last ran.
     ports: Option<Box<dyn FnMut() -> Vec<PortMetrics>>>,
+    /// The Services' `healthCheckNodePort`s, and their listeners.
+    health: HealthIndex,
+    health_server: HealthServer,
 }
 
 impl Control {
@@ -520,6 +525,38 @@ enum Live {
     Kubernetes(KubeSource),
 }
 
+/// Service ports, and what each was made from (`info[i]` for `specs[i]`).
+type Loaded = (Vec<ServicePortSpec>, Vec<SpecInfo>);
+
+/// The configuration's first state (manifests) or its source's start
+/// (Kubernetes), each with what it was made from.
+fn start_source(
+    source: &Source,
+    ids: Option<crate::ids::IdAllocator>,
+) -> Result<(Live, Option<Loaded>), RunError> {
+    // A manifest configuration that does not load is fatal at start-up.
+    // The Kubernetes source starts empty and publishes nothing until both
+    // initial lists are complete, as kube-proxy waits for sync.
+    Ok(match source {
+        Source::Manifests(manifests) => {
+            let mut source = manifests.clone();
+            if let Some(ids) = ids {
+                source = source.with_ids(ids);
+            }
+            let loaded = source.load_with_info()?;
+            info!(service_ports = loaded.0.len(), "configuration loaded");
+            (Live::Manifests(source), Some(loaded))
+        }
+        Source::Kubernetes(kube) => (
+            Live::Kubernetes(KubeSource::spawn_with_ids(
+                kube.clone(),
+                ids.unwrap_or_default(),
+            )?),
+            None,
+        ),
+    })
+}
+
 /// Runs limpet until SIGINT or SIGTERM.
 pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     if opts.links.is_empty() {
@@ -533,27 +570,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         .as_ref()
         .and_then(|s| crate::checkpoint::load_at_start(&s.path));
     let ids = saved.as_ref().map(crate::checkpoint::Checkpoint::ids);
-    // A manifest configuration that does not load is fatal at start-up.
-    // The Kubernetes source starts empty and publishes nothing until both
-    // initial lists are complete, as kube-proxy waits for sync.
-    let (mut live, specs) = match &opts.source {
-        Source::Manifests(source) => {
-            let mut source = source.clone();
-            if let Some(ids) = ids {
-                source = source.with_ids(ids);
-            }
-            let specs = source.load()?;
-            info!(service_ports = specs.len(), "configuration loaded");
-            (Live::Manifests(source), Some(specs))
-        }
-        Source::Kubernetes(kube) => (
-            Live::Kubernetes(KubeSource::spawn_with_ids(
-                kube.clone(),
-                ids.unwrap_or_default(),
-            )?),
-            None,
-        ),
-    };
+    let (mut live, specs) = start_source(&opts.source, ids)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let setup = opts.worker_setup();
@@ -603,6 +620,9 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         wanted: AddressCounts::default(),
         unresolved: HashMap::new(),
         compiler: SnapshotCompiler::new(),
+        health: HealthIndex::default(),
+        health_server: HealthServer::start(Arc::clone(&shared))
+            .map_err(|e| RunError::Other(format!("starting the health check server: {e}")))?,
     };
     // Restored before the first snapshot, so no client is placed anew
     // before its entry is back.
@@ -613,8 +633,8 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         .map(|state| crate::checkpoint::Keeper::start(&shared, links, state, saved))
         .transpose()
         .map_err(|e| RunError::Other(format!("starting the checkpoint thread: {e}")))?;
-    if let Some(specs) = specs {
-        control.adopt(specs);
+    if let Some((specs, info)) = specs {
+        control.adopt(specs, &info);
         control.first_publish(&report_rx)?;
     }
 
@@ -638,8 +658,11 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
 }
 
 impl Control {
-    /// Takes a new set of service ports as the configuration.
-    fn adopt(&mut self, specs: Vec<ServicePortSpec>) {
+    /// Takes a new set of service ports as the configuration (`info[i]`
+    /// describing `specs[i]`).
+    fn adopt(&mut self, specs: Vec<ServicePortSpec>, info: &[SpecInfo]) {
+        self.health.replace(&specs, info);
+        self.health_server.update(self.health.checks());
         self.vips = AddressCounts::default();
         self.wanted = AddressCounts::default();
         for spec in &specs {
@@ -660,7 +683,14 @@ impl Control {
     /// Takes a change to the service ports and publishes it; the neighbour
     /// threads hear of addresses that came or went after the workers have
     /// the snapshot.
-    fn adopt_changes(&mut self, changed: Vec<ServicePortSpec>, removed: &[ServicePortId]) {
+    fn adopt_changes(
+        &mut self,
+        changed: Vec<ServicePortSpec>,
+        info: &[SpecInfo],
+        removed: &[ServicePortId],
+    ) {
+        self.health.apply(&changed, info, removed);
+        self.health_server.update(self.health.checks());
         let mut l2_changed = false;
         for id in removed {
             if let Some(old) = self.specs.remove(id) {
@@ -720,13 +750,13 @@ impl Control {
         }
         match update {
             KubeUpdate::Synced(t) => {
-                self.adopt(t.specs);
+                self.adopt(t.specs, &t.info);
                 info!("Kubernetes API: initial lists complete");
                 if let Err(e) = self.first_publish(reports) {
                     error!("snapshot not published: {e}");
                 }
             }
-            KubeUpdate::Changed(d) => self.adopt_changes(d.specs, &d.removed),
+            KubeUpdate::Changed(d) => self.adopt_changes(d.specs, &d.info, &d.removed),
         }
         // After adopting, which counts a load as good.
         let mut state = self.shared.lock();
@@ -808,9 +838,9 @@ fn control_loop(
 
 /// Loads the configuration again; a refused one leaves the running one.
 fn reload_config(control: &mut Control, source: &mut ConfigSource) {
-    match source.load() {
-        Ok(specs) => {
-            control.adopt(specs);
+    match source.load_with_info() {
+        Ok((specs, info)) => {
+            control.adopt(specs, &info);
             if let Err(e) = control.publish() {
                 error!("snapshot not published: {e}");
             }

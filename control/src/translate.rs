@@ -334,6 +334,16 @@ pub struct SpecInfo {
     pub load_balancer_ips: Vec<IpAddr>,
     pub load_balancer_source_ranges: Vec<String>,
     pub traffic_distribution: Option<String>,
+    /// The Service's `healthCheckNodePort` and the ready endpoints of this
+    /// service port on this node (what kube-proxy's health check reports).
+    pub health_check: Option<HealthCheckPort>,
+}
+
+/// What a Service's `healthCheckNodePort` reports, from one service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheckPort {
+    pub node_port: u16,
+    pub local_endpoints: usize,
 }
 
 /// An object left out, in the API server's words.
@@ -515,6 +525,9 @@ struct ParsedService<'a> {
     etp: TrafficPolicy,
     source_ranges: Vec<String>,
     traffic_distribution: Option<String>,
+    /// `spec.healthCheckNodePort` (`type: LoadBalancer` with
+    /// `externalTrafficPolicy: Local` only).
+    health_check_node_port: Option<u16>,
     /// Topology-aware routing asked for: the `topology-mode: Auto`
     /// annotation (or the older `topology-aware-hints`), or
     /// `trafficDistribution: PreferClose`.
@@ -776,6 +789,27 @@ fn parse_service<'a>(svc: &'a Service, file: Option<&'a PathBuf>) -> ServiceOutc
         &mut problems,
     );
 
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(n) if type_ != "LoadBalancer" || etp != TrafficPolicy::Local => {
+            problems.push(
+                "spec.healthCheckNodePort",
+                invalid(
+                    n,
+                    "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+                ),
+            );
+            None
+        }
+        Some(n) => {
+            let np = port_number(n);
+            if np.is_none() {
+                problems.push("spec.healthCheckNodePort", invalid(n, PORT_RANGE));
+            }
+            np
+        }
+    };
+
     if !problems.0.is_empty() {
         return ServiceOutcome::Invalid(problems);
     }
@@ -800,6 +834,7 @@ fn parse_service<'a>(svc: &'a Service, file: Option<&'a PathBuf>) -> ServiceOutc
         etp,
         source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
         traffic_distribution: spec.traffic_distribution.clone(),
+        health_check_node_port,
         topology: wants_topology(svc),
     }))
 }
@@ -1715,6 +1750,15 @@ fn translate_one(
                 IpFamily::V4 => base.clone(),
                 IpFamily::V6 => format!("{base}/v6"),
             };
+            // A spec whose external frontends keep to local endpoints.
+            let external_local = |scope: Scope| {
+                svc.etp == TrafficPolicy::Local
+                    && match scope {
+                        Scope::External => true,
+                        Scope::All => svc.itp == TrafficPolicy::Local,
+                        Scope::Cluster => false,
+                    }
+            };
             let mut make = |scope: Scope, frontends: Vec<Frontend>, set: &[(IpAddr, u16)]| {
                 let name = match scope {
                     Scope::External => format!("{family_name}/external"),
@@ -1733,7 +1777,14 @@ fn translate_one(
                         name,
                         protocol: port.protocol.number(),
                         affinity: svc.affinity_overrides.apply(svc.affinity, ctx.affinity),
-                        mode: ctx.mode,
+                        mode: if external_local(scope) && ctx.mode == ForwardMode::FullNat {
+                            // externalTrafficPolicy: Local keeps the
+                            // client's address, as kube-proxy never
+                            // masquerades it.
+                            ForwardMode::Nat
+                        } else {
+                            ctx.mode
+                        },
                         frontends: Vec::new(),
                         maglev_size: Some(maglev_size(backends.len(), ctx.maglev_min_size)),
                         backends,
@@ -1752,6 +1803,10 @@ fn translate_one(
                         load_balancer_ips: lb_ips,
                         load_balancer_source_ranges: svc.source_ranges.clone(),
                         traffic_distribution: svc.traffic_distribution.clone(),
+                        health_check: svc.health_check_node_port.map(|node_port| HealthCheckPort {
+                            node_port,
+                            local_endpoints: local_set.len(),
+                        }),
                     },
                     frontends,
                 });

@@ -150,3 +150,108 @@ fn an_exposed_admin_api_without_a_token_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// A `type: LoadBalancer` Service with `externalTrafficPolicy: Local`:
+/// its `healthCheckNodePort` answers as kube-proxy's does (200 and the
+/// count while this node has a ready endpoint, 503 once it has none), and
+/// its load-balancer address reaches only this node's endpoint while its
+/// cluster IP reaches all of them.
+#[test]
+fn health_check_node_port_follows_this_nodes_endpoints() {
+    testbed::must_be_root();
+    let _testbed = testbed::Testbed::up(3);
+    let config = Config::new("health");
+    let service = |local_ready: bool| {
+        let mut eps = [ep(1), ep(2), ep(3)];
+        eps[0].ready = local_ready;
+        eps[0].serving = local_ready;
+        let text = manifest(Some(10800), &eps);
+        // The IPv4 Service alone, as a load balancer.
+        let (svc, rest) = text.split_once("---\n").unwrap();
+        let v4_slice = rest.split("---\n").next().unwrap();
+        let svc = svc
+            .replace(
+                "  type: ClusterIP\n",
+                "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n",
+            )
+            .replace("  - \"2001:db8:5::10\"\n", "")
+            .replace("ipFamilies: [IPv4, IPv6]", "ipFamilies: [IPv4]")
+            .replace("RequireDualStack", "SingleStack")
+            .replace("targetPort: 9376\n", "targetPort: 9376\n    nodePort: 30080\n");
+        format!(
+            "{svc}status:\n  loadBalancer:\n    ingress:\n    - ip: 192.0.2.20\n---\n{v4_slice}"
+        )
+    };
+    config.write(&service(true));
+    let mut args = Io::AfPacket.args(&["lb0"], 1);
+    args.extend(
+        [
+            "--address",
+            "203.0.113.1/24",
+            "--node-name",
+            "node-1",
+            "--forward",
+            "nat",
+        ]
+        .map(str::to_owned),
+    );
+    let limpet = Limpet::start_with(&config, &args);
+    let probe = || -> (u16, serde_json::Value) {
+        const GET: &str = r"
+import sys, time, urllib.request, urllib.error
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+for attempt in range(50):  # the port opens as the configuration is taken
+    try:
+        r = opener.open('http://127.0.0.1:32000/healthz', timeout=3)
+        code, body, weight = r.status, r.read(), r.headers['X-Load-Balancing-Endpoint-Weight']
+        break
+    except urllib.error.HTTPError as e:
+        code, body, weight = e.code, e.read(), e.headers['X-Load-Balancing-Endpoint-Weight']
+        break
+    except urllib.error.URLError:
+        time.sleep(0.1)
+else:
+    sys.exit('port 32000 never answered')
+print(code, weight)
+sys.stdout.write(body.decode())
+";
+        let out =
+            testbed::sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", GET]));
+        let (head, body) = out.split_once('\n').unwrap();
+        let (code, weight) = head.split_once(' ').unwrap();
+        let body: serde_json::Value = serde_json::from_str(body).expect("kube-proxy's JSON");
+        assert_eq!(weight, body["localEndpoints"].to_string(), "weight header");
+        (code.parse().unwrap(), body)
+    };
+    let (code, body) = probe();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "service": {"namespace": "default", "name": "hostnames"},
+            "localEndpoints": 1,
+            "serviceProxyHealthy": true,
+        })
+    );
+    // External traffic: this node's endpoint only; cluster traffic: all.
+    let external = testbed::http("192.0.2.20", "198.18.0.10", 20, 2);
+    let reached: std::collections::BTreeSet<String> = external.sticky().into_values().collect();
+    assert_eq!(
+        reached.len(),
+        1,
+        "externalTrafficPolicy Local reached {reached:?}"
+    );
+    let cluster = testbed::http(testbed::VIP4, "198.18.1.10", 40, 1);
+    let all: std::collections::BTreeSet<String> = cluster.sticky().into_values().collect();
+    assert!(all.len() > 1, "the cluster IP reached only {all:?}");
+    assert!(reached.is_subset(&all));
+
+    // This node's endpoint goes unready: 503, no local endpoint.
+    let before = limpet.published();
+    config.write(&service(false));
+    limpet.wait_published(before);
+    let (code, body) = probe();
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["localEndpoints"], 0);
+    assert_eq!(body["serviceProxyHealthy"], true);
+}

@@ -4,7 +4,8 @@
 use limpet_control::ids::IdAllocator;
 use limpet_control::manifest::{LoadError, load_path};
 use limpet_control::translate::{
-    AffinityDefaults, IpFamily, Scope, TrafficPolicy, TranslateContext, Translation, translate,
+    AffinityDefaults, HealthCheckPort, IpFamily, Scope, TrafficPolicy, TranslateContext,
+    Translation, translate,
 };
 use limpet_dataplane::snapshot::{
     Affinity, ForwardMode, Repick, ServicePortSpec, Snapshot, SourceRanges,
@@ -311,6 +312,42 @@ fn load_balancer_and_node_port() {
     let i = t.specs.iter().position(|s| s.id == external.id).unwrap();
     assert_eq!(t.info[i].scope, Scope::External);
     assert_eq!(t.info[i].external_traffic_policy, TrafficPolicy::Local);
+    // kube-proxy's health check counts this node's (node-a's) endpoints.
+    assert_eq!(
+        t.info[i].health_check,
+        Some(HealthCheckPort {
+            node_port: 32444,
+            local_endpoints: 1
+        })
+    );
+    let e = t.specs.iter().position(|s| s.id == edge.id).unwrap();
+    assert_eq!(t.info[e].health_check, None, "edge is not Local");
+}
+
+/// Under `fullnat`, external traffic to an `externalTrafficPolicy: Local`
+/// service keeps its client address (kube-proxy never masquerades it);
+/// cluster traffic is source-translated as asked.
+#[test]
+fn external_traffic_policy_local_is_never_masqueraded() {
+    let m = load_path(&fixture("cases/loadbalancer.yaml")).unwrap();
+    let ctx = TranslateContext {
+        mode: ForwardMode::FullNat,
+        ..ctx()
+    };
+    let t = m.translate(&ctx, &mut IdAllocator::new());
+    no_errors(&t);
+    assert_eq!(
+        spec(&t, "default/edge-local:https/TCP/external").mode,
+        ForwardMode::Nat
+    );
+    assert_eq!(
+        spec(&t, "default/edge-local:https/TCP").mode,
+        ForwardMode::FullNat
+    );
+    assert_eq!(
+        spec(&t, "default/edge:https/TCP").mode,
+        ForwardMode::FullNat
+    );
 }
 
 #[test]
@@ -374,6 +411,10 @@ fn invalid_objects_are_reported_and_left_out() {
         format!(
             "services/default/config-with-none (file {}): spec.sessionAffinityConfig: Forbidden: must not be set when session affinity is None",
             f("config-with-none.yml")
+        ),
+        format!(
+            "services/default/health-check-cluster (file {}): spec.healthCheckNodePort: Invalid value: 32000: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            f("health-check-cluster.yaml")
         ),
         format!(
             "services/default/port-big (file {}): spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
