@@ -57,6 +57,16 @@ fn typed<T: DeserializeOwned + serde::Serialize>(doc: &Value) -> T {
     object
 }
 
+/// A container's command and arguments, as one line.
+fn command_line(c: &k8s_openapi::api::core::v1::Container) -> String {
+    [c.command.clone(), c.args.clone()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn kind(doc: &Value) -> &str {
     doc["kind"].as_str().expect("every document has a kind")
 }
@@ -155,12 +165,7 @@ fn the_daemonset_runs_limpet_on_the_host_network_unprivileged() {
     let c = &pod.containers[0];
 
     // The command line: limpet run on $IFACE as this node, API source.
-    let line = [c.command.clone(), c.args.clone()]
-        .into_iter()
-        .flatten()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = command_line(c);
     for part in [
         "limpet run",
         "--io \"afpacket:${IFACE}\"",
@@ -241,12 +246,7 @@ fn probes_and_metrics_use_the_read_only_listener() {
     let (_, ds) = daemonset();
     let pod = ds.spec.template.spec.unwrap();
     let c = &pod.containers[0];
-    let line = [c.command.clone(), c.args.clone()]
-        .into_iter()
-        .flatten()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = command_line(c);
     assert!(line.contains("--admin 127.0.0.1:9901"), "{line}");
     assert!(line.contains("--metrics 0.0.0.0:9902"), "{line}");
     let ports = c.ports.as_deref().unwrap_or_default();

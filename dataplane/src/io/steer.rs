@@ -219,16 +219,28 @@ mod tests {
         f
     }
 
+    /// Steering over `vips` with limpet's source addresses (`203.0.113.1`,
+    /// `2001:db8:be::1`), the fanout program built for the same, and those
+    /// sources.
+    fn steering_with_sources(
+        vips: [IpAddr; 2],
+    ) -> (ClientSteering, Vec<libc::sock_filter>, [IpAddr; 2]) {
+        let sources: [IpAddr; 2] = [
+            "203.0.113.1".parse().unwrap(),
+            "2001:db8:be::1".parse().unwrap(),
+        ];
+        let mut steer = ClientSteering::new(&vips);
+        steer.set_sources(&sources);
+        let prog = fanout_client_program(&vips, &sources).unwrap();
+        (steer, prog, sources)
+    }
+
     #[test]
     fn a_source_translated_connection_has_one_owner_as_the_fanout_program_says() {
         use crate::snat::SnatPorts;
         let vip4: IpAddr = "192.0.2.10".parse().unwrap();
         let vip6: IpAddr = "2001:db8:5::10".parse().unwrap();
-        let src4: IpAddr = "203.0.113.1".parse().unwrap();
-        let src6: IpAddr = "2001:db8:be::1".parse().unwrap();
-        let mut steer = ClientSteering::new(&[vip4, vip6]);
-        steer.set_sources(&[src4, src6]);
-        let prog = fanout_client_program(&[vip4, vip6], &[src4, src6]).unwrap();
+        let (steer, prog, [src4, src6]) = steering_with_sources([vip4, vip6]);
         for workers in 1..=5u16 {
             for c in 0..40u8 {
                 for (client, vip, src, backend) in [
@@ -297,11 +309,7 @@ mod tests {
         use crate::encap::TunnelConfig;
         let vip4: IpAddr = "192.0.2.40".parse().unwrap();
         let vip6: IpAddr = "2001:db8:5::40".parse().unwrap();
-        let src4: IpAddr = "203.0.113.1".parse().unwrap();
-        let src6: IpAddr = "2001:db8:be::1".parse().unwrap();
-        let mut steer = ClientSteering::new(&[vip4, vip6]);
-        steer.set_sources(&[src4, src6]);
-        let prog = fanout_client_program(&[vip4, vip6], &[src4, src6]).unwrap();
+        let (steer, prog, [src4, src6]) = steering_with_sources([vip4, vip6]);
         for workers in 1..=5u16 {
             for c in 0..40u8 {
                 for (client, vip, src, far, router) in [
