@@ -260,6 +260,19 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// `GET /v1/status`: readiness, the snapshot, and what is announced.
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let state = shared.lock();
+    axum::Json(serde_json::json!({
+        "ready": state.ready,
+        "source_connected": state.source_connected,
+        "generation": state.snapshot.generation(),
+        "service_ports": state.snapshot.ports().len(),
+        "announce": state.announce,
+    }))
+    .into_response()
+}
+
 #[derive(Debug, Serialize)]
 struct ServiceView {
     name: String,
@@ -648,23 +661,31 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
         "Packets dropped, by reason.",
         &mut drops.into_iter(),
     );
+    render_control_metrics(&mut out, &state);
+    render_io_metrics(&mut out, &reports, &state.ports);
+    Ok(out)
+}
+
+/// The control plane's own state: neighbours, loads, the snapshot,
+/// readiness, and what is announced.
+fn render_control_metrics(out: &mut String, state: &crate::state::ControlState) {
     let n = state.neighbour_counters;
     write_metric(
-        &mut out,
+        out,
         "neighbour_unresolved",
         "gauge",
         "Backend next hops whose MAC address did not resolve.",
         &mut std::iter::once((String::new(), n.unresolved as f64)),
     );
     write_metric(
-        &mut out,
+        out,
         "neighbour_answers_total",
         "counter",
         "ARP requests and neighbour solicitations answered.",
         &mut std::iter::once((String::new(), (n.arp_answered + n.nd_answered) as f64)),
     );
     write_metric(
-        &mut out,
+        out,
         "config_loads_total",
         "counter",
         "Configuration loads, by result.",
@@ -678,14 +699,14 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
         .into_iter(),
     );
     write_metric(
-        &mut out,
+        out,
         "snapshot_generation",
         "gauge",
         "Generation of the snapshot last published.",
         &mut std::iter::once((String::new(), state.snapshot.generation() as f64)),
     );
     write_metric(
-        &mut out,
+        out,
         "ready",
         "gauge",
         "1 once a configuration has been published, while its source is in reach.",
@@ -698,8 +719,39 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
             },
         )),
     );
-    render_io_metrics(&mut out, &reports, &state.ports);
-    Ok(out)
+    if let Some(a) = &state.announce {
+        render_announce_metrics(out, a);
+    }
+}
+
+/// What `--announce` offers the tier's routers.
+fn render_announce_metrics(out: &mut String, a: &crate::announce::AnnounceStatus) {
+    write_metric(
+        out,
+        "announce_link_up",
+        "gauge",
+        "1 while the liveness link is up (this node offers its routes), 0 while every route is withdrawn.",
+        &mut std::iter::once((String::new(), f64::from(u8::from(a.link_up)))),
+    );
+    write_metric(
+        out,
+        "announce_speaker_up",
+        "gauge",
+        "1 while the BGP speaker answers and took limpet's last routes.",
+        &mut std::iter::once((String::new(), f64::from(u8::from(a.speaker_ok)))),
+    );
+    write_metric(
+        out,
+        "announce_routes",
+        "gauge",
+        "Service addresses, by whether they are announced now.",
+        &mut [true, false].into_iter().map(|announced| {
+            (
+                format!("{{announced=\"{announced}\"}}"),
+                a.routes.iter().filter(|r| r.announced == announced).count() as f64,
+            )
+        }),
+    );
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -729,6 +781,7 @@ fn read_only() -> Router<Arc<Shared>> {
 pub fn router(shared: Arc<Shared>, token: Option<Arc<str>>) -> Router {
     let v1 = Router::new()
         .route("/v1/services", get(services))
+        .route("/v1/status", get(status))
         .route("/v1/affinity", get(get_affinity).delete(delete_affinity))
         .route("/v1/affinity/flush", post(flush_affinity))
         .route_layer(axum::middleware::from_fn_with_state(token, require_token));

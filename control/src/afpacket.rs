@@ -3,7 +3,7 @@
 //! raw socket per interface for the neighbour thread.
 
 use crate::backend::{
-    BackendError, Idle, NeighbourWire, WorkerIo, WorkerSetup, Workers, worker_loop,
+    BackendError, Heartbeat, Idle, NeighbourWire, WorkerIo, WorkerSetup, Workers, worker_loop,
 };
 use limpet_dataplane::clock::MonotonicClock;
 use limpet_dataplane::io::afpacket::{
@@ -89,6 +89,7 @@ pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, 
             opts.idle,
             opts.cpus.get(i).copied(),
             Arc::clone(stop),
+            Arc::clone(&workers.beats[i]),
         )?;
         workers.joins.push(Box::new(move || {
             let _ = handle.join();
@@ -146,6 +147,7 @@ fn spawn_worker(
     idle: Idle,
     cpu: Option<usize>,
     stop: Arc<AtomicBool>,
+    beat: Arc<Heartbeat>,
 ) -> Result<JoinHandle<()>, BackendError> {
     let (pinned_tx, pinned_rx) = std::sync::mpsc::sync_channel(1);
     let handle = std::thread::Builder::new()
@@ -155,7 +157,7 @@ fn spawn_worker(
             let failed = pinned.is_err();
             let _ = pinned_tx.send(pinned);
             if !failed {
-                worker_loop(index, &mut worker, idle, &stop);
+                worker_loop(index, &mut worker, idle, &stop, &beat);
             }
         })
         .map_err(|e| BackendError::Other(format!("starting worker {index}: {e}")))?;

@@ -100,8 +100,11 @@ pub fn worker_loop<I: WorkerIo>(
     worker: &mut Worker<I, MonotonicClock>,
     idle: Idle,
     stop: &AtomicBool,
+    beat: &Heartbeat,
 ) {
     let mut last_health = Instant::now();
+    let mut last_beat = last_health;
+    beat.beat();
     while !stop.load(Ordering::Relaxed) {
         if worker.poll() == 0 {
             match idle {
@@ -109,8 +112,13 @@ pub fn worker_loop<I: WorkerIo>(
                 Idle::Wait => worker.io_mut().idle_wait(),
             }
         }
-        if last_health.elapsed() > Duration::from_secs(1) {
-            last_health = Instant::now();
+        let now = Instant::now();
+        if now.duration_since(last_beat) > Heartbeat::PERIOD {
+            last_beat = now;
+            beat.beat();
+        }
+        if now.duration_since(last_health) > Duration::from_secs(1) {
+            last_health = now;
             if let Err(e) = worker.io_mut().health() {
                 error!(worker = index, "interface trouble: {e}");
             }
@@ -121,11 +129,53 @@ pub fn worker_loop<I: WorkerIo>(
 /// The running workers of a backend, the channels to them, and the rest
 /// of what `run` drives: one neighbour wire per link, the MAC limpet sends
 /// from, and the ports' state for `/metrics`.
+/// When a worker last went round its poll loop, so that the control loop
+/// notices one that stopped (a hung or dead worker drops its clients'
+/// packets, and a tier must stop sending them here). Written at most every
+/// [`Self::PERIOD`] by its worker, read by the control loop.
+#[derive(Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds since `epoch` at the last beat.
+    at_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heartbeat {
+    pub const PERIOD: Duration = Duration::from_millis(100);
+
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            at_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (since creation before the first).
+    pub fn age(&self) -> Duration {
+        let at = Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(at)
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub struct Workers {
     /// Each waits for one worker to finish (after `stop`).
     pub joins: Vec<Box<dyn FnOnce() + Send>>,
     pub publish: Vec<Sender<Arc<Snapshot>>>,
     pub commands: Vec<Sender<Command>>,
+    /// One per worker, in worker order: pass `beats[i]` to its
+    /// [`worker_loop`].
+    pub beats: Vec<Arc<Heartbeat>>,
     pub retired: Receiver<Arc<Snapshot>>,
     pub wires: Vec<Box<dyn NeighbourWire>>,
     pub mac: MacAddr,
@@ -145,6 +195,7 @@ impl Workers {
                 joins: Vec::new(),
                 publish: Vec::new(),
                 commands: Vec::new(),
+                beats: Vec::new(),
                 retired,
                 wires: Vec::new(),
                 mac,
@@ -179,6 +230,7 @@ impl Workers {
         .with_commands(cmd_rx);
         self.publish.push(snap_tx);
         self.commands.push(cmd_tx);
+        self.beats.push(Arc::new(Heartbeat::new()));
         Ok(worker)
     }
 }

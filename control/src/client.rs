@@ -133,6 +133,11 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// `GET /v1/status`, as JSON.
+pub fn status(api: &AdminApi) -> Result<serde_json::Value, ClientError> {
+    Ok(serde_json::from_str(&request(api, "GET", "/v1/status")?)?)
+}
+
 pub fn list(
     api: &AdminApi,
     service: Option<&str>,
@@ -169,6 +174,76 @@ fn deleted(body: &str) -> Result<u64, ClientError> {
     Ok(v.get("deleted")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0))
+}
+
+/// What `limpet status` prints: readiness, the snapshot, and each service
+/// address with whether it is announced and why.
+pub fn render_status(v: &serde_json::Value) -> String {
+    let yes = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ready: {}  (source in reach: {})",
+        yes(v["ready"].as_bool()),
+        yes(v["source_connected"].as_bool())
+    );
+    let _ = writeln!(
+        out,
+        "snapshot: generation {}, {} service ports",
+        v["generation"], v["service_ports"]
+    );
+    let a = &v["announce"];
+    if a.is_null() {
+        out.push_str("announce: off (no --announce)\n");
+        return out;
+    }
+    let text = |k: &str| a[k].as_str().unwrap_or_default().to_owned();
+    let _ = writeln!(
+        out,
+        "announce: {} (socket {}, fragment {})",
+        text("speaker"),
+        text("socket"),
+        text("fragment")
+    );
+    let link = if a["link_up"].as_bool() == Some(true) {
+        "up".to_owned()
+    } else {
+        format!(
+            "down: every route withdrawn ({})",
+            text("withdrawn_because")
+        )
+    };
+    let _ = writeln!(out, "  liveness link {}: {link}", text("link"));
+    let speaker = if a["speaker_ok"].as_bool() == Some(true) {
+        format!("ok, took the routes {} s ago", a["configured_ago_s"])
+    } else {
+        format!("NOT OK: {}", text("last_error"))
+    };
+    let _ = writeln!(out, "  speaker: {speaker}");
+    let routes = a["routes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{:<40} {:<10} {:<30} WHY",
+        "ADDRESS", "ANNOUNCED", "SERVICES"
+    );
+    for r in routes {
+        let services: Vec<&str> = r["services"]
+            .as_array()
+            .map(|s| s.iter().filter_map(serde_json::Value::as_str).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<40} {:<10} {:<30} {}",
+            r["address"].as_str().unwrap_or_default(),
+            yes(r["announced"].as_bool()),
+            services.join(","),
+            r["reason"].as_str().unwrap_or_default()
+        );
+    }
+    out
 }
 
 /// The table `limpet affinity list` prints.

@@ -309,8 +309,9 @@ fn launch_workers(
     for (i, mut worker) in built.into_iter().enumerate() {
         let lcore = lcores[i];
         let (stop_here, idle) = (Arc::clone(stop), opts.idle);
+        let beat = Arc::clone(&workers.beats[i]);
         if let Err(e) = eal.launch(lcore, move || {
-            worker_loop(i, &mut worker, idle, &stop_here);
+            worker_loop(i, &mut worker, idle, &stop_here, &beat);
         }) {
             // Stop the workers already running before EAL goes.
             stop.store(true, Ordering::Relaxed);

@@ -337,6 +337,7 @@ mod tests {
             internal_traffic_policy: crate::translate::TrafficPolicy::Cluster,
             external_traffic_policy: crate::translate::TrafficPolicy::Local,
             load_balancer_ips: Vec::new(),
+            announce: Vec::new(),
             load_balancer_source_ranges: Vec::new(),
             traffic_distribution: None,
             health_check: Some(HealthCheckPort {

@@ -16,7 +16,8 @@
 //!   load or validate is refused: at start-up limpet exits non-zero, on a
 //!   reload it keeps serving the previous one and says why.
 
-use crate::backend::{BackendError, NeighbourWire, WorkerSetup, Workers};
+use crate::announce::{AnnounceError, AnnounceIndex, AnnounceOptions, Announcer};
+use crate::backend::{BackendError, Heartbeat, NeighbourWire, WorkerSetup, Workers};
 pub use crate::backend::{Idle, Link};
 use crate::compile::{CompileStats, SnapshotCompiler};
 use crate::config::{ConfigError, ConfigSource};
@@ -86,6 +87,8 @@ pub struct RunOptions {
     /// Where the tables are saved on a planned stop and checkpointed, and
     /// read back at start; `None`: they start empty every time.
     pub state: Option<crate::checkpoint::StateOptions>,
+    /// Announce service addresses through this node's BGP speaker.
+    pub announce: Option<AnnounceOptions>,
 }
 
 impl RunOptions {
@@ -126,6 +129,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--announce: {0}")]
+    Announce(#[from] AnnounceError),
     #[error("{0}")]
     Other(String),
 }
@@ -296,6 +301,13 @@ struct Control {
     /// The Services' `healthCheckNodePort`s, and their listeners.
     health: HealthIndex,
     health_server: HealthServer,
+    /// The addresses each service port announces, and the announcer.
+    announce: AnnounceIndex,
+    announcer: Option<Announcer>,
+    /// The workers' heartbeats, and whether the announcer was last told
+    /// this node can serve (`None`: not told yet).
+    beats: Vec<Arc<Heartbeat>>,
+    told_serving: Option<bool>,
 }
 
 impl Control {
@@ -425,6 +437,9 @@ impl Control {
             {
                 error!(worker = i, "worker did not take the new snapshot");
             }
+        }
+        if let Some(announcer) = &self.announcer {
+            announcer.routes(crate::announce::routes(snapshot, &self.announce));
         }
         let generation = snapshot.generation();
         let unresolved: usize = self.unresolved.values().sum();
@@ -583,6 +598,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         joins,
         publish,
         commands,
+        beats,
         retired,
         wires,
         mac,
@@ -608,6 +624,11 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         l2.push((tx, link.addresses.clone()));
     }
     listeners.serve(&shared, opts.admin_token.clone())?;
+    let announcer = opts
+        .announce
+        .as_ref()
+        .map(|a| Announcer::start(a, Arc::clone(&shared)))
+        .transpose()?;
 
     let mut control = Control {
         shared: Arc::clone(&shared),
@@ -623,6 +644,10 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         health: HealthIndex::default(),
         health_server: HealthServer::start(Arc::clone(&shared))
             .map_err(|e| RunError::Other(format!("starting the health check server: {e}")))?,
+        announce: AnnounceIndex::default(),
+        announcer,
+        beats,
+        told_serving: None,
     };
     // Restored before the first snapshot, so no client is placed anew
     // before its entry is back.
@@ -640,6 +665,12 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
 
     let result = control_loop(&mut control, &mut live, &report_rx, &retired);
     info!("stopping");
+    if let Some(mut announcer) = control.announcer.take() {
+        // Withdrawn while still forwarding: flows the routers send here
+        // before they have moved are served, not dropped.
+        announcer.withdraw_all();
+        std::thread::sleep(crate::announce::WITHDRAW_GRACE);
+    }
     if let Some(keeper) = keeper {
         keeper.stop();
     }
@@ -663,6 +694,7 @@ impl Control {
     fn adopt(&mut self, specs: Vec<ServicePortSpec>, info: &[SpecInfo]) {
         self.health.replace(&specs, info);
         self.health_server.update(self.health.checks());
+        self.announce.replace(&specs, info);
         self.vips = AddressCounts::default();
         self.wanted = AddressCounts::default();
         for spec in &specs {
@@ -672,6 +704,37 @@ impl Control {
         self.specs = specs.into_iter().map(|s| (s.id, s)).collect();
         self.update_l2();
         self.loaded();
+    }
+
+    /// Tells the announcer whether this node can serve: a snapshot is
+    /// published and every worker is polling.
+    fn check_serving(&mut self) {
+        if self.announcer.is_none() {
+            return;
+        }
+        let why_not = if self.compiler.generation() == 0 {
+            Some("no snapshot served yet".to_owned())
+        } else {
+            self.beats
+                .iter()
+                .enumerate()
+                .find(|(_, b)| b.age() > crate::announce::WORKER_STALL)
+                .map(|(i, b)| {
+                    format!(
+                        "worker {i} has not polled for {:.1} s",
+                        b.age().as_secs_f64()
+                    )
+                })
+        };
+        // The age in the message changes every tick; tell only on a change
+        // of state.
+        let serving = why_not.is_none();
+        if self.told_serving != Some(serving) {
+            if let Some(announcer) = &self.announcer {
+                announcer.serving(why_not);
+            }
+            self.told_serving = Some(serving);
+        }
     }
 
     fn loaded(&self) {
@@ -691,6 +754,7 @@ impl Control {
     ) {
         self.health.apply(&changed, info, removed);
         self.health_server.update(self.health.checks());
+        self.announce.apply(&changed, info, removed);
         let mut l2_changed = false;
         for id in removed {
             if let Some(old) = self.specs.remove(id) {
@@ -821,6 +885,7 @@ fn control_loop(
             probed = Instant::now();
             control.probe_ports();
         }
+        control.check_serving();
         if let Live::Kubernetes(k) = live {
             // Not ready while the API server is out of reach or a relist
             // after 410 Gone is pending: the workers keep serving the last

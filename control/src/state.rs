@@ -52,6 +52,8 @@ pub struct ControlState {
     /// The ports' link state and device counters, refreshed every second
     /// (empty for backends without them).
     pub ports: Vec<PortMetrics>,
+    /// What is announced to the tier's routers, and why (`--announce`).
+    pub announce: Option<crate::announce::AnnounceStatus>,
 }
 
 impl Default for ControlState {
@@ -66,6 +68,7 @@ impl Default for ControlState {
             neighbour_counters: NeighbourCounters::default(),
             unresolved_backends: 0,
             ports: Vec::new(),
+            announce: None,
         }
     }
 }

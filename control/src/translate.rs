@@ -332,6 +332,10 @@ pub struct SpecInfo {
     /// Load-balancer ingress addresses among the spec's frontends (what
     /// `loadBalancerSourceRanges` restricts).
     pub load_balancer_ips: Vec<IpAddr>,
+    /// External IPs and load-balancer ingress addresses among the spec's
+    /// frontends: what a tier announces to its routers (cluster IPs and
+    /// node ports never are).
+    pub announce: Vec<IpAddr>,
     pub load_balancer_source_ranges: Vec<String>,
     pub traffic_distribution: Option<String>,
     /// The Service's `healthCheckNodePort` and the ready endpoints of this
@@ -1724,6 +1728,8 @@ fn translate_one(
             let mut external_fe = of_family(&svc.external_ips);
             let lb_fe = of_family(&svc.lb_ips);
             let lb_ips: Vec<IpAddr> = lb_fe.iter().map(|f| f.addr).collect();
+            let announceable: Vec<IpAddr> =
+                external_fe.iter().chain(&lb_fe).map(|f| f.addr).collect();
             external_fe.extend(lb_fe);
             if let (true, Some(np)) = (svc.node_ports, port.node_port) {
                 for &a in ctx
@@ -1769,6 +1775,13 @@ fn translate_one(
                     .copied()
                     .filter(|a| frontends.iter().any(|f| f.addr == *a))
                     .collect();
+                let mut announce: Vec<IpAddr> = announceable
+                    .iter()
+                    .copied()
+                    .filter(|a| frontends.iter().any(|f| f.addr == *a))
+                    .collect();
+                announce.sort_unstable();
+                announce.dedup();
                 let source_ranges = restrict(&lb_ips, &svc.source_ranges, family);
                 let backends = backends(set, ids);
                 pending.push(Pending {
@@ -1801,6 +1814,7 @@ fn translate_one(
                         internal_traffic_policy: svc.itp,
                         external_traffic_policy: svc.etp,
                         load_balancer_ips: lb_ips,
+                        announce,
                         load_balancer_source_ranges: svc.source_ranges.clone(),
                         traffic_distribution: svc.traffic_distribution.clone(),
                         health_check: svc.health_check_node_port.map(|node_port| HealthCheckPort {

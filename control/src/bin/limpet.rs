@@ -3,6 +3,7 @@
 #![allow(clippy::doc_markdown)]
 
 use clap::{Args, Parser, Subcommand};
+use limpet_control::announce::AnnounceOptions;
 use limpet_control::run::{
     Idle, IoBackend, IoKind, Link, RunOptions, Source, parse_interface_addr, parse_io,
 };
@@ -41,6 +42,19 @@ enum Command {
         token_file: Option<PathBuf>,
         #[command(subcommand)]
         action: AffinityAction,
+    },
+    /// Show a running limpet's state: readiness, its snapshot, and which
+    /// service addresses it announces to the tier's routers, and why.
+    Status {
+        /// Address of the running limpet's admin API.
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// A file holding the token the admin API wants.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// Print the admin API's JSON as it is.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the packet pipeline in memory on a built-in example Service:
     /// many clients open connections, each sticks to one backend; then one
@@ -266,6 +280,24 @@ struct RunArgs {
     /// moment later) before giving up. 0 fails at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     link_wait: u64,
+    /// Announce each LoadBalancer ingress address and external IP this
+    /// node can serve through this node's BGP speaker (only `bird`: BIRD 2):
+    /// limpet writes --bird-fragment, which bird.conf includes, and runs
+    /// `birdc configure`. Every route is via --announce-link, a device
+    /// that exists only while limpet runs: BIRD withdraws the routes when
+    /// limpet dies, however it dies.
+    #[arg(long, value_enum, value_name = "SPEAKER")]
+    announce: Option<SpeakerArg>,
+    /// The BIRD configuration fragment limpet owns (protocols `limpet4`
+    /// and `limpet6`; export them with `where proto = "limpet4"`).
+    #[arg(long, value_name = "PATH", default_value = "/etc/bird/limpet.conf")]
+    bird_fragment: PathBuf,
+    /// BIRD's control socket.
+    #[arg(long, value_name = "PATH", default_value = "/run/bird/bird.ctl")]
+    birdc_socket: PathBuf,
+    /// The liveness link limpet creates (a TUN device; it must not exist).
+    #[arg(long, value_name = "NAME", default_value = "limpet0")]
+    announce_link: String,
     /// Do not answer ICMP/ICMPv6 echo requests (ping) to limpet's own
     /// --address es and to service addresses (answered by default).
     #[arg(long)]
@@ -330,6 +362,12 @@ struct DpdkArgs {
     /// `--dpdk-eal=--log-level=pmd.net.af_xdp:debug`.
     #[arg(long = "dpdk-eal", value_name = "ARG", allow_hyphen_values = true)]
     dpdk_eal: Vec<String>,
+}
+
+/// BGP speakers limpet can drive (see `limpet_control::announce`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SpeakerArg {
+    Bird,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -723,7 +761,18 @@ fn manifest_node_addresses(given: Vec<IpAddr>, links: &[Link]) -> Vec<IpAddr> {
     addresses
 }
 
+/// `--announce` and the flags that go with it.
+fn announce_options(args: &RunArgs) -> Option<AnnounceOptions> {
+    args.announce.map(|SpeakerArg::Bird| AnnounceOptions {
+        fragment: args.bird_fragment.clone(),
+        socket: args.birdc_socket.clone(),
+        link: args.announce_link.clone(),
+        birdc: "birdc".into(),
+    })
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
+    let announce = announce_options(&args);
     let (kind, interfaces) = parse_io(&args.io)?;
     let io = io_backend(kind, &interfaces, &args)?;
     check_cpus(&args, kind)?;
@@ -819,6 +868,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                 interval: (args.state_interval > 0)
                     .then(|| std::time::Duration::from_secs(args.state_interval)),
             }),
+        announce,
     };
     limpet_control::run::run(&opts).map_err(|e| e.to_string())
 }
@@ -860,6 +910,31 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("limpet affinity: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Status {
+            admin,
+            token_file,
+            json,
+        } => match token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()
+            .and_then(|token| {
+                let api = limpet_control::client::AdminApi { addr: admin, token };
+                limpet_control::client::status(&api).map_err(|e| e.to_string())
+            }) {
+            Ok(v) if json => {
+                println!("{v:#}");
+                ExitCode::SUCCESS
+            }
+            Ok(v) => {
+                print!("{}", limpet_control::client::render_status(&v));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("limpet status: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -58,20 +58,27 @@ pub struct Testbed {
 /// The file every user of the `lp-*` testbed locks (`flock` in scripts).
 pub const TESTBED_LOCK: &str = "/run/lock/limpet-testbed.lock";
 
+/// Waits for, and holds until dropped, the lock every user of the `lp-*`
+/// namespaces takes.
+pub fn lock_testbed() -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(TESTBED_LOCK)
+        .unwrap_or_else(|e| panic!("opening {TESTBED_LOCK}: {e}"));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("locking {TESTBED_LOCK}: {e}"));
+    lock
+}
+
 impl Testbed {
     pub fn up(backends: usize) -> Self {
         Self::up_with(backends, &[])
     }
 
     pub fn up_with(backends: usize, extra: &[&str]) -> Self {
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(TESTBED_LOCK)
-            .unwrap_or_else(|e| panic!("opening {TESTBED_LOCK}: {e}"));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("locking {TESTBED_LOCK}: {e}"));
+        let lock = lock_testbed();
         sh(Command::new(repo().join("scripts/testbed"))
             .args(["up", "--backends", &backends.to_string()])
             .args(extra));
@@ -110,6 +117,11 @@ pub fn stop(child: &mut Child) {
 /// GET on limpet's admin API (127.0.0.1:9901 in lp-lb): status and body;
 /// status 0 when nothing answers.
 pub fn admin_get(path: &str) -> (u16, String) {
+    admin_get_in("lp-lb", path)
+}
+
+/// [`admin_get`] in namespace `ns`.
+pub fn admin_get_in(ns: &str, path: &str) -> (u16, String) {
     const SCRIPT: &str = r"
 import sys, urllib.request, urllib.error
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -123,8 +135,7 @@ except Exception as e:
 print(code)
 sys.stdout.write(body.decode(errors='replace'))
 ";
-    let out =
-        sh(Command::new("ip").args(["netns", "exec", "lp-lb", "python3", "-c", SCRIPT, path]));
+    let out = sh(Command::new("ip").args(["netns", "exec", ns, "python3", "-c", SCRIPT, path]));
     let (code, body) = out.split_once('\n').unwrap_or((&out, ""));
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }

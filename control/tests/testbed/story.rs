@@ -4,8 +4,8 @@
 //! directory limpet watches, a running limpet, and the scenarios.
 
 use super::{
-    LIMPET, Testbed, VIP4, VIP6, admin_get, allowed_cpu_list, allowed_cpus, clientip_sticks, http,
-    must_be_root, none_spreads, sh, stop,
+    LIMPET, Testbed, VIP4, VIP6, admin_get_in, allowed_cpu_list, allowed_cpus, clientip_sticks,
+    http, must_be_root, none_spreads, sh, stop,
 };
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -189,6 +189,8 @@ impl Io {
 pub struct Limpet {
     child: Child,
     log: PathBuf,
+    /// The namespace it runs in.
+    ns: String,
 }
 
 impl Limpet {
@@ -220,8 +222,13 @@ impl Limpet {
     /// `--kubeconfig PATH`) and `args`, logging to `log`, and waits until
     /// its admin API answers and it has published a snapshot.
     pub fn spawn(source: &[&OsStr], args: &[String], log: PathBuf) -> Self {
+        Self::spawn_in("lp-lb", source, args, log)
+    }
+
+    /// [`spawn`](Self::spawn) in namespace `ns`.
+    pub fn spawn_in(ns: &str, source: &[&OsStr], args: &[String], log: PathBuf) -> Self {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", "lp-lb", LIMPET, "run"])
+        cmd.args(["netns", "exec", ns, LIMPET, "run"])
             .args(source)
             .args(args)
             .args(["--idle", "wait"]);
@@ -236,7 +243,11 @@ impl Limpet {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting limpet");
-        let mut limpet = Limpet { child, log };
+        let mut limpet = Limpet {
+            child,
+            log,
+            ns: ns.to_owned(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = limpet.child.try_wait() {
@@ -246,9 +257,7 @@ impl Limpet {
                 );
             }
             let ready = Command::new("ip")
-                .args([
-                    "netns", "exec", "lp-lb", LIMPET, "affinity", "list", "--json",
-                ])
+                .args(["netns", "exec", ns, LIMPET, "affinity", "list", "--json"])
                 .output()
                 .is_ok_and(|o| o.status.success());
             if ready && limpet.log_text().contains("published snapshot") {
@@ -294,9 +303,8 @@ impl Limpet {
     }
 
     /// The sum over every series of the Prometheus metric `name`.
-    #[allow(clippy::unused_self)] // asks this running instance
     pub fn metric(&self, name: &str) -> f64 {
-        let (code, body) = admin_get("/metrics");
+        let (code, body) = admin_get_in(&self.ns, "/metrics");
         assert_eq!(code, 200, "/metrics: {body}");
         body.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -304,10 +312,9 @@ impl Limpet {
             .sum()
     }
 
-    #[allow(clippy::unused_self)] // asks this running instance
     pub fn affinity(&self) -> Vec<Value> {
         let out = sh(Command::new("ip").args([
-            "netns", "exec", "lp-lb", LIMPET, "affinity", "list", "--json",
+            "netns", "exec", &self.ns, LIMPET, "affinity", "list", "--json",
         ]));
         serde_json::from_str(&out).expect("affinity list --json")
     }

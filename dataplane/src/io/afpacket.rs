@@ -78,7 +78,7 @@
 
 pub(crate) mod bpf;
 mod raw;
-mod sys;
+pub(super) mod sys;
 
 pub use bpf::{MAX_INSNS, fanout_client_program, neighbour_filter};
 pub use raw::RawSocket;

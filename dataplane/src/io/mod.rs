@@ -9,6 +9,7 @@ pub mod afpacket;
 pub mod dpdk;
 pub mod memory;
 pub mod steer;
+pub mod tun;
 
 pub use memory::{MemoryIo, MemoryPacket};
 

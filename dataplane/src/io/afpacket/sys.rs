@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::{self, NonNull};
 use std::time::Duration;
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(in crate::io) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -16,7 +16,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// An interface name as the kernel wants it: NUL-padded, at most 15 bytes.
-pub(super) fn ifname(name: &str) -> Option<[libc::c_char; libc::IFNAMSIZ]> {
+pub(in crate::io) fn ifname(name: &str) -> Option<[libc::c_char; libc::IFNAMSIZ]> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
         return None;
@@ -126,7 +126,7 @@ pub(super) fn bind(fd: &OwnedFd, ifindex: u32, protocol: u16) -> io::Result<()> 
     cvt(ret).map(drop)
 }
 
-pub(super) fn if_nametoindex(name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<u32> {
+pub(in crate::io) fn if_nametoindex(name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<u32> {
     // SAFETY: `name` is NUL-terminated (see `ifname`) and outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
@@ -152,7 +152,7 @@ pub(super) fn if_indextoname(index: u32) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn ifreq(name: &[libc::c_char; libc::IFNAMSIZ]) -> libc::ifreq {
+pub(in crate::io) fn ifreq(name: &[libc::c_char; libc::IFNAMSIZ]) -> libc::ifreq {
     // SAFETY: `ifreq` is a C struct of integer arrays and a union of
     // integers, `sockaddr`s and a pointer, for all of which all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -160,15 +160,23 @@ fn ifreq(name: &[libc::c_char; libc::IFNAMSIZ]) -> libc::ifreq {
     req
 }
 
-fn ioctl_ifreq(fd: &OwnedFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: `req` is a live, writable `ifreq`, which is what the SIOCGIF*
-    // requests used here read and write.
+pub(in crate::io) fn ioctl_ifreq(
+    fd: &OwnedFd,
+    request: libc::c_ulong,
+    req: &mut libc::ifreq,
+) -> io::Result<()> {
+    // SAFETY: `req` is a live, writable `ifreq`, which is what every
+    // request passed here (SIOCGIF*, SIOCSIFFLAGS, TUNSETIFF) reads and
+    // writes.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, ptr::from_mut(req)) };
     cvt(ret).map(drop)
 }
 
 /// `SIOCGIFFLAGS`.
-pub(super) fn if_flags(fd: &OwnedFd, name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<i32> {
+pub(in crate::io) fn if_flags(
+    fd: &OwnedFd,
+    name: &[libc::c_char; libc::IFNAMSIZ],
+) -> io::Result<i32> {
     let mut req = ifreq(name);
     ioctl_ifreq(fd, libc::SIOCGIFFLAGS, &mut req)?;
     // SAFETY: SIOCGIFFLAGS wrote `ifru_flags`; every union member is plain
