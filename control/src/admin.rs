@@ -14,7 +14,10 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use crossbeam_channel::{Sender, bounded};
-use limpet_dataplane::command::{AffinityFilter, AffinityRecord, Command, WorkerReport};
+use limpet_dataplane::affinity::BackendId;
+use limpet_dataplane::command::{
+    AffinityFilter, AffinityRecord, BackendLoad, Command, WorkerReport,
+};
 use limpet_dataplane::stats::DropReason;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -32,6 +35,10 @@ pub struct AffinityView {
     pub service: String,
     pub backend: String,
     pub backend_usable: bool,
+    /// Its backend is being drained (`limpet drain`): `draining` or
+    /// `deadline_passed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_drain: Option<crate::drain::Phase>,
     pub idle_seconds: u32,
     /// `None` when the service port no longer has `ClientIP` affinity.
     pub expires_in_seconds: Option<u32>,
@@ -147,19 +154,20 @@ pub fn list_affinity(
         })
         .map_err(ListError::Workers)?;
         let state = shared.lock();
+        let now = std::time::Instant::now();
         for (worker, records) in per_worker.into_iter().enumerate() {
             out.extend(records.into_iter().map(|r: AffinityRecord| {
+                let backend = state.backends.get(&r.backend);
                 AffinityView {
                     client: r.client,
                     service: state
                         .snapshot
                         .by_id(r.service)
                         .map_or_else(|| format!("#{}", r.service), |s| s.spec.name.clone()),
-                    backend: state
-                        .backends
-                        .get(&r.backend)
+                    backend: backend
                         .map_or_else(|| format!("#{}", r.backend), SocketAddr::to_string),
                     backend_usable: r.backend_usable,
+                    backend_drain: backend.and_then(|b| state.drains.of(b.ip(), b.port(), now)),
                     idle_seconds: r.idle,
                     expires_in_seconds: r.expires_in,
                     worker,
@@ -257,6 +265,139 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             .into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+/// One drain as `GET /v1/drain` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainView {
+    pub target: String,
+    pub phase: crate::drain::Phase,
+    pub started_seconds_ago: u64,
+    /// Negative once the deadline has passed.
+    pub deadline_in_seconds: i64,
+    /// Endpoints: the backends (address and port) it covers now, and what
+    /// still points at them, summed over every worker. The node: none.
+    pub backends: Vec<String>,
+    pub clients_pinned: u64,
+    pub connections_open: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct DrainQuery {
+    target: String,
+    /// `300`, `300s`, `5m`; default 300 s.
+    deadline: Option<String>,
+}
+
+/// Every drain with its progress: asks every worker what still points at
+/// the drained backends.
+pub fn list_drains(shared: &Shared) -> Result<Vec<DrainView>, String> {
+    let now = std::time::Instant::now();
+    let (drains, known) = {
+        let state = shared.lock();
+        let drains: Vec<_> = state.drains.iter().map(|(t, d)| (*t, *d)).collect();
+        let known: Vec<(BackendId, SocketAddr)> =
+            state.backends.iter().map(|(id, a)| (*id, *a)).collect();
+        (drains, known)
+    };
+    let mut views = Vec::with_capacity(drains.len());
+    for (target, drain) in drains {
+        let covered: Vec<(BackendId, SocketAddr)> = known
+            .iter()
+            .filter(|(_, a)| target.covers(a.ip(), a.port()))
+            .copied()
+            .collect();
+        let mut load = BackendLoad::default();
+        if !covered.is_empty() {
+            let ids: Vec<BackendId> = covered.iter().map(|(id, _)| *id).collect();
+            for per_worker in ask_all(shared, |reply| Command::BackendLoad {
+                backends: ids.clone(),
+                reply,
+            })? {
+                for l in per_worker {
+                    load.add(l);
+                }
+            }
+        }
+        let mut backends: Vec<String> = covered.iter().map(|(_, a)| a.to_string()).collect();
+        backends.sort();
+        let left = if now < drain.deadline {
+            i64::try_from(drain.deadline.duration_since(now).as_secs()).unwrap_or(i64::MAX)
+        } else {
+            -i64::try_from(now.duration_since(drain.deadline).as_secs()).unwrap_or(i64::MAX)
+        };
+        views.push(DrainView {
+            target: target.to_string(),
+            phase: crate::drain::Drains::phase(&drain, now),
+            started_seconds_ago: now.duration_since(drain.started).as_secs(),
+            deadline_in_seconds: left,
+            backends,
+            clients_pinned: load.pinned_clients,
+            connections_open: load.open_connections,
+        });
+    }
+    Ok(views)
+}
+
+async fn get_drains(State(shared): State<Arc<Shared>>) -> Response {
+    match blocking(move || list_drains(&shared)).await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+fn drain_query(uri: &Uri) -> Result<(crate::drain::DrainTarget, Option<Duration>), Box<Response>> {
+    let Query(q): Query<DrainQuery> =
+        Query::try_from_uri(uri).map_err(|r| Box::new(r.into_response()))?;
+    let target = q.target.parse().map_err(|e: crate::drain::BadTarget| {
+        Box::new(error(StatusCode::BAD_REQUEST, e.to_string()))
+    })?;
+    let deadline = q
+        .deadline
+        .as_deref()
+        .map(crate::drain::parse_duration)
+        .transpose()
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e)))?;
+    Ok((target, deadline))
+}
+
+/// `POST /v1/drain?target=T&deadline=300s`: starts a drain, or moves its
+/// deadline.
+async fn start_drain(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let (target, deadline) = match drain_query(&uri) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    let deadline = deadline.unwrap_or(crate::drain::DEFAULT_DEADLINE);
+    shared
+        .lock()
+        .drains
+        .start(target, deadline, std::time::Instant::now());
+    tracing::info!(%target, deadline_s = deadline.as_secs(), "drain started");
+    axum::Json(serde_json::json!({
+        "target": target.to_string(),
+        "deadline_in_seconds": deadline.as_secs(),
+    }))
+    .into_response()
+}
+
+/// `DELETE /v1/drain?target=T`: ends a drain.
+async fn cancel_drain(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let (target, _) = match drain_query(&uri) {
+        Ok(q) => q,
+        Err(r) => return *r,
+    };
+    let cancelled = shared.lock().drains.cancel(target);
+    if cancelled {
+        tracing::info!(%target, "drain cancelled");
+        axum::Json(serde_json::json!({ "target": target.to_string(), "cancelled": true }))
+            .into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("{target} is not being drained"),
+        )
     }
 }
 
@@ -614,6 +755,11 @@ fn render_io_metrics(
 /// Prometheus text exposition of every worker's counters.
 pub fn render_metrics(shared: &Shared) -> Result<String, String> {
     let reports: Vec<WorkerReport> = ask_all(shared, |reply| Command::Report { reply })?;
+    let drains = if shared.lock().drains.is_empty() {
+        Vec::new()
+    } else {
+        list_drains(shared)?
+    };
     let state = shared.lock();
     let mut out = String::new();
     let per_worker = |f: &dyn Fn(&WorkerReport) -> f64| -> Vec<(String, f64)> {
@@ -662,6 +808,7 @@ pub fn render_metrics(shared: &Shared) -> Result<String, String> {
         &mut drops.into_iter(),
     );
     render_control_metrics(&mut out, &state);
+    render_drain_metrics(&mut out, &drains);
     render_io_metrics(&mut out, &reports, &state.ports);
     Ok(out)
 }
@@ -724,6 +871,39 @@ fn render_control_metrics(out: &mut String, state: &crate::state::ControlState) 
     }
 }
 
+/// Each drain's progress (`limpet drain`).
+fn render_drain_metrics(out: &mut String, drains: &[DrainView]) {
+    if drains.is_empty() {
+        return;
+    }
+    let series = |f: fn(&DrainView) -> f64| {
+        drains
+            .iter()
+            .map(move |d| (format!("{{target=\"{}\"}}", d.target), f(d)))
+    };
+    write_metric(
+        out,
+        "drain_clients_pinned",
+        "gauge",
+        "Sticky clients whose entry still names a drained endpoint.",
+        &mut series(|d| d.clients_pinned as f64),
+    );
+    write_metric(
+        out,
+        "drain_connections_open",
+        "gauge",
+        "Open connections to a drained endpoint.",
+        &mut series(|d| d.connections_open as f64),
+    );
+    write_metric(
+        out,
+        "drain_deadline_seconds",
+        "gauge",
+        "Seconds to a drain's deadline; negative once it has passed.",
+        &mut series(|d| d.deadline_in_seconds as f64),
+    );
+}
+
 /// What `--announce` offers the tier's routers.
 fn render_announce_metrics(out: &mut String, a: &crate::announce::AnnounceStatus) {
     write_metric(
@@ -782,6 +962,10 @@ pub fn router(shared: Arc<Shared>, token: Option<Arc<str>>) -> Router {
     let v1 = Router::new()
         .route("/v1/services", get(services))
         .route("/v1/status", get(status))
+        .route(
+            "/v1/drain",
+            get(get_drains).post(start_drain).delete(cancel_drain),
+        )
         .route("/v1/affinity", get(get_affinity).delete(delete_affinity))
         .route("/v1/affinity/flush", post(flush_affinity))
         .route_layer(axum::middleware::from_fn_with_state(token, require_token));

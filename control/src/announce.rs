@@ -608,7 +608,11 @@ mod tests {
                     true,
                     vec!["default/a".to_owned(), "default/b".to_owned()]
                 ),
-                ("192.0.2.101".to_owned(), false, vec!["default/c".to_owned()]),
+                (
+                    "192.0.2.101".to_owned(),
+                    false,
+                    vec!["default/c".to_owned()]
+                ),
             ]
         );
         assert_eq!(got[0].reason, "1 of 2 service ports have usable endpoints");

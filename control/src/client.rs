@@ -133,6 +133,69 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// Starts draining `target` (`node`, `ADDR`, `ADDR:PORT`) with `deadline`
+/// (`300s`, `5m`).
+pub fn drain_start(api: &AdminApi, target: &str, deadline: &str) -> Result<(), ClientError> {
+    request(
+        api,
+        "POST",
+        &format!(
+            "/v1/drain?target={}&deadline={}",
+            encode(target),
+            encode(deadline)
+        ),
+    )
+    .map(drop)
+}
+
+/// Ends a drain.
+pub fn drain_cancel(api: &AdminApi, target: &str) -> Result<(), ClientError> {
+    request(
+        api,
+        "DELETE",
+        &format!("/v1/drain?target={}", encode(target)),
+    )
+    .map(drop)
+}
+
+/// Every drain and its progress.
+pub fn drains(api: &AdminApi) -> Result<Vec<crate::admin::DrainView>, ClientError> {
+    Ok(serde_json::from_str(&request(api, "GET", "/v1/drain")?)?)
+}
+
+/// The table `limpet drain` prints.
+pub fn render_drains(drains: &[crate::admin::DrainView]) -> String {
+    if drains.is_empty() {
+        return "nothing is being drained\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<40} {:<16} {:>9} {:>14} {:>17}  BACKENDS\n",
+        "TARGET", "PHASE", "DEADLINE", "CLIENTS PINNED", "CONNECTIONS OPEN"
+    );
+    for d in drains {
+        let phase = match d.phase {
+            crate::drain::Phase::Draining => "draining",
+            crate::drain::Phase::DeadlinePassed => "deadline passed",
+        };
+        let deadline = if d.deadline_in_seconds >= 0 {
+            format!("in {}s", d.deadline_in_seconds)
+        } else {
+            format!("{}s ago", -d.deadline_in_seconds)
+        };
+        let _ = writeln!(
+            out,
+            "{:<40} {:<16} {:>9} {:>14} {:>17}  {}",
+            d.target,
+            phase,
+            deadline,
+            d.clients_pinned,
+            d.connections_open,
+            d.backends.join(",")
+        );
+    }
+    out
+}
+
 /// `GET /v1/status`, as JSON.
 pub fn status(api: &AdminApi) -> Result<serde_json::Value, ClientError> {
     Ok(serde_json::from_str(&request(api, "GET", "/v1/status")?)?)
@@ -253,10 +316,10 @@ pub fn render_table(entries: &[AffinityView]) -> String {
         "CLIENT", "SERVICE PORT", "BACKEND", "AGE", "EXPIRES IN"
     );
     for e in entries {
-        let backend = if e.backend_usable {
-            e.backend.clone()
-        } else {
-            format!("{} (gone)", e.backend)
+        let backend = match (e.backend_usable, e.backend_drain) {
+            (false, _) => format!("{} (gone)", e.backend),
+            (true, Some(crate::drain::Phase::Draining)) => format!("{} (draining)", e.backend),
+            (true, _) => e.backend.clone(),
         };
         let expires = e
             .expires_in_seconds

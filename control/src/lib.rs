@@ -13,6 +13,7 @@ pub mod debounce;
 pub mod demo;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod drain;
 pub mod health;
 pub mod ids;
 pub mod kube_source;

@@ -22,6 +22,7 @@ pub use crate::backend::{Idle, Link};
 use crate::compile::{CompileStats, SnapshotCompiler};
 use crate::config::{ConfigError, ConfigSource};
 use crate::debounce::Debounce;
+use crate::drain::Drains;
 use crate::health::{HealthIndex, HealthServer};
 use crate::kube_source::{KubeOptions, KubeSource, KubeUpdate};
 use crate::state::PortMetrics;
@@ -308,6 +309,10 @@ struct Control {
     /// this node can serve (`None`: not told yet).
     beats: Vec<Arc<Heartbeat>>,
     told_serving: Option<bool>,
+    /// The operator's drains as last published, and how many of their
+    /// deadlines had passed then.
+    drains: Drains,
+    drains_passed: usize,
 }
 
 impl Control {
@@ -384,7 +389,9 @@ impl Control {
         let hops = next_hops(&self.resolved);
         let mut specs = Vec::with_capacity(self.specs.len());
         self.unresolved.clear();
-        for (spec, unresolved) in with_macs(self.specs.values(), &hops) {
+        let now = Instant::now();
+        for (mut spec, unresolved) in with_macs(self.specs.values(), &hops) {
+            self.drains.apply(&mut spec, now);
             if unresolved > 0 {
                 self.unresolved.insert(spec.id, unresolved);
             }
@@ -407,9 +414,11 @@ impl Control {
         let hops = next_hops(&self.resolved);
         let mut specs = Vec::with_capacity(changed.len());
         let mut unresolved_now = HashMap::new();
-        for (spec, unresolved) in
+        let now = Instant::now();
+        for (mut spec, unresolved) in
             with_macs(changed.iter().filter_map(|id| self.specs.get(id)), &hops)
         {
+            self.drains.apply(&mut spec, now);
             unresolved_now.insert(spec.id, unresolved);
             specs.push(spec);
         }
@@ -624,11 +633,6 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         l2.push((tx, link.addresses.clone()));
     }
     listeners.serve(&shared, opts.admin_token.clone())?;
-    let announcer = opts
-        .announce
-        .as_ref()
-        .map(|a| Announcer::start(a, Arc::clone(&shared)))
-        .transpose()?;
 
     let mut control = Control {
         shared: Arc::clone(&shared),
@@ -645,9 +649,13 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
         health_server: HealthServer::start(Arc::clone(&shared))
             .map_err(|e| RunError::Other(format!("starting the health check server: {e}")))?,
         announce: AnnounceIndex::default(),
-        announcer,
+        announcer: (opts.announce.as_ref())
+            .map(|a| Announcer::start(a, Arc::clone(&shared)))
+            .transpose()?,
         beats,
         told_serving: None,
+        drains: Drains::default(),
+        drains_passed: 0,
     };
     // Restored before the first snapshot, so no client is placed anew
     // before its entry is back.
@@ -714,6 +722,8 @@ impl Control {
         }
         let why_not = if self.compiler.generation() == 0 {
             Some("no snapshot served yet".to_owned())
+        } else if let Some(why) = self.drains.node(Instant::now()) {
+            Some(why)
         } else {
             self.beats
                 .iter()
@@ -734,6 +744,38 @@ impl Control {
                 announcer.serving(why_not);
             }
             self.told_serving = Some(serving);
+        }
+    }
+
+    /// Republishes when the operator started or ended a drain, or a
+    /// drain's deadline passed.
+    fn check_drains(&mut self) {
+        let now = Instant::now();
+        let changed = {
+            let state = self.shared.lock();
+            if state.drains.generation() == self.drains.generation() {
+                None
+            } else {
+                Some(state.drains.clone())
+            }
+        };
+        let passed = changed.as_ref().unwrap_or(&self.drains).passed(now);
+        if changed.is_none() && passed == self.drains_passed {
+            return;
+        }
+        if let Some(drains) = changed {
+            self.drains = drains;
+        }
+        self.drains_passed = passed;
+        info!(
+            drains = self.drains.iter().count(),
+            deadlines_passed = passed,
+            "drains changed: republishing"
+        );
+        if self.compiler.generation() > 0
+            && let Err(e) = self.publish()
+        {
+            error!("snapshot not published: {e}");
         }
     }
 
@@ -885,6 +927,7 @@ fn control_loop(
             probed = Instant::now();
             control.probe_ports();
         }
+        control.check_drains();
         control.check_serving();
         if let Live::Kubernetes(k) = live {
             // Not ready while the API server is out of reach or a relist

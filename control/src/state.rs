@@ -54,6 +54,9 @@ pub struct ControlState {
     pub ports: Vec<PortMetrics>,
     /// What is announced to the tier's routers, and why (`--announce`).
     pub announce: Option<crate::announce::AnnounceStatus>,
+    /// The operator's drains (`limpet drain`); the control loop publishes
+    /// their effect.
+    pub drains: crate::drain::Drains,
 }
 
 impl Default for ControlState {
@@ -69,6 +72,7 @@ impl Default for ControlState {
             unresolved_backends: 0,
             ports: Vec::new(),
             announce: None,
+            drains: crate::drain::Drains::default(),
         }
     }
 }

@@ -325,6 +325,9 @@ impl Tier {
             &self.socket(ns).display().to_string(),
             "--announce-link",
             "limpet0",
+            // A restart brings its entries back, as the DaemonSet's does.
+            "--state-file",
+            &dir.join("limpet.state").display().to_string(),
         ]
         .map(str::to_owned)
         .to_vec();
@@ -382,39 +385,64 @@ impl Tier {
         out
     }
 
-    /// Backend per client, after `CONNECTIONS` new connections each;
-    /// panics if a client failed or reached two backends.
+    /// The backends each client reached over `CONNECTIONS` new
+    /// connections; panics if a connection failed.
     #[allow(clippy::unused_self)] // from the tier's clients
-    fn clients(&self, what: &str) -> BTreeMap<String, String> {
+    fn clients(&self, what: &str) -> Visits {
         let answers = http_from("lp-tcl", VIP, FIRST_CLIENT, CLIENTS, CONNECTIONS);
-        let mut failed = 0;
-        let mut split = 0;
-        let mut sticky = BTreeMap::new();
-        for (client, results) in &answers.results {
-            if results.iter().any(Option::is_none) {
-                failed += 1;
-                continue;
-            }
-            let set: BTreeSet<&String> = results.iter().flatten().collect();
-            if set.len() == 1 {
-                sticky.insert(client.clone(), (*set.first().unwrap()).clone());
-            } else {
-                split += 1;
-            }
+        let mut visits = BTreeMap::new();
+        for (client, results) in answers.results {
+            assert!(
+                results.iter().all(Option::is_some),
+                "{what}: client {client} had a connection fail: {results:?}"
+            );
+            visits.insert(client, results.into_iter().flatten().collect());
         }
-        let share = sticky.len() as f64 / CLIENTS as f64;
+        let visits = Visits(visits);
         println!(
-            "tier {what}: {} of {CLIENTS} clients on one backend over {CONNECTIONS} connections \
-             ({:.1} %), {split} on two or more, {failed} with a failed connection",
-            sticky.len(),
-            share * 100.0
+            "tier {what}: {} of {CLIENTS} clients on one backend over {CONNECTIONS} connections ({:.1} %)",
+            visits.single().len(),
+            visits.single().len() as f64 * 100.0 / CLIENTS as f64
         );
+        visits
+    }
+}
+
+/// Per client, the backends its connections reached.
+struct Visits(BTreeMap<String, BTreeSet<String>>);
+
+impl Visits {
+    /// Clients whose every connection reached one backend, with it.
+    fn single(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .filter(|(_, b)| b.len() == 1)
+            .map(|(c, b)| (c.clone(), b.first().unwrap().clone()))
+            .collect()
+    }
+
+    /// Asserts the share of clients on one backend is at least 99.9 %.
+    fn assert_sticky(&self, what: &str) -> BTreeMap<String, String> {
+        let single = self.single();
         assert!(
-            share >= 0.999,
-            "{what}: only {:.1} % of clients stayed on one backend ({split} split, {failed} failed)",
-            share * 100.0
+            single.len() * 1000 >= CLIENTS * 999,
+            "{what}: only {} of {CLIENTS} clients stayed on one backend",
+            single.len()
         );
-        sticky
+        single
+    }
+
+    /// Clients of `before` that reached anything other than their backend.
+    fn moved_from(&self, before: &BTreeMap<String, String>) -> BTreeSet<String> {
+        before
+            .iter()
+            .filter(|(c, b)| {
+                self.0
+                    .get(*c)
+                    .is_none_or(|now| now.len() != 1 || now.first() != Some(*b))
+            })
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 }
 
@@ -451,10 +479,10 @@ fn now_ms() -> u128 {
 }
 
 /// The Service (`type: LoadBalancer`, `ClientIP`) and its three endpoints,
-/// `ready` saying whether they are ready.
-fn manifest(ready: bool) -> String {
+/// `ready[i]` saying whether endpoint `i` is ready.
+fn manifest(ready: [bool; 3]) -> String {
     let mut endpoints = String::new();
-    for (ns, addr, _) in BACKENDS {
+    for ((ns, addr, _), ready) in BACKENDS.into_iter().zip(ready) {
         let _ = write!(
             endpoints,
             "- addresses: [\"{addr}\"]\n  conditions:\n    ready: {ready}\n    serving: {ready}\n  targetRef:\n    kind: Pod\n    name: {ns}\n"
@@ -504,23 +532,34 @@ endpoints:
 }
 
 /// A manifest directory per node.
-fn write_manifest(dir: &Path, ready: bool) {
+fn write_manifest(dir: &Path, ready: [bool; 3]) {
     std::fs::create_dir_all(dir).unwrap();
     let tmp = dir.join(".web.yaml.tmp");
     std::fs::write(&tmp, manifest(ready)).unwrap();
     std::fs::rename(&tmp, dir.join("web.yaml")).unwrap();
 }
 
+/// A node's affinity entries: client -> backend name.
+fn entries(limpet: &Limpet) -> BTreeMap<String, String> {
+    limpet
+        .affinity()
+        .iter()
+        .map(|e| {
+            let backend = e["backend"].as_str().unwrap();
+            let ip = backend.split(':').next().unwrap();
+            let name = BACKENDS
+                .iter()
+                .find(|b| b.1 == ip)
+                .unwrap_or_else(|| panic!("unknown backend {backend}"))
+                .0;
+            (e["client"].as_str().unwrap().to_owned(), name.to_owned())
+        })
+        .collect()
+}
+
 fn status(ns: &str) -> serde_json::Value {
     let out = sh(Command::new("ip").args(["netns", "exec", ns, LIMPET, "status", "--json"]));
     serde_json::from_str(&out).expect("limpet status --json")
-}
-
-fn moved(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> usize {
-    before
-        .iter()
-        .filter(|(c, b)| after.get(*c).is_some_and(|a| a != *b))
-        .count()
 }
 
 fn router_replies_from_backends() -> u64 {
@@ -542,8 +581,9 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
         .iter()
         .map(|(ns, ..)| tier.node_dir(ns).join("manifests"))
         .collect();
+    // Two endpoints ready at first; the third comes later.
     for m in &manifests {
-        write_manifest(m, true);
+        write_manifest(m, [true, true, false]);
     }
     let node_addrs: Vec<&str> = NODES.iter().map(|n| n.1).collect();
     let n1 = tier.start_limpet(0, &manifests[0]);
@@ -561,7 +601,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
 
     // (a) Both nodes up: each client's 4 connections land on both nodes by
     // ECMP, and every node picks the same backend.
-    let first = tier.clients("(a) both nodes up");
+    let first = tier.clients("(a) both nodes up").assert_sticky("(a)");
     let on = |l: &Limpet| l.affinity().len();
     let (c1, c2) = (on(&n1), on(&n2));
     println!("tier (a): clients seen by node 1: {c1}, by node 2: {c2} (of {CLIENTS})");
@@ -569,8 +609,6 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
         c1 > CLIENTS / 2 && c2 > CLIENTS / 2,
         "ECMP did not spread clients' connections over both nodes: {c1} and {c2}"
     );
-    let backends: BTreeSet<&String> = first.values().collect();
-    assert_eq!(backends.len(), 3, "clients reached {backends:?}");
     // (e) dsr: the backends answer the clients themselves, through the
     // router, never back through a node.
     let direct = router_replies_from_backends();
@@ -580,10 +618,37 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
         "only {direct} replies came straight from the backends"
     );
 
+    // The third endpoint becomes ready on both nodes: Maglev's pick
+    // changes for about a third of the clients, their entries keep them.
+    let (e1, e2) = (entries(&n1), entries(&n2));
+    for (m, l) in manifests.iter().zip([&n1, &n2]) {
+        let before = l.published();
+        write_manifest(m, [true, true, true]);
+        l.wait_published(before);
+    }
+    let added = tier.clients("endpoint added");
+    // A client both nodes had placed keeps its backend everywhere; one
+    // that only one node knew is placed by Maglev on the other, which now
+    // picks differently for about a third of them: those split. No state
+    // is shared between the nodes, so this is the tier's one divergence.
+    let known_to_both: BTreeSet<&String> = e1.keys().filter(|c| e2.contains_key(*c)).collect();
+    let split: BTreeSet<String> = added.moved_from(&first);
+    println!(
+        "tier, endpoint added: {} clients split over two backends, all among the {} \
+         clients only one node had seen ({} known to both kept theirs)",
+        split.len(),
+        CLIENTS - known_to_both.len(),
+        known_to_both.len()
+    );
+    assert!(
+        split.iter().all(|c| !known_to_both.contains(c)),
+        "clients both nodes knew moved when an endpoint came"
+    );
+
     // A node with no usable endpoint for the address withdraws it while it
     // keeps running; back when they are ready again.
     let before = n1.published();
-    write_manifest(&manifests[0], false);
+    write_manifest(&manifests[0], [false, false, false]);
     n1.wait_published(before);
     tier.wait_next_hops(&[NODES[1].1], Duration::from_secs(10));
     let s = status("lp-tn1");
@@ -591,11 +656,41 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     assert_eq!(route["announced"], false, "{s:#}");
     assert!(route["reason"].as_str().unwrap().contains("no"), "{s:#}");
     assert_eq!(s["announce"]["link_up"], true, "{s:#}");
-    write_manifest(&manifests[0], true);
+    write_manifest(&manifests[0], [true, true, true]);
+    tier.wait_next_hops(&node_addrs, Duration::from_secs(10));
+
+    // Draining node 1: every route withdrawn while it keeps forwarding;
+    // cancelled, announced again.
+    let drain = |args: &[&str]| {
+        sh(Command::new("ip")
+            .args(["netns", "exec", "lp-tn1", LIMPET, "drain"])
+            .args(args))
+    };
+    drain(&["node", "--deadline", "60s"]);
+    let drained = tier.wait_next_hops(&[NODES[1].1], Duration::from_secs(10));
+    println!(
+        "tier: node 1 drained (limpet drain node): route withdrawn {} ms later",
+        drained.as_millis()
+    );
+    let s = status("lp-tn1");
+    assert_eq!(s["announce"]["link_up"], false, "{s:#}");
+    assert!(
+        s["announce"]["withdrawn_because"]
+            .as_str()
+            .unwrap()
+            .contains("draining"),
+        "{s:#}"
+    );
+    drain(&["node", "--cancel"]);
     tier.wait_next_hops(&node_addrs, Duration::from_secs(10));
 
     // (b) A planned stop of node 1: its route goes first, its clients move
-    // to node 2 and keep their backend (node 2 picks as node 1 did).
+    // to node 2, which keeps each client it has an entry for on that
+    // backend (the same one node 1 has, unless the client split above) and
+    // places the others by Maglev: those whose backend is no longer
+    // Maglev's pick move, the counted share.
+    let before_loss = tier.clients("(b) before node 1 stops").single();
+    let on_2 = entries(&n2);
     let stopping = std::thread::spawn(move || drop(n1));
     let withdrawn = tier.wait_next_hops(&[NODES[1].1], Duration::from_secs(10));
     stopping.join().unwrap();
@@ -604,26 +699,68 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
         withdrawn.as_millis()
     );
     let after_loss = tier.clients("(b) node 1 stopped");
-    let moved_loss = moved(&first, &after_loss);
-    println!("tier (b): {moved_loss} of {CLIENTS} clients changed backend on node 1's loss");
+    let after_loss_single = after_loss.assert_sticky("(b)");
+    let moved_loss = after_loss.moved_from(&before_loss);
+    let unknown_to_2 = before_loss
+        .keys()
+        .filter(|c| !on_2.contains_key(*c))
+        .count();
+    println!(
+        "tier (b): {} of {} clients changed backend on node 1's loss; node 2 had no entry for {}",
+        moved_loss.len(),
+        before_loss.len(),
+        unknown_to_2
+    );
     assert_eq!(on(&n2), CLIENTS, "node 2 must serve every client now");
-    assert_eq!(moved_loss, 0, "clients moved although every node agrees");
+    for (client, backend) in &on_2 {
+        assert_eq!(
+            after_loss_single.get(client),
+            Some(backend),
+            "node 2 did not keep {client} on its entry's backend"
+        );
+    }
+    assert!(
+        moved_loss
+            .iter()
+            .all(|c| on_2.get(c).is_none_or(|b| Some(b) != before_loss.get(c))),
+        "clients moved whose entry node 2 honoured"
+    );
 
-    // (c) Node 1 returns: ECMP sends clients back, and none moves.
+    // (c) Node 1 returns with its saved entries: ECMP sends clients back.
+    // A client whose entries on the two nodes agree stays put; one whose
+    // entries differ (it moved in (b)) meets its old backend again on the
+    // connections ECMP sends to node 1.
     let n1 = tier.start_limpet(0, &manifests[0]);
     let back = tier.wait_next_hops(&node_addrs, Duration::from_secs(30));
     println!(
         "tier (c): node 1 back at the router {} ms after its start",
         back.as_millis()
     );
+    let (r1, r2) = (entries(&n1), entries(&n2));
     let after_return = tier.clients("(c) node 1 back");
-    let moved_return = moved(&first, &after_return);
+    let moved_return = after_return.moved_from(&after_loss_single);
+    let disagreeing: BTreeSet<String> = r1
+        .iter()
+        .filter(|(c, b)| r2.get(*c).is_some_and(|b2| b2 != *b))
+        .map(|(c, _)| c.clone())
+        .collect();
     println!(
-        "tier (c): {moved_return} of {CLIENTS} clients changed backend on node 1's return; node 1 saw {}",
-        on(&n1)
+        "tier (c): {} of {CLIENTS} clients moved on node 1's return, all among the {} whose \
+         restored entry on node 1 differs from node 2's; node 1 restored {} entries",
+        moved_return.len(),
+        disagreeing.len(),
+        r1.len()
     );
-    assert!(on(&n1) > CLIENTS / 2, "ECMP sent node 1 no clients back");
-    assert_eq!(moved_return, 0, "clients moved on node 1's return");
+    assert!(
+        r1.len() > CLIENTS / 2,
+        "node 1 restored {} entries",
+        r1.len()
+    );
+    assert!(
+        moved_return.is_subset(&disagreeing),
+        "node 1's return moved {:?}",
+        moved_return.difference(&disagreeing).collect::<Vec<_>>()
+    );
 
     // (d) SIGKILL: limpet does nothing, its liveness link goes with its
     // process and BIRD withdraws the route.

@@ -5,6 +5,7 @@
 
 use crate::affinity::{AffinityTable, BackendId, ServicePortId};
 use crate::family::Family;
+use crate::flow::{FlowState, FlowTable};
 use crate::snapshot::Snapshot;
 use crate::state::{ExportChunk, ExportCursor, RestoreReport, WorkerState};
 use crate::stats::WorkerStats;
@@ -60,6 +61,24 @@ pub struct WorkerReport {
     pub io: Vec<(&'static str, u64)>,
 }
 
+/// How many sticky clients and open connections point at one backend: a
+/// drain's progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendLoad {
+    /// Live affinity entries naming it (not past their timeout).
+    pub pinned_clients: u64,
+    /// Connections to it not closing: TCP before its FIN or RST, and UDP
+    /// and SCTP flows not timed out.
+    pub open_connections: u64,
+}
+
+impl BackendLoad {
+    pub fn add(&mut self, other: Self) {
+        self.pinned_clients += other.pinned_clients;
+        self.open_connections += other.open_connections;
+    }
+}
+
 /// A request to a worker; each carries where to send the answer.
 #[derive(Debug)]
 pub enum Command {
@@ -74,6 +93,13 @@ pub enum Command {
     },
     Report {
         reply: Sender<WorkerReport>,
+    },
+    /// Counts, for each of `backends`, what still points at it; answers in
+    /// the same order. Walks both tables whole: for an operator's request,
+    /// never on a timer.
+    BackendLoad {
+        backends: Vec<BackendId>,
+        reply: Sender<Vec<BackendLoad>>,
     },
     /// Saves up to `slots` table slots' worth of entries from `from` on
     /// (a checkpoint walks the tables a chunk per request, so a worker
@@ -137,4 +163,34 @@ pub(crate) fn list<A: Family>(
 /// Removes the entries of one family's table that `filter` selects.
 pub(crate) fn delete<A: Family>(table: &mut AffinityTable<A>, filter: &AffinityFilter) -> usize {
     table.remove_where(|e| filter.matches(e.key.service, e.key.client.ip()))
+}
+
+/// Adds what one family's tables hold for each of `backends` to `out`
+/// (`out[i]` for `backends[i]`).
+pub(crate) fn backend_load<A: Family>(
+    affinity: &AffinityTable<A>,
+    flows: &FlowTable<A>,
+    snapshot: &Snapshot,
+    backends: &[BackendId],
+    now: u32,
+    out: &mut [BackendLoad],
+) {
+    let slot = |b: BackendId| backends.iter().position(|&x| x == b);
+    for (entry, last_seen) in affinity.iter() {
+        let Some(i) = slot(entry.backend) else {
+            continue;
+        };
+        let timeout = snapshot.affinity_timeout(entry.key.service);
+        if timeout.is_some_and(|t| now >= crate::affinity::deadline(last_seen, t)) {
+            continue;
+        }
+        out[i].pinned_clients += 1;
+    }
+    for (flow, _) in flows.iter() {
+        if let Some(i) = slot(flow.backend)
+            && matches!(flow.state, FlowState::SynSent | FlowState::Established)
+        {
+            out[i].open_connections += 1;
+        }
+    }
 }

@@ -498,6 +498,26 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                     self.held = true;
                     let _ = reply.send(());
                 }
+                Command::BackendLoad { backends, reply } => {
+                    let mut out = vec![command::BackendLoad::default(); backends.len()];
+                    command::backend_load(
+                        &self.v4.affinity,
+                        &self.v4.flows,
+                        &self.snapshot,
+                        &backends,
+                        now,
+                        &mut out,
+                    );
+                    command::backend_load(
+                        &self.v6.affinity,
+                        &self.v6.flows,
+                        &self.snapshot,
+                        &backends,
+                        now,
+                        &mut out,
+                    );
+                    let _ = reply.send(out);
+                }
                 Command::Report { reply } => {
                     let _ = reply.send(WorkerReport {
                         stats: self.stats(),

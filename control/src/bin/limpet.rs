@@ -12,6 +12,7 @@ use limpet_dataplane::neighbour::InterfaceAddr;
 use limpet_dataplane::pipeline::WorkerConfig;
 use limpet_dataplane::snapshot::ForwardMode;
 use limpet_dataplane::wire::MacAddr;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,31 @@ enum Command {
         token_file: Option<PathBuf>,
         #[command(subcommand)]
         action: AffinityAction,
+    },
+    /// Drain an endpoint (`ADDR`: every port of it, or `ADDR:PORT`) or this
+    /// whole node (`node`: its announced routes are withdrawn) with a
+    /// deadline: a draining endpoint takes no new client, its sticky
+    /// clients and open connections stay until the deadline, then its
+    /// sticky clients re-pick while open connections stay until they end.
+    /// Without TARGET: every drain and its progress.
+    Drain {
+        /// `node`, an endpoint address, or an address and port.
+        target: Option<String>,
+        /// How long sticky clients keep the endpoint (`300s`, `5m`, `1h`).
+        #[arg(long, default_value = "300s")]
+        deadline: String,
+        /// End the drain of TARGET: it takes new clients again.
+        #[arg(long, requires = "target")]
+        cancel: bool,
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+        /// Address of the running limpet's admin API.
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+        /// A file holding the token the admin API wants.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
     },
     /// Show a running limpet's state: readiness, its snapshot, and which
     /// service addresses it announces to the tier's routers, and why.
@@ -761,6 +787,43 @@ fn manifest_node_addresses(given: Vec<IpAddr>, links: &[Link]) -> Vec<IpAddr> {
     addresses
 }
 
+/// `limpet drain`: starts or cancels a drain if asked, then shows them all.
+fn drain(
+    api: &limpet_control::client::AdminApi,
+    target: Option<&str>,
+    deadline: &str,
+    cancel: bool,
+    json: bool,
+) -> Result<String, String> {
+    use limpet_control::client;
+    let mut out = String::new();
+    if let Some(target) = target {
+        // Checked here too, so a typo is said before anything is sent.
+        target
+            .parse::<limpet_control::drain::DrainTarget>()
+            .map_err(|e| e.to_string())?;
+        if cancel {
+            client::drain_cancel(api, target).map_err(|e| e.to_string())?;
+            let _ = writeln!(out, "{target}: drain cancelled; it takes new clients again");
+        } else {
+            limpet_control::drain::parse_duration(deadline)?;
+            client::drain_start(api, target, deadline).map_err(|e| e.to_string())?;
+            let _ = writeln!(
+                out,
+                "{target}: draining; no new clients, sticky clients and open connections stay for {deadline}"
+            );
+        }
+    }
+    let drains = client::drains(api).map_err(|e| e.to_string())?;
+    if json {
+        return serde_json::to_string_pretty(&drains)
+            .map(|j| j + "\n")
+            .map_err(|e| e.to_string());
+    }
+    out.push_str(&client::render_drains(&drains));
+    Ok(out)
+}
+
 /// `--announce` and the flags that go with it.
 fn announce_options(args: &RunArgs) -> Option<AnnounceOptions> {
     args.announce.map(|SpeakerArg::Bird| AnnounceOptions {
@@ -873,6 +936,30 @@ fn run(args: RunArgs) -> Result<(), String> {
     limpet_control::run::run(&opts).map_err(|e| e.to_string())
 }
 
+/// A subcommand that talks to a running limpet's admin API: prints what
+/// `f` made of it, or says why it failed.
+fn admin_command(
+    name: &str,
+    addr: SocketAddr,
+    token_file: Option<&std::path::Path>,
+    f: impl FnOnce(&limpet_control::client::AdminApi) -> Result<String, String>,
+) -> ExitCode {
+    let result = token_file
+        .map(read_token)
+        .transpose()
+        .and_then(|token| f(&limpet_control::client::AdminApi { addr, token }));
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("limpet {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -896,48 +983,31 @@ fn main() -> ExitCode {
             admin,
             token_file,
             action,
-        } => match token_file
-            .as_deref()
-            .map(read_token)
-            .transpose()
-            .and_then(|token| {
-                let api = limpet_control::client::AdminApi { addr: admin, token };
-                affinity(&api, action).map_err(|e| e.to_string())
-            }) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("limpet affinity: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => admin_command("affinity", admin, token_file.as_deref(), |api| {
+            affinity(api, action).map_err(|e| e.to_string())
+        }),
+        Command::Drain {
+            target,
+            deadline,
+            cancel,
+            json,
+            admin,
+            token_file,
+        } => admin_command("drain", admin, token_file.as_deref(), |api| {
+            drain(api, target.as_deref(), &deadline, cancel, json)
+        }),
         Command::Status {
             admin,
             token_file,
             json,
-        } => match token_file
-            .as_deref()
-            .map(read_token)
-            .transpose()
-            .and_then(|token| {
-                let api = limpet_control::client::AdminApi { addr: admin, token };
-                limpet_control::client::status(&api).map_err(|e| e.to_string())
-            }) {
-            Ok(v) if json => {
-                println!("{v:#}");
-                ExitCode::SUCCESS
-            }
-            Ok(v) => {
-                print!("{}", limpet_control::client::render_status(&v));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("limpet status: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => admin_command("status", admin, token_file.as_deref(), |api| {
+            let v = limpet_control::client::status(api).map_err(|e| e.to_string())?;
+            Ok(if json {
+                format!("{v:#}\n")
+            } else {
+                limpet_control::client::render_status(&v)
+            })
+        }),
         Command::Demo {
             clients,
             backends,

@@ -6,7 +6,7 @@ pub mod fixtures;
 pub mod icmp;
 
 use limpet_dataplane::clock::{Clock, ManualClock};
-use limpet_dataplane::command::{AffinityFilter, AffinityRecord, Command};
+use limpet_dataplane::command::{AffinityFilter, AffinityRecord, BackendLoad, Command};
 use limpet_dataplane::io::MemoryIo;
 use limpet_dataplane::pipeline::{Action, Worker, WorkerConfig};
 use limpet_dataplane::snapshot::{Affinity, Backend, ForwardMode, ServicePortSpec, Snapshot};
@@ -137,6 +137,19 @@ impl Harness {
         self.commands
             .send(Command::ListAffinity {
                 filter: AffinityFilter::default(),
+                reply,
+            })
+            .unwrap();
+        self.worker.serve_commands(self.clock.now());
+        answer.recv().unwrap()
+    }
+
+    /// What points at each of `backends`, as a drain's progress reads it.
+    pub fn backend_load(&mut self, backends: &[u32]) -> Vec<BackendLoad> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(Command::BackendLoad {
+                backends: backends.to_vec(),
                 reply,
             })
             .unwrap();
