@@ -5,8 +5,9 @@
 //! The speaker is BIRD 2, driven the way BIRD is meant to be: limpet writes
 //! a configuration fragment that the operator's `bird.conf` includes (two
 //! static protocols, `limpet4` and `limpet6`, one `/32` or `/128` route per
-//! address) and asks for `birdc configure`, BIRD's own soft reconfiguration
-//! (BGP sessions stay up; only the changed static routes come and go).
+//! address) and sends `configure` over BIRD's control socket (what `birdc
+//! configure` sends), BIRD's own soft reconfiguration: BGP sessions stay
+//! up, only the changed static routes come and go.
 //!
 //! Why BIRD and this way, for robustness:
 //! - **limpet dying withdraws its routes without limpet.** Every route is
@@ -25,6 +26,7 @@
 //!   policy stay in the operator's BIRD configuration; limpet only names
 //!   the routes (`export where proto = "limpet4"`).
 
+use crate::backend::Heartbeat;
 use crate::state::Shared;
 use crate::translate::SpecInfo;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
@@ -37,7 +39,6 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,12 +49,10 @@ use tracing::{info, warn};
 pub struct AnnounceOptions {
     /// The fragment limpet owns; the speaker's configuration includes it.
     pub fragment: PathBuf,
-    /// BIRD's control socket, for `birdc -s`.
+    /// BIRD's control socket (`bird -s`, `birdc -s`).
     pub socket: PathBuf,
     /// The liveness link's name: every route is `via` it.
     pub link: String,
-    /// `birdc`, by path or name.
-    pub birdc: PathBuf,
 }
 
 /// How long a worker may go without a heartbeat before this node stops
@@ -61,11 +60,39 @@ pub struct AnnounceOptions {
 /// 100 ms even while idle.
 pub const WORKER_STALL: Duration = Duration::from_secs(2);
 
+/// Why this node should not attract traffic now, if it should not: no
+/// snapshot published yet, the operator drains the node (`drain_node`), or
+/// a worker's heartbeat is older than `stall` (a hung or dead worker drops
+/// what the routers send it).
+pub fn why_not_serving(
+    published: bool,
+    drain_node: Option<String>,
+    beats: &[Arc<Heartbeat>],
+    stall: Duration,
+) -> Option<String> {
+    if !published {
+        return Some("no snapshot served yet".to_owned());
+    }
+    if drain_node.is_some() {
+        return drain_node;
+    }
+    beats
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.age() > stall)
+        .map(|(i, b)| {
+            format!(
+                "worker {i} has not polled for {:.1} s",
+                b.age().as_secs_f64()
+            )
+        })
+}
+
 /// How long a planned stop keeps forwarding after withdrawing, so that the
 /// routers have moved the flows they were sending here.
 pub const WITHDRAW_GRACE: Duration = Duration::from_secs(1);
 
-/// How long one `birdc` call may take before it is given up on.
+/// How long one exchange with BIRD may take before it is given up on.
 const BIRDC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Between retries of a failed reconfiguration, and speaker checks.
 const RETRY: Duration = Duration::from_secs(2);
@@ -163,7 +190,7 @@ pub fn routes(snapshot: &Snapshot, index: &AnnounceIndex) -> Vec<Route> {
 pub fn render_fragment(link: &str, addrs: &[IpAddr]) -> String {
     let mut out = String::from(
         "# Written by limpet: the service addresses this node serves now.\n\
-         # Do not edit; limpet rewrites it and runs `birdc configure`.\n",
+         # Do not edit; limpet rewrites it and has BIRD reconfigure.\n",
     );
     for (proto, channel, v4) in [("limpet4", "ipv4", true), ("limpet6", "ipv6", false)] {
         let _ = write!(
@@ -190,7 +217,7 @@ pub struct AnnounceStatus {
     pub link_up: bool,
     /// Why the link is down, if it is.
     pub withdrawn_because: Option<String>,
-    /// Whether the last `birdc` call reached the speaker and it took the
+    /// Whether the last exchange reached the speaker and it took the
     /// fragment.
     pub speaker_ok: bool,
     pub last_error: Option<String>,
@@ -279,7 +306,7 @@ impl Announcer {
     }
 
     /// Withdraws everything (link down, empty fragment) and waits for the
-    /// speaker to have taken it, or for `birdc`'s timeout.
+    /// speaker to have taken it, or for the exchange's timeout.
     pub fn withdraw_all(&mut self) {
         let (ack_tx, ack_rx) = bounded(1);
         if self.tx.send(Msg::Stop(ack_tx)).is_ok() {
@@ -388,7 +415,7 @@ impl BirdDriver {
                 self.fail(e.to_string());
                 return;
             }
-            match birdc(&self.opts, &["configure"]) {
+            match bird_command(&self.opts.socket, "configure") {
                 Ok(_) => {
                     if !self.speaker_ok {
                         info!(socket = %self.opts.socket.display(), "speaker took the fragment");
@@ -404,7 +431,7 @@ impl BirdDriver {
             // Nothing changed: only check that the speaker is there, so the
             // status says when it is not (a restarted BIRD reads the
             // fragment itself).
-            if let Err(e) = birdc(&self.opts, &["show", "status"]) {
+            if let Err(e) = bird_command(&self.opts.socket, "show status") {
                 self.fail(e);
             }
         }
@@ -458,52 +485,61 @@ fn fragment_routes(fragment: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Runs `birdc -s SOCKET ARGS...`, bounded by [`BIRDC_TIMEOUT`]; its output
-/// on success, or why it failed (birdc exits non-zero on a refused
-/// configuration and an unreachable socket alike, and says which).
-fn birdc(opts: &AnnounceOptions, args: &[&str]) -> Result<String, String> {
-    let mut child = Command::new(&opts.birdc)
-        .arg("-s")
-        .arg(&opts.socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running {}: {e}", opts.birdc.display()))?;
-    let deadline = Instant::now() + BIRDC_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "birdc {} gave no answer in {BIRDC_TIMEOUT:?}",
-                    args.join(" ")
-                ));
+/// Sends one command over BIRD's control socket, as `birdc` does, bounded
+/// by [`BIRDC_TIMEOUT`]: what BIRD said on success, or why it failed.
+///
+/// The protocol is BIRD's own, line by line: `NNNN-text` continues a reply,
+/// `NNNN text` ends it, a line starting with a space continues the last
+/// code. Codes from 8000 up are errors (run-time and parse errors alike).
+/// Spoken here rather than through `birdc`, so that limpet's container
+/// needs no BIRD client and a slow BIRD cannot leave a child behind.
+fn bird_command(socket: &Path, command: &str) -> Result<String, String> {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    let stream = UnixStream::connect(socket)
+        .map_err(|e| format!("BIRD's control socket {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(BIRDC_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(BIRDC_TIMEOUT)))
+        .map_err(|e| format!("BIRD's control socket: {e}"))?;
+    let mut reader = BufReader::new(&stream);
+    let read_reply = |reader: &mut BufReader<&UnixStream>| -> Result<(u16, Vec<String>), String> {
+        let mut said = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("reading BIRD's answer to {command:?}: {e}"))?;
+            if n == 0 {
+                return Err(format!("BIRD closed its control socket during {command:?}"));
             }
-            Err(e) => return Err(format!("waiting for birdc: {e}")),
+            let line = line.trim_end_matches('\n');
+            let code = line.get(..4).and_then(|c| c.parse::<u16>().ok());
+            match (code, line.as_bytes().get(4)) {
+                (Some(code), Some(b' ')) => {
+                    said.push(line[5..].to_owned());
+                    return Ok((code, said));
+                }
+                (Some(_), Some(b'-')) => said.push(line[5..].to_owned()),
+                _ => said.push(line.trim_start().to_owned()),
+            }
         }
+    };
+    let (code, hello) = read_reply(&mut reader)?;
+    if code != 1 {
+        return Err(format!(
+            "BIRD's control socket greeted with {code:04}: {}",
+            hello.join("; ")
+        ));
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("reading birdc: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The banner is not news; the rest is.
-    let said: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with("BIRD ") || !l.ends_with(" ready."))
-        .collect();
-    if out.status.success() {
-        Ok(said.join("\n"))
+    (&stream)
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("sending {command:?} to BIRD: {e}"))?;
+    let (code, said) = read_reply(&mut reader)?;
+    if code >= 8000 {
+        Err(format!("BIRD refused {command:?}: {}", said.join("; ")))
     } else {
-        Err(format!("birdc {}: {}", args.join(" "), said.join("; ")))
+        Ok(said.join("\n"))
     }
 }
 
@@ -630,6 +666,69 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_stops_beating_withdraws_the_node() {
+        let beats = vec![Arc::new(Heartbeat::new()), Arc::new(Heartbeat::new())];
+        for b in &beats {
+            b.beat();
+        }
+        let stall = Duration::from_millis(50);
+        assert_eq!(why_not_serving(true, None, &beats, stall), None);
+        assert!(why_not_serving(false, None, &beats, stall).is_some());
+        let drain = Some("the node is draining".to_owned());
+        assert_eq!(why_not_serving(true, drain.clone(), &beats, stall), drain);
+        // Worker 1 stops; worker 0 goes on.
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(20));
+            beats[0].beat();
+        }
+        let why = why_not_serving(true, None, &beats, stall).expect("worker 1 stalled");
+        assert!(why.starts_with("worker 1 has not polled"), "{why}");
+        beats[1].beat();
+        assert_eq!(why_not_serving(true, None, &beats, stall), None);
+    }
+
+    /// A control socket that greets as BIRD does and answers each command
+    /// with `answers[i]`.
+    fn fake_bird(answers: Vec<&'static str>) -> (tempfile::TempDir, PathBuf) {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bird.ctl");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for (conn, answer) in listener.incoming().zip(answers) {
+                let mut conn = conn.unwrap();
+                conn.write_all(b"0001 BIRD 2.0.12 ready.\n").unwrap();
+                let mut line = String::new();
+                BufReader::new(&conn).read_line(&mut line).unwrap();
+                conn.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn the_control_socket_is_spoken_as_bird_speaks_it() {
+        let (_dir, path) = fake_bird(vec![
+            "0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n",
+            "0002-Reading configuration from /etc/bird/bird.conf\n8002 limpet.conf:1:39 syntax error\n",
+            "1000-BIRD 2.0.12\n1011-Router ID is 192.0.2.1\n Hostname is vm\n0013 Daemon is up and running\n",
+        ]);
+        assert_eq!(
+            bird_command(&path, "configure").unwrap(),
+            "Reading configuration from /etc/bird/bird.conf\nReconfigured"
+        );
+        let err = bird_command(&path, "configure").unwrap_err();
+        assert!(err.contains("syntax error"), "{err}");
+        let ok = bird_command(&path, "show status").unwrap();
+        assert!(
+            ok.ends_with("Hostname is vm\nDaemon is up and running"),
+            "{ok}"
+        );
+        let gone = bird_command(Path::new("/nonexistent/bird.ctl"), "configure").unwrap_err();
+        assert!(gone.contains("control socket"), "{gone}");
+    }
+
+    #[test]
     fn the_fragment_routes_each_family_through_the_liveness_link() {
         let addrs: Vec<IpAddr> = vec![
             "192.0.2.100".parse().unwrap(),
@@ -640,7 +739,7 @@ mod tests {
         assert_eq!(
             text,
             "# Written by limpet: the service addresses this node serves now.\n\
-             # Do not edit; limpet rewrites it and runs `birdc configure`.\n\
+             # Do not edit; limpet rewrites it and has BIRD reconfigure.\n\
              protocol static limpet4 {\n    ipv4;\n    check link;\n\
              \x20   route 192.0.2.100/32 via \"limpet0\";\n\
              \x20   route 192.0.2.101/32 via \"limpet0\";\n}\n\

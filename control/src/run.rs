@@ -720,24 +720,12 @@ impl Control {
         if self.announcer.is_none() {
             return;
         }
-        let why_not = if self.compiler.generation() == 0 {
-            Some("no snapshot served yet".to_owned())
-        } else if let Some(why) = self.drains.node(Instant::now()) {
-            Some(why)
-        } else {
-            self.beats
-                .iter()
-                .enumerate()
-                .find(|(_, b)| b.age() > crate::announce::WORKER_STALL)
-                .map(|(i, b)| {
-                    format!(
-                        "worker {i} has not polled for {:.1} s",
-                        b.age().as_secs_f64()
-                    )
-                })
-        };
-        // The age in the message changes every tick; tell only on a change
-        // of state.
+        let why_not = crate::announce::why_not_serving(
+            self.compiler.generation() > 0,
+            self.drains.node(Instant::now()),
+            &self.beats,
+            crate::announce::WORKER_STALL,
+        );
         let serving = why_not.is_none();
         if self.told_serving != Some(serving) {
             if let Some(announcer) = &self.announcer {

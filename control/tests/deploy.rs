@@ -3,7 +3,8 @@
 //! the documentation says: least-privilege RBAC, no privileged container,
 //! readiness and metrics on a read-only listener, the admin API on
 //! loopback, a `PodMonitor` and a dashboard that name only what limpet
-//! exports.
+//! exports, and a tier overlay whose BIRD shares limpet's fragment and
+//! control socket (its configurations parsed by BIRD itself).
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
@@ -461,4 +462,170 @@ fn the_systemd_unit_keeps_af_packet_and_only_its_capabilities() {
         get("User").is_empty(),
         "root would not need ambient capabilities"
     );
+}
+
+/// Kubernetes' strategic merge of `patch` into `base`, for the lists the
+/// tier overlay touches: containers, env and volumes merge by `name`,
+/// volume mounts by `mountPath`; maps merge; anything else is replaced.
+fn strategic_merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(k) {
+                    Some(existing) => {
+                        let key = match k.as_str() {
+                            "containers" | "env" | "volumes" => Some("name"),
+                            "volumeMounts" => Some("mountPath"),
+                            _ => None,
+                        };
+                        match (key, existing, v) {
+                            (Some(key), Value::Array(items), Value::Array(new)) => {
+                                for n in new {
+                                    match items.iter_mut().find(|i| i[key] == n[key]) {
+                                        Some(i) => strategic_merge(i, n),
+                                        None => items.push(n.clone()),
+                                    }
+                                }
+                            }
+                            (_, existing, v) => strategic_merge(existing, v),
+                        }
+                    }
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
+}
+
+/// The tier overlay (`kubectl apply -k deploy/tier`): the base `DaemonSet`
+/// with BIRD beside limpet, sharing the fragment limpet writes and the
+/// control socket it talks to, and the TUN device limpet's liveness link
+/// needs.
+#[test]
+fn the_tier_overlay_puts_bird_beside_limpet_on_one_fragment_and_socket() {
+    let kustomization = documents("tier/kustomization.yaml");
+    assert_eq!(kustomization[0]["resources"][0], "../kubernetes");
+    assert_eq!(
+        kustomization[0]["patches"][0]["path"],
+        "daemonset-bird.yaml"
+    );
+    assert_eq!(
+        kustomization[0]["configMapGenerator"][0]["files"][0],
+        "bird.conf"
+    );
+    let base_kustomization = documents("kubernetes/kustomization.yaml");
+    for r in base_kustomization[0]["resources"].as_array().unwrap() {
+        assert!(deploy(&format!("kubernetes/{}", r.as_str().unwrap())).exists());
+    }
+    let mut merged = documents("kubernetes/daemonset.yaml").remove(1);
+    strategic_merge(&mut merged, &documents("tier/daemonset-bird.yaml")[0]);
+    let ds: DaemonSet = typed(&merged);
+    let pod = ds.spec.template.spec.unwrap();
+    let container = |name: &str| {
+        pod.containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} container"))
+            .clone()
+    };
+    let (limpet, bird) = (container("limpet"), container("bird"));
+    assert!(command_line(&limpet).contains("${LIMPET_EXTRA_ARGS:-}"));
+    let extra = limpet
+        .env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.name == "LIMPET_EXTRA_ARGS")
+        .and_then(|e| e.value.clone())
+        .expect("LIMPET_EXTRA_ARGS");
+    let flag = |name: &str| {
+        let words: Vec<&str> = extra.split_whitespace().collect();
+        words
+            .windows(2)
+            .find(|w| w[0] == name)
+            .map_or_else(|| panic!("{name} not in {extra}"), |w| w[1].to_owned())
+    };
+    assert_eq!(flag("--announce"), "bird");
+    let fragment = PathBuf::from(flag("--bird-fragment"));
+    let socket = PathBuf::from(flag("--birdc-socket"));
+    let bird_line = command_line(&bird);
+    assert!(
+        bird_line.contains(&format!("-s {}", socket.display())),
+        "{bird_line}"
+    );
+    // Both directories are one volume, mounted in both containers.
+    let volume_at = |c: &k8s_openapi::api::core::v1::Container, dir: &Path| {
+        c.volume_mounts
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|m| Path::new(&m.mount_path) == dir)
+            .map_or_else(
+                || panic!("{} not mounted in {}", dir.display(), c.name),
+                |m| m.name.clone(),
+            )
+    };
+    for dir in [fragment.parent().unwrap(), socket.parent().unwrap()] {
+        assert_eq!(volume_at(&limpet, dir), volume_at(&bird, dir));
+    }
+    // The include in bird.conf finds limpet's fragment.
+    let conf = std::fs::read_to_string(deploy("tier/bird.conf")).unwrap();
+    let include = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("include \""))
+        .and_then(|l| l.strip_suffix("\";"))
+        .expect("bird.conf includes limpet's fragment");
+    let (dir, pattern) = include.rsplit_once('/').unwrap();
+    assert_eq!(Path::new(dir), fragment.parent().unwrap());
+    let (prefix, suffix) = pattern.split_once('*').unwrap();
+    let name = fragment.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with(prefix) && name.ends_with(suffix),
+        "{pattern} misses {name}"
+    );
+    assert!(conf.contains("export where proto = \"limpet4\""));
+    // The liveness link's device.
+    let tun = volume_at(&limpet, Path::new("/dev/net/tun"));
+    let host = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == tun)
+        .and_then(|v| v.host_path.clone())
+        .expect("/dev/net/tun from the host");
+    assert_eq!(host.type_.as_deref(), Some("CharDevice"));
+    let sc = bird.security_context.unwrap();
+    assert_ne!(sc.privileged, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+}
+
+/// The tier's BIRD configurations are ones BIRD 2 accepts (`bird -p`,
+/// parse only), with the node's address filled in as the `DaemonSet` does.
+#[test]
+fn the_tier_bird_configurations_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["tier/bird.conf", "tier/router-bird.conf"] {
+        let text = std::fs::read_to_string(deploy(file))
+            .unwrap()
+            .replace("@NODE_ADDRESS@", "203.0.113.11")
+            // The fragment's directory is an emptyDir in the pod.
+            .replace("/run/limpet-bird/", &format!("{}/", dir.path().display()));
+        let path = dir.path().join("check.conf");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("running bird -p (scripts/test.sh installs bird2)");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

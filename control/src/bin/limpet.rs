@@ -308,8 +308,8 @@ struct RunArgs {
     link_wait: u64,
     /// Announce each LoadBalancer ingress address and external IP this
     /// node can serve through this node's BGP speaker (only `bird`: BIRD 2):
-    /// limpet writes --bird-fragment, which bird.conf includes, and runs
-    /// `birdc configure`. Every route is via --announce-link, a device
+    /// limpet writes --bird-fragment, which bird.conf includes, and has
+    /// BIRD reconfigure over its control socket. Every route is via --announce-link, a device
     /// that exists only while limpet runs: BIRD withdraws the routes when
     /// limpet dies, however it dies.
     #[arg(long, value_enum, value_name = "SPEAKER")]
@@ -830,7 +830,6 @@ fn announce_options(args: &RunArgs) -> Option<AnnounceOptions> {
         fragment: args.bird_fragment.clone(),
         socket: args.birdc_socket.clone(),
         link: args.announce_link.clone(),
-        birdc: "birdc".into(),
     })
 }
 
