@@ -9,9 +9,9 @@
 //!   connection, and open TCP connections keep it until they end or time
 //!   out (the flow table keeps their backend; UDP flows re-pick at once, as
 //!   kube-proxy's conntrack cleanup does). A service port whose every
-//!   usable endpoint drains keeps taking new clients on them rather than
-//!   dropping them, as Kubernetes falls back to serving terminating
-//!   endpoints; the drain's view says so.
+//!   usable endpoint is drained keeps taking new clients on them, before
+//!   and after the deadline, rather than dropping them, as Kubernetes falls
+//!   back to serving terminating endpoints.
 //! - **The node** withdraws every announced route (see
 //!   [`crate::announce`]), so the tier's routers send new flows to the
 //!   other nodes; it keeps forwarding whatever still arrives.
@@ -199,21 +199,25 @@ impl Drains {
     }
 
     /// The published form of `spec`: draining backends at weight 0,
-    /// those past their deadline left out. Unless that would leave no
-    /// backend of positive weight: then draining ones keep their weight
-    /// (they still take new clients, rather than none being served).
+    /// those past their deadline left out. Unless no backend of positive
+    /// weight would be left: then the spec is published as it is (its
+    /// drained endpoints still take new clients, rather than none being
+    /// served, as Kubernetes falls back to terminating endpoints).
     pub fn apply(&self, spec: &mut ServicePortSpec, now: Instant) {
         if self.drains.is_empty() {
             return;
         }
+        let undrained = spec
+            .backends
+            .iter()
+            .any(|b| b.weight > 0 && self.of(b.addr, b.port, now).is_none());
+        if !undrained {
+            return;
+        }
         spec.backends
             .retain(|b| self.of(b.addr, b.port, now) != Some(Phase::DeadlinePassed));
-        let draining = |b: &limpet_dataplane::snapshot::Backend| {
-            self.of(b.addr, b.port, now) == Some(Phase::Draining)
-        };
-        let others = spec.backends.iter().any(|b| b.weight > 0 && !draining(b));
-        if others {
-            for b in spec.backends.iter_mut().filter(|b| draining(b)) {
+        for b in &mut spec.backends {
+            if self.of(b.addr, b.port, now) == Some(Phase::Draining) {
                 b.weight = 0;
             }
         }
@@ -297,10 +301,13 @@ mod tests {
         assert_eq!(weights(&s), [("203.0.113.12".into(), 1)]);
         assert_eq!(drains.passed(later), 1);
 
-        // Its only endpoint draining: it keeps taking new clients.
-        let mut s = spec(&["203.0.113.11"]);
-        drains.apply(&mut s, now);
-        assert_eq!(weights(&s), [("203.0.113.11".into(), 1)]);
+        // Its only endpoint draining, or past its deadline: it keeps
+        // taking new clients.
+        for t in [now, later] {
+            let mut s = spec(&["203.0.113.11"]);
+            drains.apply(&mut s, t);
+            assert_eq!(weights(&s), [("203.0.113.11".into(), 1)]);
+        }
 
         let g = drains.generation();
         assert!(drains.cancel("203.0.113.11".parse().unwrap()));

@@ -7,6 +7,15 @@
 //! Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// A figure for the log: written to stderr itself, past libtest's capture
+/// of `println!`, so a passing run in CI prints it too.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod testbed;
 
 use serde_json::Value;
@@ -120,7 +129,7 @@ fn a_drained_endpoint_keeps_its_clients_until_the_deadline_and_its_connection_af
 
     // Draining: its progress, no new client, its own clients stay.
     let d = &drains()[0];
-    println!("drain: {d}");
+    report!("drain: {d}");
     assert_eq!(d["target"], drained_addr.as_str());
     assert_eq!(d["phase"], "draining");
     assert_eq!(d["clients_pinned"], pinned.len() as u64, "{d}");
@@ -153,7 +162,7 @@ fn a_drained_endpoint_keeps_its_clients_until_the_deadline_and_its_connection_af
         .filter(|(c, b)| after.get(*c) != Some(*b))
         .map(|(c, _)| c)
         .collect();
-    println!(
+    report!(
         "drain: after the deadline {} of {} clients of {drained} re-picked, {} others moved",
         pinned.iter().filter(|c| after[**c] != drained).count(),
         pinned.len(),
@@ -171,7 +180,7 @@ fn a_drained_endpoint_keeps_its_clients_until_the_deadline_and_its_connection_af
     );
     held.wait().unwrap();
     let d = &drains()[0];
-    println!("drain after the deadline: {d}");
+    report!("drain after the deadline: {d}");
     assert_eq!(d["clients_pinned"], 0, "{d}");
 
     // Cancelled: it takes new clients again.

@@ -20,6 +20,15 @@
 //! installs `bird2`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// A figure for the log: written to stderr itself, past libtest's capture
+/// of `println!`, so a passing run in CI prints it too.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod testbed;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -399,7 +408,7 @@ impl Tier {
             visits.insert(client, results.into_iter().flatten().collect());
         }
         let visits = Visits(visits);
-        println!(
+        report!(
             "tier {what}: {} of {CLIENTS} clients on one backend over {CONNECTIONS} connections ({:.1} %)",
             visits.single().len(),
             visits.single().len() as f64 * 100.0 / CLIENTS as f64
@@ -589,7 +598,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     let n1 = tier.start_limpet(0, &manifests[0]);
     let n2 = tier.start_limpet(1, &manifests[1]);
     let up = tier.wait_next_hops(&node_addrs, Duration::from_secs(30));
-    println!(
+    report!(
         "tier: both nodes' routes at the router {:.1} s after start",
         up.as_secs_f64()
     );
@@ -604,7 +613,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     let first = tier.clients("(a) both nodes up").assert_sticky("(a)");
     let on = |l: &Limpet| l.affinity().len();
     let (c1, c2) = (on(&n1), on(&n2));
-    println!("tier (a): clients seen by node 1: {c1}, by node 2: {c2} (of {CLIENTS})");
+    report!("tier (a): clients seen by node 1: {c1}, by node 2: {c2} (of {CLIENTS})");
     assert!(
         c1 > CLIENTS / 2 && c2 > CLIENTS / 2,
         "ECMP did not spread clients' connections over both nodes: {c1} and {c2}"
@@ -612,7 +621,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     // (e) dsr: the backends answer the clients themselves, through the
     // router, never back through a node.
     let direct = router_replies_from_backends();
-    println!("tier (e): {direct} reply packets reached the router straight from the backends");
+    report!("tier (e): {direct} reply packets reached the router straight from the backends");
     assert!(
         direct >= (CLIENTS * CONNECTIONS) as u64,
         "only {direct} replies came straight from the backends"
@@ -633,7 +642,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     // is shared between the nodes, so this is the tier's one divergence.
     let known_to_both: BTreeSet<&String> = e1.keys().filter(|c| e2.contains_key(*c)).collect();
     let split: BTreeSet<String> = added.moved_from(&first);
-    println!(
+    report!(
         "tier, endpoint added: {} clients split over two backends, all among the {} \
          clients only one node had seen ({} known to both kept theirs)",
         split.len(),
@@ -668,7 +677,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     };
     drain(&["node", "--deadline", "60s"]);
     let drained = tier.wait_next_hops(&[NODES[1].1], Duration::from_secs(10));
-    println!(
+    report!(
         "tier: node 1 drained (limpet drain node): route withdrawn {} ms later",
         drained.as_millis()
     );
@@ -694,7 +703,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     let stopping = std::thread::spawn(move || drop(n1));
     let withdrawn = tier.wait_next_hops(&[NODES[1].1], Duration::from_secs(10));
     stopping.join().unwrap();
-    println!(
+    report!(
         "tier (b): node 1 stopped (SIGTERM): its route withdrawn at the router {} ms later",
         withdrawn.as_millis()
     );
@@ -705,7 +714,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
         .keys()
         .filter(|c| !on_2.contains_key(*c))
         .count();
-    println!(
+    report!(
         "tier (b): {} of {} clients changed backend on node 1's loss; node 2 had no entry for {}",
         moved_loss.len(),
         before_loss.len(),
@@ -732,7 +741,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     // connections ECMP sends to node 1.
     let n1 = tier.start_limpet(0, &manifests[0]);
     let back = tier.wait_next_hops(&node_addrs, Duration::from_secs(30));
-    println!(
+    report!(
         "tier (c): node 1 back at the router {} ms after its start",
         back.as_millis()
     );
@@ -744,7 +753,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
         .filter(|(c, b)| r2.get(*c).is_some_and(|b2| b2 != *b))
         .map(|(c, _)| c.clone())
         .collect();
-    println!(
+    report!(
         "tier (c): {} of {CLIENTS} clients moved on node 1's return, all among the {} whose \
          restored entry on node 1 differs from node 2's; node 1 restored {} entries",
         moved_return.len(),
@@ -766,7 +775,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     // process and BIRD withdraws the route.
     n1.crash();
     let gone = tier.wait_next_hops(&[NODES[1].1], Duration::from_secs(HOLD_S));
-    println!(
+    report!(
         "tier (d): node 1's limpet killed (SIGKILL): route withdrawn at the router {} ms later (hold time {HOLD_S} s)",
         gone.as_millis()
     );
@@ -792,7 +801,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     let child = tier.bird("lp-tn2", &conf);
     tier.birds.insert("lp-tn2", child);
     let again = tier.wait_next_hops(&[NODES[1].1], Duration::from_secs(30));
-    println!(
+    report!(
         "tier: node 2's BIRD restarted: route back at the router {} ms later",
         again.as_millis()
     );
