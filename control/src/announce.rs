@@ -352,6 +352,7 @@ impl BirdDriver {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             // Every queued change before talking to the speaker.
+            let mut stop = None;
             for msg in first.into_iter().chain(rx.try_iter()) {
                 match msg {
                     Msg::Routes(routes) => self.routes = routes,
@@ -359,17 +360,18 @@ impl BirdDriver {
                     Msg::Stop(ack) => {
                         self.why_not = Some("limpet is stopping".into());
                         self.routes.clear();
-                        self.set_link();
-                        self.configure(true);
-                        self.publish_status();
-                        let _ = ack.send(());
-                        return;
+                        stop = Some(ack);
+                        break;
                     }
                 }
             }
             self.set_link();
-            self.configure(false);
+            self.configure(stop.is_some());
             self.publish_status();
+            if let Some(ack) = stop {
+                let _ = ack.send(());
+                return;
+            }
         }
     }
 

@@ -357,4 +357,43 @@ mod tests {
             "hello world"
         );
     }
+
+    #[test]
+    fn status_says_what_is_announced_and_why() {
+        let v = serde_json::json!({
+            "ready": true, "source_connected": true, "generation": 7, "service_ports": 2,
+            "announce": {
+                "speaker": "bird", "socket": "/run/bird/bird.ctl",
+                "fragment": "/etc/bird/limpet.conf", "link": "limpet0",
+                "link_up": true, "withdrawn_because": null, "speaker_ok": true,
+                "last_error": null, "configured_ago_s": 3,
+                "routes": [
+                    {"address": "192.0.2.100", "serving": true, "services": ["default/web"],
+                     "reason": "1 of 1 service ports have usable endpoints", "announced": true},
+                    {"address": "192.0.2.101", "serving": false, "services": ["default/db"],
+                     "reason": "none of its 1 service ports has a usable endpoint on this node",
+                     "announced": false}
+                ]
+            }
+        });
+        let text = render_status(&v);
+        assert!(text.contains("ready: yes"), "{text}");
+        assert!(text.contains("generation 7, 2 service ports"), "{text}");
+        assert!(text.contains("liveness link limpet0: up"), "{text}");
+        assert!(
+            text.contains("speaker: ok, took the routes 3 s ago"),
+            "{text}"
+        );
+        let row = |addr: &str| {
+            text.lines()
+                .find(|l| l.starts_with(addr))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(row("192.0.2.100").contains(" yes "), "{text}");
+        assert!(row("192.0.2.101").contains(" no "), "{text}");
+        assert!(row("192.0.2.101").ends_with("has a usable endpoint on this node"));
+        let off = render_status(&serde_json::json!({"ready": false, "announce": null}));
+        assert!(off.contains("announce: off"), "{off}");
+    }
 }
