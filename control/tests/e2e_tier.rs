@@ -41,6 +41,9 @@ use testbed::story::Limpet;
 use testbed::{LIMPET, http_from, must_be_root, repo, sh};
 
 const VIP: &str = "192.0.2.100";
+/// A second Service, `externalTrafficPolicy: Local`, whose one endpoint is
+/// on node 2: only node 2 may announce it.
+const LOCAL_VIP: &str = "192.0.2.101";
 const ROUTER: &str = "203.0.113.254";
 const ROUTER_AS: u32 = 64512;
 const NODE_AS: u32 = 64513;
@@ -141,7 +144,9 @@ impl Tier {
         }
         for (ns, addr, mac) in BACKENDS {
             port(ns, "eth0", mac, addr);
-            ip(&["-n", ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            for vip in [VIP, LOCAL_VIP] {
+                ip(&["-n", ns, "addr", "add", &format!("{vip}/32"), "dev", "lo"]);
+            }
             ip(&["-n", ns, "route", "add", "default", "via", ROUTER]);
             // The service address is the backend's own, but only limpet
             // answers for it on the wire.
@@ -326,6 +331,8 @@ impl Tier {
             "dsr",
             "--workers",
             "1",
+            "--node-name",
+            &format!("node-{}", i + 1),
             "--announce",
             "bird",
             "--bird-fragment",
@@ -348,10 +355,10 @@ impl Tier {
         )
     }
 
-    /// The router's next hops for the service address.
+    /// The router's next hops for a service address.
     #[allow(clippy::unused_self)] // asks the tier's router
-    fn next_hops(&self) -> BTreeSet<String> {
-        let out = in_ns("lp-trt", &["ip", "-4", "route", "show", VIP]);
+    fn next_hops(&self, addr: &str) -> BTreeSet<String> {
+        let out = in_ns("lp-trt", &["ip", "-4", "route", "show", addr]);
         let words: Vec<&str> = out.split_whitespace().collect();
         words
             .windows(2)
@@ -360,18 +367,24 @@ impl Tier {
             .collect()
     }
 
-    /// Waits until the router's next hops are `want`; how long it took.
+    /// Waits until the router's next hops for [`VIP`] are `want`; how long
+    /// it took.
     fn wait_next_hops(&self, want: &[&str], within: Duration) -> Duration {
+        self.wait_route(VIP, want, within)
+    }
+
+    /// Waits until the router's next hops for `addr` are `want`.
+    fn wait_route(&self, addr: &str, want: &[&str], within: Duration) -> Duration {
         let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
         let start = Instant::now();
         loop {
-            let now = self.next_hops();
+            let now = self.next_hops(addr);
             if now == want {
                 return start.elapsed();
             }
             assert!(
                 start.elapsed() < within,
-                "router's next hops for {VIP}: {now:?}, wanted {want:?} within {within:?}\n{}",
+                "router's next hops for {addr}: {now:?}, wanted {want:?} within {within:?}\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(2));
@@ -540,6 +553,55 @@ endpoints:
     )
 }
 
+/// The `externalTrafficPolicy: Local` Service, its one endpoint (lp-tb1) on
+/// node 2.
+fn local_manifest() -> String {
+    format!(
+        r"apiVersion: v1
+kind: Service
+metadata:
+  name: local
+  namespace: default
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32001
+  clusterIP: 198.51.100.81
+  clusterIPs: [198.51.100.81]
+  ipFamilies: [IPv4]
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 80
+    nodePort: 30081
+status:
+  loadBalancer:
+    ingress:
+    - ip: {LOCAL_VIP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: local-1
+  namespace: default
+  labels:
+    kubernetes.io/service-name: local
+addressType: IPv4
+endpoints:
+- addresses: [{}]
+  conditions:
+    ready: true
+  nodeName: node-2
+ports:
+- name: http
+  port: 80
+  protocol: TCP
+",
+        BACKENDS[0].1
+    )
+}
+
 /// A manifest directory per node.
 fn write_manifest(dir: &Path, ready: [bool; 3]) {
     std::fs::create_dir_all(dir).unwrap();
@@ -593,6 +655,7 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     // Two endpoints ready at first; the third comes later.
     for m in &manifests {
         write_manifest(m, [true, true, false]);
+        std::fs::write(m.join("local.yaml"), local_manifest()).unwrap();
     }
     let node_addrs: Vec<&str> = NODES.iter().map(|n| n.1).collect();
     let n1 = tier.start_limpet(0, &manifests[0]);
@@ -607,6 +670,31 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
     assert_eq!(routes[0]["address"], VIP, "{s:#}");
     assert_eq!(routes[0]["announced"], true, "{s:#}");
     assert_eq!(s["announce"]["link_up"], true, "{s:#}");
+    // externalTrafficPolicy: Local: only the node with a local endpoint
+    // announces the address; the other says why not.
+    tier.wait_route(LOCAL_VIP, &[NODES[1].1], Duration::from_secs(10));
+    let local = |ns: &str| {
+        let s = status(ns);
+        s["announce"]["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["address"] == LOCAL_VIP)
+            .cloned()
+            .unwrap_or_else(|| panic!("{LOCAL_VIP} not in {s:#}"))
+    };
+    let (on_1, on_2) = (local("lp-tn1"), local("lp-tn2"));
+    assert_eq!(on_1["announced"], false, "{on_1}");
+    assert_eq!(on_2["announced"], true, "{on_2}");
+    report!(
+        "tier: {LOCAL_VIP} (externalTrafficPolicy: Local) announced by node 2 only; node 1: {}",
+        on_1["reason"]
+    );
+    let reached = http_from("lp-tcl", LOCAL_VIP, "198.18.3.10", 20, 1).sticky();
+    assert!(
+        reached.values().all(|b| b == BACKENDS[0].0),
+        "{LOCAL_VIP} reached {reached:?}"
+    );
 
     // (a) Both nodes up: each client's 4 connections land on both nodes by
     // ECMP, and every node picks the same backend.
@@ -715,7 +803,8 @@ fn a_tier_behind_bgp_ecmp_keeps_clients_through_node_loss_and_return() {
         .filter(|c| !on_2.contains_key(*c))
         .count();
     report!(
-        "tier (b): {} of {} clients changed backend on node 1's loss; node 2 had no entry for {}",
+        "tier (b): {} of {} clients changed backend on node 1's loss, each one node 2 held on \
+         another backend than node 1 (a client split above) or had no entry for ({} had none)",
         moved_loss.len(),
         before_loss.len(),
         unknown_to_2
