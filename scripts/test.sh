@@ -29,7 +29,7 @@ command -v taskset >/dev/null || need+=(util-linux)
 # The tier test (control/tests/e2e_tier.rs) runs BIRD 2 in its router and
 # node namespaces; the package's own service in the host is not wanted.
 new_bird=0
-command -v bird >/dev/null && command -v birdc >/dev/null || { need+=(bird2); new_bird=1; }
+command -v bird >/dev/null || { need+=(bird2); new_bird=1; }
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && apt-get install -y -qq "${need[@]}"
