@@ -28,7 +28,7 @@
 
 use crate::backend::Heartbeat;
 use crate::state::Shared;
-use crate::translate::SpecInfo;
+use crate::translate::{SpecIndex, SpecInfo};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use limpet_dataplane::affinity::ServicePortId;
 use limpet_dataplane::io::tun::{LivenessError, LivenessLink};
@@ -97,18 +97,26 @@ const BIRDC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Between retries of a failed reconfiguration, and speaker checks.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// The addresses each service port would have announced, kept by service
-/// port so that a change to some ports updates only those.
+/// The addresses each service port would have announced, and its
+/// Service's name, kept by service port so that a change to some ports
+/// updates only those.
 #[derive(Debug, Default)]
-pub struct AnnounceIndex {
-    by_spec: BTreeMap<ServicePortId, (Vec<IpAddr>, String)>,
+pub struct AnnounceIndex(SpecIndex<(Vec<IpAddr>, String)>);
+
+/// A service port's announceable addresses and its Service, if it has any.
+fn announce_of(info: &SpecInfo) -> Option<(Vec<IpAddr>, String)> {
+    (!info.announce.is_empty()).then(|| {
+        (
+            info.announce.clone(),
+            format!("{}/{}", info.namespace, info.service),
+        )
+    })
 }
 
 impl AnnounceIndex {
     /// Forgets everything and takes `specs` (`info[i]` describing `specs[i]`).
     pub fn replace(&mut self, specs: &[ServicePortSpec], info: &[SpecInfo]) {
-        self.by_spec.clear();
-        self.apply(specs, info, &[]);
+        self.0.replace(specs, info, announce_of);
     }
 
     /// Takes changed `specs` and forgets `removed` ones.
@@ -118,18 +126,7 @@ impl AnnounceIndex {
         info: &[SpecInfo],
         removed: &[ServicePortId],
     ) {
-        for id in removed {
-            self.by_spec.remove(id);
-        }
-        for (spec, info) in specs.iter().zip(info) {
-            if info.announce.is_empty() {
-                self.by_spec.remove(&spec.id);
-            } else {
-                let service = format!("{}/{}", info.namespace, info.service);
-                self.by_spec
-                    .insert(spec.id, (info.announce.clone(), service));
-            }
-        }
+        self.0.apply(specs, info, removed, announce_of);
     }
 }
 
@@ -153,7 +150,7 @@ pub fn routes(snapshot: &Snapshot, index: &AnnounceIndex) -> Vec<Route> {
     // address -> (services, ports with endpoints, ports)
     let mut by_addr: BTreeMap<IpAddr, (Vec<String>, usize, usize)> = BTreeMap::new();
     for port in snapshot.ports() {
-        let Some((addrs, service)) = index.by_spec.get(&port.spec.id) else {
+        let Some((addrs, service)) = index.0.get(port.spec.id) else {
             continue;
         };
         let usable = port.spec.backends.iter().any(|b| b.weight > 0);

@@ -10,7 +10,7 @@
 //! loopback.
 
 use crate::state::Shared;
-use crate::translate::SpecInfo;
+use crate::translate::{SpecIndex, SpecInfo};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -36,15 +36,24 @@ pub type HealthChecks = BTreeMap<u16, ServiceHealth>;
 /// The health check each service port contributes, kept by service port
 /// so that a change to some ports (a Kubernetes delta) updates only those.
 #[derive(Debug, Default)]
-pub struct HealthIndex {
-    by_spec: BTreeMap<ServicePortId, (u16, ServiceHealth)>,
+pub struct HealthIndex(SpecIndex<(u16, ServiceHealth)>);
+
+/// A service port's health check port and what it reports.
+fn health_of(info: &SpecInfo) -> Option<(u16, ServiceHealth)> {
+    info.health_check.map(|h| {
+        let health = ServiceHealth {
+            namespace: info.namespace.clone(),
+            name: info.service.clone(),
+            local_endpoints: h.local_endpoints,
+        };
+        (h.node_port, health)
+    })
 }
 
 impl HealthIndex {
     /// Forgets everything and takes `specs` (`info[i]` describing `specs[i]`).
     pub fn replace(&mut self, specs: &[ServicePortSpec], info: &[SpecInfo]) {
-        self.by_spec.clear();
-        self.apply(specs, info, &[]);
+        self.0.replace(specs, info, health_of);
     }
 
     /// Takes changed `specs` and forgets `removed` ones.
@@ -54,24 +63,7 @@ impl HealthIndex {
         info: &[SpecInfo],
         removed: &[ServicePortId],
     ) {
-        for id in removed {
-            self.by_spec.remove(id);
-        }
-        for (spec, info) in specs.iter().zip(info) {
-            match info.health_check {
-                Some(h) => {
-                    let health = ServiceHealth {
-                        namespace: info.namespace.clone(),
-                        name: info.service.clone(),
-                        local_endpoints: h.local_endpoints,
-                    };
-                    self.by_spec.insert(spec.id, (h.node_port, health));
-                }
-                None => {
-                    self.by_spec.remove(&spec.id);
-                }
-            }
-        }
+        self.0.apply(specs, info, removed, health_of);
     }
 
     /// Each port's report. A Service's ports and families each count their
@@ -79,7 +71,7 @@ impl HealthIndex {
     /// serving every port, or both families, is one endpoint).
     pub fn checks(&self) -> HealthChecks {
         let mut out = HealthChecks::new();
-        for (port, health) in self.by_spec.values() {
+        for (port, health) in self.0.values() {
             out.entry(*port)
                 .and_modify(|h: &mut ServiceHealth| {
                     h.local_endpoints = h.local_endpoints.max(health.local_endpoints);

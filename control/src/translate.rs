@@ -343,6 +343,67 @@ pub struct SpecInfo {
     pub health_check: Option<HealthCheckPort>,
 }
 
+/// What a consumer keeps of each service port's [`SpecInfo`] (its health
+/// check, the addresses it announces), by service port, so that a change
+/// to some ports (a Kubernetes delta) updates only those.
+#[derive(Debug)]
+pub struct SpecIndex<T> {
+    by_spec: BTreeMap<ServicePortId, T>,
+}
+
+impl<T> Default for SpecIndex<T> {
+    fn default() -> Self {
+        Self {
+            by_spec: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> SpecIndex<T> {
+    /// Forgets everything and keeps `of(info[i])` for `specs[i]`.
+    pub fn replace(
+        &mut self,
+        specs: &[ServicePortSpec],
+        info: &[SpecInfo],
+        of: impl Fn(&SpecInfo) -> Option<T>,
+    ) {
+        self.by_spec.clear();
+        self.apply(specs, info, &[], of);
+    }
+
+    /// Takes changed `specs` (a `None` from `of` forgets the port) and
+    /// forgets `removed` ones.
+    pub fn apply(
+        &mut self,
+        specs: &[ServicePortSpec],
+        info: &[SpecInfo],
+        removed: &[ServicePortId],
+        of: impl Fn(&SpecInfo) -> Option<T>,
+    ) {
+        for id in removed {
+            self.by_spec.remove(id);
+        }
+        for (spec, info) in specs.iter().zip(info) {
+            match of(info) {
+                Some(v) => {
+                    self.by_spec.insert(spec.id, v);
+                }
+                None => {
+                    self.by_spec.remove(&spec.id);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, id: ServicePortId) -> Option<&T> {
+        self.by_spec.get(&id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.by_spec.values()
+    }
+}
+
 /// What a Service's `healthCheckNodePort` reports, from one service port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthCheckPort {
