@@ -10,11 +10,13 @@ use limpet_dataplane::io::afpacket::{
     AfPacketError, AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket, link_state,
 };
 use limpet_dataplane::pipeline::Worker;
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{info, warn};
 
 impl NeighbourWire for RawSocket {
     fn send(&self, frame: &[u8]) -> Result<(), String> {
@@ -56,6 +58,7 @@ pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, 
     // unless --mac says otherwise.
     let mac = opts.mac.unwrap_or_else(|| sockets[0].mac());
     let ifaces: Vec<&str> = opts.links.iter().map(|l| l.iface.as_str()).collect();
+    report_receive_placement(&ifaces, opts.cpus);
     // Several workers share each interface in a fanout group steered by
     // client address: a connection's packets and its replies (which come
     // back from the backend) then reach the same worker, which holds the
@@ -168,5 +171,192 @@ fn spawn_worker(
             cpu.unwrap_or_default()
         ))),
         Err(_) => Err(BackendError::Other(format!("worker {index} died starting"))),
+    }
+}
+
+/// Where the kernel does an interface's receive work: the CPUs RPS may
+/// hand its packets to, and those its interrupts may run on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceivePlacement {
+    pub rps: BTreeSet<usize>,
+    pub irq_cpus: BTreeSet<usize>,
+    /// How many interrupts the interface (or its device) has.
+    pub irqs: usize,
+}
+
+/// Reads `iface`'s receive placement under `root` (`/` on a host; a
+/// directory laid out like it in tests): `sys/class/net/IFACE/queues/
+/// rx-*/rps_cpus`, the interrupts in `proc/interrupts` named after the
+/// interface or its device (`eth1-TxRx-0`, `virtio2-input.0`) and their
+/// `proc/irq/N/smp_affinity_list`. What cannot be read is left out.
+pub fn receive_placement(root: &Path, iface: &str) -> ReceivePlacement {
+    let net = root.join("sys/class/net").join(iface);
+    let mut out = ReceivePlacement::default();
+    if let Ok(queues) = std::fs::read_dir(net.join("queues")) {
+        for q in queues.flatten() {
+            if q.file_name().to_string_lossy().starts_with("rx-")
+                && let Ok(mask) = std::fs::read_to_string(q.path().join("rps_cpus"))
+            {
+                out.rps.extend(parse_cpu_mask(&mask));
+            }
+        }
+    }
+    let device = std::fs::read_link(net.join("device"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let names: Vec<String> = std::iter::once(iface.to_owned()).chain(device).collect();
+    let interrupts = std::fs::read_to_string(root.join("proc/interrupts")).unwrap_or_default();
+    for line in interrupts.lines() {
+        let Some((irq, rest)) = line.trim_start().split_once(':') else {
+            continue;
+        };
+        let Ok(irq) = irq.parse::<u32>() else {
+            continue;
+        };
+        let named = rest.split_whitespace().any(|word| {
+            names.iter().any(|n| {
+                word == n
+                    || word
+                        .strip_prefix(n.as_str())
+                        .is_some_and(|r| r.starts_with(['-', '@']))
+            })
+        });
+        if named {
+            out.irqs += 1;
+            let list = root.join(format!("proc/irq/{irq}/smp_affinity_list"));
+            if let Ok(list) = std::fs::read_to_string(list) {
+                out.irq_cpus.extend(parse_cpu_list(&list));
+            }
+        }
+    }
+    out
+}
+
+/// A hex CPU mask as sysfs writes it (`00000000,0000000f`).
+fn parse_cpu_mask(text: &str) -> Vec<usize> {
+    let digits: Vec<u32> = text
+        .trim()
+        .chars()
+        .filter(|c| *c != ',')
+        .filter_map(|c| c.to_digit(16))
+        .collect();
+    let mut cpus = Vec::new();
+    for (i, d) in digits.iter().rev().enumerate() {
+        for bit in 0..4 {
+            if d & (1 << bit) != 0 {
+                cpus.push(i * 4 + bit);
+            }
+        }
+    }
+    cpus
+}
+
+/// A CPU list as procfs writes it (`0-3,8,10-11`).
+fn parse_cpu_list(text: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+            cpus.extend(a..=b);
+        }
+    }
+    cpus
+}
+
+/// Says at start where each interface's receive work lands relative to the
+/// workers' CPUs: on a worker's CPU, the kernel's receive softirq takes that
+/// CPU from the worker under overload (every system call the worker makes
+/// lets it run), and forwarding collapses.
+fn report_receive_placement(ifaces: &[&str], cpus: &[usize]) {
+    let workers: BTreeSet<usize> = cpus.iter().copied().collect();
+    for iface in ifaces {
+        let p = receive_placement(Path::new("/"), iface);
+        let rps = if p.rps.is_empty() {
+            "off".to_owned()
+        } else {
+            format!("{:?}", p.rps)
+        };
+        let irq = if p.irqs == 0 {
+            "none (a virtual interface: receive work runs where the sender runs)".to_owned()
+        } else {
+            format!("{} on CPUs {:?}", p.irqs, p.irq_cpus)
+        };
+        let shared: BTreeSet<usize> = p.rps.union(&p.irq_cpus).copied().collect();
+        let overlap: Vec<usize> = shared.intersection(&workers).copied().collect();
+        if p.irqs == 0 && p.rps.is_empty() {
+            info!(
+                iface,
+                workers = ?workers,
+                "receive work runs on whichever CPU sends to {iface} (no interrupts, RPS off): keep the senders off the workers' CPUs, or steer it with /sys/class/net/{iface}/queues/rx-*/rps_cpus"
+            );
+        } else if workers.is_empty() {
+            info!(
+                iface,
+                rps,
+                irqs = irq,
+                "receive work placement; workers are not pinned (--cpus)"
+            );
+        } else if overlap.is_empty() {
+            info!(iface, rps, irqs = irq, workers = ?workers, "receive work placement: off the workers' CPUs");
+        } else {
+            warn!(
+                iface,
+                rps,
+                irqs = irq,
+                workers = ?workers,
+                "receive work may run on worker CPUs {overlap:?}: under overload the kernel's receive softirq takes them from the workers; steer it to other CPUs (/sys/class/net/{iface}/queues/rx-*/rps_cpus, /proc/irq/N/smp_affinity_list)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_masks_and_lists_read_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_mask("00000000,0000000f\n"), [0, 1, 2, 3]);
+        assert_eq!(parse_cpu_mask("0"), Vec::<usize>::new());
+        assert_eq!(parse_cpu_mask("1,00000002"), [1, 32]);
+        assert_eq!(parse_cpu_list("0-2,5,7-8\n"), [0, 1, 2, 5, 7, 8]);
+        assert_eq!(parse_cpu_list(""), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn placement_comes_from_rps_and_the_interfaces_interrupts() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let net = r.join("sys/class/net/eth1");
+        for (q, mask) in [("rx-0", "0c"), ("rx-1", "00"), ("tx-0", "ff")] {
+            std::fs::create_dir_all(net.join("queues").join(q)).unwrap();
+            std::fs::write(net.join("queues").join(q).join("rps_cpus"), mask).unwrap();
+        }
+        std::os::unix::fs::symlink("../../../virtio7", net.join("device")).unwrap();
+        std::fs::create_dir_all(r.join("proc")).unwrap();
+        std::fs::write(
+            r.join("proc/interrupts"),
+            "           CPU0       CPU1\n\
+             \x20 30:    1    2   PCI-MSIX  0-edge  virtio7-input.0\n\
+             \x20 31:    1    2   PCI-MSIX  1-edge  virtio7-output.0\n\
+             \x20 40:    1    2   PCI-MSIX  2-edge  eth10-rx-0\n\
+             \x20 41:    1    2   PCI-MSIX  3-edge  eth1-TxRx-0\n\
+             NMI:    0    0   Non-maskable interrupts\n",
+        )
+        .unwrap();
+        for (irq, list) in [(30, "1"), (31, "1"), (40, "5"), (41, "0-1")] {
+            let dir = r.join(format!("proc/irq/{irq}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("smp_affinity_list"), list).unwrap();
+        }
+        let p = receive_placement(r, "eth1");
+        assert_eq!(
+            p.rps,
+            BTreeSet::from([2, 3]),
+            "tx queues are not receive work"
+        );
+        assert_eq!(p.irqs, 3, "eth10's interrupt is not eth1's");
+        assert_eq!(p.irq_cpus, BTreeSet::from([0, 1]));
+        assert_eq!(receive_placement(r, "eth9"), ReceivePlacement::default());
     }
 }
