@@ -20,11 +20,10 @@ mod testbed;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use testbed::story::{Config, Io, Limpet, ep, manifest};
-use testbed::{LIMPET, VIP4, http, sh};
+use testbed::{HeldConnections, LIMPET, VIP4, http, sh};
 
 const DEADLINE_S: u64 = 10;
 
@@ -38,33 +37,6 @@ fn limpet(args: &[&str]) -> String {
 fn drains() -> Vec<Value> {
     serde_json::from_str(&limpet(&["drain", "--json"])).expect("limpet drain --json")
 }
-
-/// In lp-client, from `argv[1]`: a connection to the service that sends
-/// half a request, says `open`, sends a header line every second (the
-/// server gives up on a silent connection after 10 s) until a line comes
-/// on stdin, then ends the request and prints the answer (the backend's
-/// name).
-const HELD: &str = r#"
-import select, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
-s.bind((sys.argv[1], 0))
-s.settimeout(60)
-s.connect((sys.argv[2], 80))
-s.sendall(b"GET / HTTP/1.0\r\n")
-print("open", flush=True)
-while not select.select([sys.stdin], [], [], 1)[0]:
-    s.sendall(b"X-Still-Here: 1\r\n")
-sys.stdin.readline()
-s.sendall(b"\r\n")
-body = b""
-while True:
-    b = s.recv(4096)
-    if not b:
-        break
-    body += b
-print(body.split(b"\r\n\r\n", 1)[-1].decode().strip(), flush=True)
-"#;
 
 /// Backend name (lp-beN) -> its address.
 fn addr_of(name: &str) -> String {
@@ -96,25 +68,7 @@ fn a_drained_endpoint_keeps_its_clients_until_the_deadline_and_its_connection_af
         .collect();
 
     // An open connection to it, from one of its clients.
-    let mut held = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "lp-client",
-            "python3",
-            "-c",
-            HELD,
-            &keeper,
-            VIP4,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut held_out = BufReader::new(held.stdout.take().unwrap());
-    let mut line = String::new();
-    held_out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "open");
+    let held = HeldConnections::open(std::slice::from_ref(&keeper), VIP4, config.dir.join("go"));
 
     let said = limpet(&[
         "drain",
@@ -170,15 +124,11 @@ fn a_drained_endpoint_keeps_its_clients_until_the_deadline_and_its_connection_af
     );
     assert!(after.values().all(|b| *b != drained));
     assert_eq!(moved, pinned, "only the drained endpoint's clients move");
-    held.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
-    line.clear();
-    held_out.read_line(&mut line).unwrap();
     assert_eq!(
-        line.trim(),
-        drained,
+        held.finish(),
+        std::slice::from_ref(&drained),
         "the open connection did not complete on its backend"
     );
-    held.wait().unwrap();
     let d = &drains()[0];
     report!("drain after the deadline: {d}");
     assert_eq!(d["clients_pinned"], 0, "{d}");

@@ -25,15 +25,13 @@ use limpet_pktgen::SplitMix64;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use testbed::story::{Config, Limpet};
-use testbed::{Testbed, VIP4, admin_get, http, must_be_root};
+use testbed::{HeldConnections, Testbed, VIP4, admin_get, http, must_be_root};
 
 const BACKENDS: u8 = 6;
 const LB_NS: &str = "/run/netns/lp-lb";
@@ -310,59 +308,6 @@ fn wait_served(limpet: &Limpet, model: &Model, within: Duration) {
 
 // ---- traffic ----------------------------------------------------------
 
-/// Connections opened now from `count` addresses from 198.18.3.1, each
-/// sending a request a header line a second until `go` exists, then
-/// ending it: each line of the output is the backend that answered or
-/// `ERROR ...`.
-fn open_long_lived(count: usize, go: &Path) -> std::process::Child {
-    let script = format!(
-        r#"
-import socket, os, time
-conns = []
-for i in range({count}):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_IP, 15, 1)
-    s.bind(("198.18.3.%d" % (i + 1), 0))
-    s.settimeout(10)
-    s.connect(("{VIP4}", 80))
-    conns.append(s)
-for s in conns:
-    s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n")
-print("connected", flush=True)
-# A header line a second: the connections carry packets all along (and
-# the backends' 10 s idle timeout never fires).
-broken = set()
-while not os.path.exists("{go}"):
-    for i, s in enumerate(conns):
-        try:
-            s.sendall(b"X-Tick: 1\r\n")
-        except Exception as e:
-            broken.add(i)
-    time.sleep(1)
-for i, s in enumerate(conns):
-    try:
-        if i in broken:
-            raise RuntimeError("a header line could not be sent")
-        s.sendall(b"\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        print(data.split(b"\r\n\r\n", 1)[-1].decode().strip() or "ERROR empty", flush=True)
-    except Exception as e:
-        print("ERROR %s" % e, flush=True)
-"#,
-        go = go.display()
-    );
-    Command::new("ip")
-        .args(["netns", "exec", "lp-client", "python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("long-lived clients")
-}
-
 /// New connections, round after round, until `stop`: (answered, failed).
 fn new_connections(stop: &AtomicBool) -> (usize, Vec<String>) {
     let mut ok = 0;
@@ -390,17 +335,8 @@ fn new_connections(stop: &AtomicBool) -> (usize, Vec<String>) {
 fn churn(limpet: &Limpet, model: &mut Model, dir: &Path, mut apply: impl FnMut(&Model, &[String])) {
     wait_served(limpet, model, Duration::from_secs(20));
     let drops_before = drops();
-    let go = dir.join("go");
-    let _ = std::fs::remove_file(&go);
-    let mut long_lived = open_long_lived(16, &go);
-    let mut out = BufReader::new(long_lived.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(
-        line.trim(),
-        "connected",
-        "long-lived clients did not connect"
-    );
+    let sources: Vec<String> = (1..=16).map(|i| format!("198.18.3.{i}")).collect();
+    let long_lived = HeldConnections::open(&sources, VIP4, dir.join("go"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
@@ -424,9 +360,7 @@ fn churn(limpet: &Limpet, model: &mut Model, dir: &Path, mut apply: impl FnMut(&
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = load.join().expect("load thread");
 
-    std::fs::write(&go, b"").unwrap();
-    let answers: Vec<String> = out.lines().map_while(Result::ok).collect();
-    let _ = long_lived.wait();
+    let answers = long_lived.finish();
     let drops = drops_since(&drops_before);
     println!(
         "{n} changes in {:.1} s, {published_meanwhile} snapshots published meanwhile ({published} in all); {ok} new connections answered, {} failed; {} long-lived answered; drops {drops:?}",

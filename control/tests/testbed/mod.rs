@@ -9,7 +9,7 @@ pub mod story;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const VIP4: &str = "192.0.2.10";
@@ -334,4 +334,87 @@ pub fn upload(vip: &str, port: u16, bytes: usize) -> Value {
         &bytes.to_string(),
     ]));
     serde_json::from_str(&out).expect("upload JSON")
+}
+
+/// Long-lived TCP connections to `vip:80` from lp-client, one from each
+/// source address, each sending its request a header line a second (the
+/// backends drop a silent connection after 10 s, and the connection
+/// carries packets all along) until [`finish`](Self::finish) ends the
+/// requests.
+pub struct HeldConnections {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    go: PathBuf,
+}
+
+impl HeldConnections {
+    /// Opens the connections; returns once all are established. `go` is
+    /// the file whose creation ends the requests.
+    pub fn open(sources: &[String], vip: &str, go: PathBuf) -> Self {
+        use std::io::BufRead;
+        let _ = std::fs::remove_file(&go);
+        let script = format!(
+            r#"
+import socket, os, time
+conns = []
+for src in {sources:?}:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+    s.bind((src, 0))
+    s.settimeout(10)
+    s.connect(("{vip}", 80))
+    conns.append(s)
+for s in conns:
+    s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n")
+print("connected", flush=True)
+broken = set()
+while not os.path.exists("{go}"):
+    for i, s in enumerate(conns):
+        try:
+            s.sendall(b"X-Tick: 1\r\n")
+        except Exception as e:
+            broken.add(i)
+    time.sleep(1)
+for i, s in enumerate(conns):
+    try:
+        if i in broken:
+            raise RuntimeError("a header line could not be sent")
+        s.sendall(b"\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        print(data.split(b"\r\n\r\n", 1)[-1].decode().strip() or "ERROR empty", flush=True)
+    except Exception as e:
+        print("ERROR %s" % e, flush=True)
+"#,
+            go = go.display()
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", "lp-client", "python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the long-lived clients");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            "connected",
+            "long-lived clients did not connect"
+        );
+        Self { child, out, go }
+    }
+
+    /// Ends every request: each connection's answer, in the order of the
+    /// sources (the backend's name, or `ERROR ...`).
+    pub fn finish(mut self) -> Vec<String> {
+        use std::io::BufRead;
+        std::fs::write(&self.go, b"").unwrap();
+        let answers: Vec<String> = (&mut self.out).lines().map_while(Result::ok).collect();
+        let _ = self.child.wait();
+        answers
+    }
 }
