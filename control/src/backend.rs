@@ -126,9 +126,6 @@ pub fn worker_loop<I: WorkerIo>(
     }
 }
 
-/// The running workers of a backend, the channels to them, and the rest
-/// of what `run` drives: one neighbour wire per link, the MAC limpet sends
-/// from, and the ports' state for `/metrics`.
 /// When a worker last went round its poll loop, so that the control loop
 /// notices one that stopped (a hung or dead worker drops its clients'
 /// packets, and a tier must stop sending them here). Written at most every
@@ -168,6 +165,9 @@ impl Default for Heartbeat {
     }
 }
 
+/// The running workers of a backend, the channels to them, and the rest
+/// of what `run` drives: one neighbour wire per link, the MAC limpet sends
+/// from, and the ports' state for `/metrics`.
 pub struct Workers {
     /// Each waits for one worker to finish (after `stop`).
     pub joins: Vec<Box<dyn FnOnce() + Send>>,
