@@ -11,6 +11,7 @@ pub mod command;
 pub mod encap;
 pub mod family;
 pub mod flow;
+pub mod gso;
 pub mod hash;
 pub mod icmp;
 pub mod io;

@@ -30,9 +30,9 @@ pub enum DropReason {
     SourceRange,
     /// An ICMP error quoting a packet of no connection limpet holds.
     IcmpNoConnection,
-    /// Longer than the backend can send (a GRO/GSO super-frame from an
-    /// interface whose segmentation offloads are on): limpet does not
-    /// segment.
+    /// Longer than the backend can send: a GRO/GSO super-frame the
+    /// backend did not cut into segments (the `AF_PACKET` backend cuts
+    /// those it can, see [`crate::gso`]; DPDK's vdevs never see one whole).
     Oversized,
     /// A connection to source-translate (`fullnat`, or a client its
     /// endpoint would answer directly) found no free port among those its

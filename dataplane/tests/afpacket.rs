@@ -9,8 +9,9 @@
 //! [`RawSocket`] on end `b` plays the peer.
 #![allow(unsafe_code)] // setns() and geteuid() in the harness only.
 
+use limpet_dataplane::gso::GsoKind;
 use limpet_dataplane::io::afpacket::{
-    AfPacketError, AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket,
+    AfPacketError, AfPacketIo, AfPacketOptions, Fanout, FanoutMode, Offload, RawSocket,
 };
 use limpet_dataplane::io::{BURST, PacketBuf, PacketIo};
 use std::collections::HashMap;
@@ -762,5 +763,184 @@ fn neighbour_socket_passes_arp_and_nd_only() {
             f[12..14] == [0x08, 0x06]
         });
         assert_eq!(back, vec![arp]);
+    });
+}
+
+/// A TCP (or UDP) super-frame peer -> limpet as a local sender's
+/// segmentation offload leaves it: one set of headers and `n` payload
+/// bytes, to be cut into `mss`-byte segments.
+fn super_frame(v6: bool, udp: bool, n: usize, mss: u16) -> (Vec<u8>, Offload, Vec<u8>) {
+    use etherparse::PacketBuilder;
+    let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    let eth = PacketBuilder::ethernet2(PEER_MAC, LB_MAC);
+    let ip = if v6 {
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        dst[15] = 0x10;
+        let mut src = dst;
+        src[15] = 2;
+        eth.ipv6(src, dst, 64)
+    } else {
+        eth.ipv4([198, 51, 100, 2], [192, 0, 2, 10], 64)
+    };
+    let mut frame = Vec::new();
+    let l4: u16 = if v6 { 14 + 40 } else { 14 + 20 };
+    let headers = if udp {
+        ip.udp(5353, 53).write(&mut frame, &data).unwrap();
+        l4 + 8
+    } else {
+        ip.tcp(40000, 80, 7_000_000, 64000)
+            .ack(1)
+            .psh()
+            .options(&[etherparse::TcpOptionElement::Timestamp(5, 6)])
+            .unwrap()
+            .write(&mut frame, &data)
+            .unwrap();
+        l4 + 32
+    };
+    let offload = Offload {
+        kind: if udp { GsoKind::Udp } else { GsoKind::Tcp },
+        v6,
+        segment_size: mss,
+        headers,
+        l4,
+    };
+    (frame, offload, data)
+}
+
+/// Checks one segment as a receiver would (checksums, lengths) and returns
+/// its TCP sequence number (0 for UDP) and payload.
+fn check_segment(seg: &[u8]) -> (u32, Vec<u8>) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(seg).expect("a segment parses");
+    let (src, dst): (IpAddr, IpAddr) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+            assert_eq!(usize::from(h.total_len), seg.len() - 14);
+            (h.source.into(), h.destination.into())
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            assert_eq!(usize::from(h.payload_length()), seg.len() - 54);
+            (h.source_addr().into(), h.destination_addr().into())
+        }
+        _ => panic!("not IP"),
+    };
+    match (&p.transport, src, dst) {
+        (Some(TransportSlice::Tcp(t)), IpAddr::V4(s), IpAddr::V4(d)) => {
+            let want = t
+                .to_header()
+                .calc_checksum_ipv4_raw(s.octets(), d.octets(), t.payload());
+            assert_eq!(t.checksum(), want.unwrap(), "TCP checksum");
+            (t.sequence_number(), t.payload().to_vec())
+        }
+        (Some(TransportSlice::Tcp(t)), IpAddr::V6(s), IpAddr::V6(d)) => {
+            let want = t
+                .to_header()
+                .calc_checksum_ipv6_raw(s.octets(), d.octets(), t.payload());
+            assert_eq!(t.checksum(), want.unwrap(), "TCP checksum");
+            (t.sequence_number(), t.payload().to_vec())
+        }
+        (Some(TransportSlice::Udp(u)), IpAddr::V6(s), IpAddr::V6(d)) => {
+            let want = u
+                .to_header()
+                .calc_checksum_ipv6_raw(s.octets(), d.octets(), u.payload());
+            assert_eq!(u.checksum(), want.unwrap(), "UDP checksum");
+            assert_eq!(usize::from(u.length()), seg.len() - 54);
+            (0, u.payload().to_vec())
+        }
+        other => panic!("unexpected transport {:?}", other.0),
+    }
+}
+
+fn is_super_frame_test(f: &[u8]) -> bool {
+    f.len() > 14 && matches!(u16::from_be_bytes([f[12], f[13]]), 0x0800 | 0x86dd)
+}
+
+#[test]
+fn super_frames_arrive_cut_into_the_segments_the_wire_would_carry() {
+    let net = Net::new();
+    net.run(|| {
+        let mut io = AfPacketIo::open(&[&net.a], &AfPacketOptions::default()).expect("open");
+        let peer = RawSocket::open_offloading(&net.b).expect("peer");
+
+        for (v6, udp, n, mss) in [
+            (false, false, 20_000, 1448),
+            (true, false, 60_000, 1428),
+            (true, true, 9_000, 1200),
+        ] {
+            let (frame, offload, data) = super_frame(v6, udp, n, mss);
+            peer.send_super_frame(&frame, offload).unwrap();
+            let want = n.div_ceil(usize::from(mss));
+            let got = collect(&mut io, want, Duration::from_secs(5), is_super_frame_test);
+            assert_eq!(got.len(), want, "v6 {v6} udp {udp}: {:?}", io.stats());
+            let mut payload = Vec::new();
+            for (i, seg) in got.iter().enumerate() {
+                assert!(
+                    seg.len() <= 1514,
+                    "segment {i} fits the wire: {}",
+                    seg.len()
+                );
+                let (seq, bytes) = check_segment(seg);
+                if !udp {
+                    assert_eq!(seq, 7_000_000 + (i * usize::from(mss)) as u32);
+                    let psh = seg[offload.l4 as usize + 13] & 0x08 != 0;
+                    assert_eq!(psh, i + 1 == want, "PSH on the last segment only");
+                }
+                payload.extend(bytes);
+            }
+            assert_eq!(payload, data, "the payload, in order, exactly once");
+        }
+        let s = io.stats();
+        assert_eq!(s.rx_gso_frames, 3, "{s:?}");
+        assert_eq!(s.rx_gso_segments, 14 + 43 + 8, "{s:?}");
+        assert_eq!(s.rx_gso_refused, 0, "{s:?}");
+
+        // Segments longer than a TX slot cannot be cut into anything
+        // sendable: refused and counted, nothing handed out.
+        let (frame, offload, _) = super_frame(false, false, 8000, 4000);
+        peer.send_super_frame(&frame, offload).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while io.stats().rx_gso_refused == 0 && Instant::now() < deadline {
+            assert!(collect(&mut io, 1, Duration::from_millis(20), is_super_frame_test).is_empty());
+        }
+        assert_eq!(io.stats().rx_gso_refused, 1);
+
+        // A worker that holds its buffers runs the segment pool dry; the
+        // cut resumes, losing nothing, once it returns them.
+        let (frame, offload, _) = super_frame(false, false, 64_000, 1448);
+        for _ in 0..4 {
+            peer.send_super_frame(&frame, offload).unwrap();
+        }
+        let want = 4 * 64_000usize.div_ceil(1448);
+        let mut held = Vec::with_capacity(want + BURST);
+        let mut burst = Vec::with_capacity(BURST);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut dry = false;
+        while held.len() < want && Instant::now() < deadline {
+            if io.rx_burst(&mut burst) == 0 {
+                if held.len() >= 128 {
+                    dry = true;
+                    break;
+                }
+                io.wait(Some(Duration::from_millis(5))).unwrap();
+            }
+            held.append(&mut burst);
+        }
+        assert!(dry, "the pool of 128 ran dry at {} segments", held.len());
+        assert_eq!(io.outstanding(), 128);
+        io.free_burst(&mut held);
+        let rest = collect(
+            &mut io,
+            want - 128,
+            Duration::from_secs(5),
+            is_super_frame_test,
+        );
+        assert_eq!(rest.len(), want - 128);
+        assert_eq!(io.outstanding(), 0);
+        assert_eq!(io.held_blocks(), 0, "every block went back to the kernel");
+        let s = io.stats();
+        assert_eq!(s.rx_packets, s.freed, "{s:?}");
     });
 }

@@ -5,8 +5,10 @@
 //! forward and reply, `dsr`), family and protocol, limpet sends exactly the
 //! bytes it sends for the same packet with its checksum complete, and
 //! etherparse verifies them; each completion is counted. A super-frame
-//! (GRO/GSO, segmentation offloads on) longer than the backend can send
-//! is dropped and counted, not forwarded.
+//! (GRO/GSO, segmentation offloads on) that reaches the pipeline whole,
+//! longer than the backend can send, is dropped and counted, not
+//! forwarded (the `AF_PACKET` backend cuts super-frames before the
+//! pipeline: `tests/afpacket.rs`).
 
 mod common;
 

@@ -125,6 +125,17 @@ pub enum Io {
 }
 
 impl Io {
+    /// What `scripts/testbed up` needs for this I/O. `AF_PACKET` takes the
+    /// veths' offloads as the kernel leaves them (partial checksums,
+    /// super-frames); DPDK's `net_af_packet` and `net_af_xdp` see neither
+    /// flag, so their testbed turns the offloads off.
+    pub fn testbed_args(self) -> &'static [&'static str] {
+        match self {
+            Io::AfPacket => &[],
+            Io::DpdkAfPacket | Io::DpdkAfXdp => &["--offloads", "off"],
+        }
+    }
+
     /// The most workers this I/O can run on the testbed.
     pub fn max_workers(self) -> u16 {
         match self {
@@ -312,6 +323,27 @@ impl Limpet {
             .sum()
     }
 
+    /// Metric `name` summed over the series with label `label` (such as
+    /// `reason="oversized"`), whatever their other labels.
+    pub fn metric_with(&self, name: &str, label: &str) -> f64 {
+        let (code, body) = admin_get_in(&self.ns, "/metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter(|l| {
+                l.split_once('}')
+                    .is_some_and(|(labels, _)| labels.contains(label))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The I/O backend's counter `counter` summed over workers
+    /// (`limpet_io_total{counter=...}`).
+    pub fn io_counter(&self, counter: &str) -> f64 {
+        self.metric_with("limpet_io_total", &format!("counter=\"{counter}\""))
+    }
+
     pub fn affinity(&self) -> Vec<Value> {
         let out = sh(Command::new("ip").args([
             "netns", "exec", &self.ns, LIMPET, "affinity", "list", "--json",
@@ -333,7 +365,7 @@ impl Drop for Limpet {
 #[allow(clippy::too_many_lines)] // one story, in order, on one testbed
 pub fn session_affinity(io: Io) {
     must_be_root();
-    let testbed = Testbed::up(4);
+    let testbed = Testbed::up_with(4, io.testbed_args());
     let config = Config::new(&format!("main-{io:?}"));
     let three = [ep(1), ep(2), ep(3)];
     config.write(&manifest(Some(10800), &three));
@@ -462,7 +494,7 @@ pub fn session_affinity(io: Io) {
     drop(testbed);
 
     // --- two-armed: clients on lb0, backends behind lb1 ---
-    let _testbed = Testbed::up_with(3, &["--two-armed"]);
+    let _testbed = Testbed::up_with(3, &[&["--two-armed"], io.testbed_args()].concat());
     let workers = 2.min(io.max_workers());
     let mut args = io.args(&["lb0", "lb1"], workers);
     let lb1 = io.port(1, "lb1");

@@ -73,17 +73,34 @@
 //! each interface still exists and is up with carrier. [`AfPacketIo::wait`]
 //! blocks in `poll()` for idle workers that prefer that to busy polling.
 //!
-//! Interfaces should have GRO/LRO off: a coalesced frame longer than a TX
-//! slot cannot be sent and is counted as `tx_too_long`.
+//! # Offloads left on: partial checksums and super-frames
+//!
+//! The RX socket asks for a virtio-net header before each frame
+//! (`PACKET_VNET_HDR`), which says what the kernel's offloads left
+//! undone. A frame whose TCP/UDP checksum a local sender left to offload
+//! (`TP_STATUS_CSUMNOTREADY`) is handed out flagged
+//! ([`PacketBuf::checksum_partial`]) and the pipeline completes it. A
+//! super-frame (a local sender's TSO/GSO, or GRO on the interface: up to
+//! 64 KiB where the wire carries one MSS) is cut into the segments its
+//! header's `gso_size` says, by [`crate::gso`], before the worker sees it:
+//! each segment is written, checksum complete, into a buffer of the port's
+//! segment pool (`SEGMENT_SLOTS` of them), and the super-frame's block
+//! stays pinned until its last segment has been written. When the pool is
+//! empty, cutting resumes at the next `rx_burst`, once the worker has sent
+//! or freed segments. A super-frame that cannot be cut (a tunnel, an
+//! extension header, a segment longer than a TX slot) is dropped and
+//! counted (`rx_gso_refused`), never forwarded malformed. Interfaces'
+//! offloads may therefore stay at their defaults.
 
 pub(crate) mod bpf;
 mod raw;
 pub(super) mod sys;
 
 pub use bpf::{MAX_INSNS, fanout_client_program, neighbour_filter};
-pub use raw::RawSocket;
+pub use raw::{Offload, RawSocket};
 
 use super::{PacketBuf, PacketIo};
+use crate::gso::{GsoKind, SuperFrame};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -230,6 +247,12 @@ pub struct AfPacketStats {
     pub tx_too_long: u64,
     /// Buffers returned unsent through `free_burst`.
     pub freed: u64,
+    /// Super-frames (segmentation or receive offload) cut into segments.
+    pub rx_gso_frames: u64,
+    /// Segments cut from them (counted in `rx_packets` too).
+    pub rx_gso_segments: u64,
+    /// Super-frames dropped because they could not be cut.
+    pub rx_gso_refused: u64,
 }
 
 impl AfPacketStats {
@@ -245,6 +268,29 @@ impl AfPacketStats {
         self.tx_ring_full += o.tx_ring_full;
         self.tx_too_long += o.tx_too_long;
         self.freed += o.freed;
+        self.rx_gso_frames += o.rx_gso_frames;
+        self.rx_gso_segments += o.rx_gso_segments;
+        self.rx_gso_refused += o.rx_gso_refused;
+    }
+
+    /// Every counter by name, for the admin API's `limpet_io_total`.
+    pub fn named(&self) -> [(&'static str, u64); 14] {
+        [
+            ("rx_packets", self.rx_packets),
+            ("rx_blocks", self.rx_blocks),
+            ("rx_blocks_released", self.rx_blocks_released),
+            ("rx_dropped_by_kernel", self.rx_dropped_by_kernel),
+            ("rx_ring_freezes", self.rx_ring_freezes),
+            ("rx_losing_blocks", self.rx_losing_blocks),
+            ("tx_packets", self.tx_packets),
+            ("tx_errors", self.tx_errors),
+            ("tx_ring_full", self.tx_ring_full),
+            ("tx_too_long", self.tx_too_long),
+            ("freed", self.freed),
+            ("rx_gso_frames", self.rx_gso_frames),
+            ("rx_gso_segments", self.rx_gso_segments),
+            ("rx_gso_refused", self.rx_gso_refused),
+        ]
     }
 }
 
@@ -256,7 +302,8 @@ pub struct AfPacketBuf {
     /// Bytes of this frame's slot before `ptr`: its `tpacket3_hdr` and the
     /// slack after it, free once the header has been read.
     headroom: u16,
-    /// Block index in the ring of port `ring`.
+    /// Block index in the ring of port `ring`, or [`SEGMENT`] plus the
+    /// index of a segment pool buffer.
     block: u32,
     /// Which backend received it.
     owner: u32,
@@ -334,6 +381,21 @@ impl PacketBuf for AfPacketBuf {
     }
 }
 
+/// Bit of [`AfPacketBuf::block`] marking a segment pool buffer.
+const SEGMENT: u32 = 1 << 31;
+/// Segment buffers per port: a 64 KiB super-frame cuts into about 45
+/// segments, and a worker returns a burst's buffers before asking for more.
+const SEGMENT_SLOTS: usize = 128;
+/// Room before a segment, for what the pipeline prepends (tunnel headers,
+/// the headers of an ICMP error quoting the packet).
+const SEGMENT_HEADROOM: usize = 128;
+/// `struct virtio_net_hdr`, which `PACKET_VNET_HDR` puts before each frame.
+const VNET_HDR_LEN: usize = 10;
+const VNET_GSO_TCPV4: u8 = 1;
+const VNET_GSO_TCPV6: u8 = 4;
+const VNET_GSO_UDP_L4: u8 = 5;
+const VNET_GSO_ECN: u8 = 0x80;
+
 /// Offsets in a `tpacket_block_desc` / `tpacket2_hdr`.
 const BLOCK_STATUS: usize = 8;
 const BLOCK_HDR_V1: usize = 8;
@@ -348,6 +410,62 @@ struct Cursor {
     left: u32,
     /// Offset of the next frame header from the block start.
     offset: usize,
+}
+
+/// A super-frame being cut: it stays in its block (pinned by one count in
+/// `Port::out`) until its last segment is written.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    frame: NonNull<u8>,
+    len: usize,
+    block: usize,
+    plan: SuperFrame,
+    next: usize,
+}
+
+/// The buffers segments are written to, allocated once when the port opens.
+struct SegmentPool {
+    /// `SEGMENT_SLOTS` buffers of `slot_size` bytes, from `Box::into_raw`:
+    /// a raw pointer, so buffers handed out stay valid however the pool
+    /// moves; freed on drop unless leaked (see `AfPacketIo`'s `Drop`).
+    base: NonNull<u8>,
+    slot_size: usize,
+    /// Longest segment, Ethernet header included: what a TX slot holds.
+    room: usize,
+    /// Indices of free buffers (capacity `SEGMENT_SLOTS`: never grows).
+    free: Vec<u16>,
+    pending: Option<Pending>,
+    leaked: bool,
+}
+
+impl SegmentPool {
+    fn new(tx_room: usize) -> SegmentPool {
+        let slot_size = (SEGMENT_HEADROOM + tx_room).next_multiple_of(64);
+        let memory = vec![0u8; slot_size * SEGMENT_SLOTS].into_boxed_slice();
+        let base = NonNull::new(Box::into_raw(memory).cast::<u8>()).expect("Box is not null");
+        SegmentPool {
+            base,
+            slot_size,
+            room: tx_room,
+            free: (0..SEGMENT_SLOTS as u16).rev().collect(),
+            pending: None,
+            leaked: false,
+        }
+    }
+}
+
+impl Drop for SegmentPool {
+    fn drop(&mut self) {
+        if self.leaked {
+            return;
+        }
+        let slice =
+            std::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.slot_size * SEGMENT_SLOTS);
+        // SAFETY: `base` came from `Box::into_raw` of a boxed slice of this
+        // length in `new`, and is freed only here, once; no buffer points
+        // into it (otherwise `leaked` is set).
+        drop(unsafe { Box::from_raw(slice) });
+    }
 }
 
 struct Port {
@@ -378,6 +496,7 @@ struct Port {
     /// Frames written since the last kick (or left by a transient failure).
     tx_unkicked: bool,
     tx_error: Option<io::Error>,
+    segments: SegmentPool,
     stats: AfPacketStats,
 }
 
@@ -459,6 +578,18 @@ impl Port {
         let mut mac = cur.offset + usize::from(hdr.tp_mac);
         let mut len = hdr.tp_snaplen as usize;
         let fits = mac + len <= self.block_size;
+        // The virtio-net header ends where the frame starts; read it before
+        // the VLAN tag goes back over its last bytes.
+        let vnet = if fits && usize::from(hdr.tp_mac) >= TPACKET3_HDR_LEN + VNET_HDR_LEN {
+            let vnet_ptr = block_ptr
+                .wrapping_add(mac - VNET_HDR_LEN)
+                .cast::<[u8; 10]>();
+            // SAFETY: the 10 bytes before the frame lie in our block, after
+            // the frame header (checked just above); unaligned read.
+            unsafe { vnet_ptr.read_unaligned() }
+        } else {
+            [0; VNET_HDR_LEN]
+        };
         if fits
             && hdr.tp_status & libc::TP_STATUS_VLAN_VALID != 0
             && len >= 12
@@ -497,6 +628,39 @@ impl Port {
             }
             return None;
         }
+        let gso = vnet[1] & !VNET_GSO_ECN;
+        if gso != 0 {
+            let segment_size = u16::from_ne_bytes([vnet[4], vnet[5]]);
+            let kind = match gso {
+                VNET_GSO_TCPV4 | VNET_GSO_TCPV6 => Some(GsoKind::Tcp),
+                VNET_GSO_UDP_L4 => Some(GsoKind::Udp),
+                _ => None,
+            };
+            let frame = block_ptr.wrapping_add(mac);
+            // SAFETY: `mac..mac + len` lies in our block (`fits`), which the
+            // kernel does not write until released; read-only here.
+            let bytes = unsafe { std::slice::from_raw_parts(frame, len) };
+            let plan = kind.and_then(|kind| {
+                SuperFrame::parse(bytes, kind, segment_size, self.segments.room).ok()
+            });
+            if let Some(plan) = plan {
+                self.out[cur.block] += 1;
+                self.stats.rx_gso_frames += 1;
+                self.segments.pending = Some(Pending {
+                    frame: NonNull::new(frame).expect("ring pointer is not null"),
+                    len,
+                    block: cur.block,
+                    plan,
+                    next: 0,
+                });
+            } else {
+                self.stats.rx_gso_refused += 1;
+                if self.cursor.is_none() && self.out[cur.block] == 0 {
+                    self.release_block(cur.block);
+                }
+            }
+            return None;
+        }
         self.out[cur.block] += 1;
         self.out_total += 1;
         self.stats.rx_packets += 1;
@@ -515,14 +679,71 @@ impl Port {
         })
     }
 
-    /// A buffer of this ring came back.
+    /// A buffer of this port came back.
     #[inline(always)]
-    fn give_back(&mut self, block: usize) {
-        self.out[block] -= 1;
+    fn give_back(&mut self, block: u32) {
         self.out_total -= 1;
+        if block & SEGMENT != 0 {
+            self.segments.free.push((block & !SEGMENT) as u16);
+        } else {
+            self.unpin(block as usize);
+        }
+    }
+
+    /// One user of `block` (a buffer, or a super-frame being cut) is done.
+    #[inline(always)]
+    fn unpin(&mut self, block: usize) {
+        self.out[block] -= 1;
         if self.out[block] == 0 && self.cursor.is_none_or(|c| c.block != block) {
             self.release_block(block);
         }
+    }
+
+    /// Cuts the next segment of the pending super-frame into a pool buffer.
+    /// None when nothing is pending or no buffer is free (check `pending`).
+    #[cold]
+    fn next_segment(&mut self, port: u16, owner: u32) -> Option<AfPacketBuf> {
+        let mut pending = self.segments.pending?;
+        let slot = self.segments.free.pop()?;
+        let pool = &self.segments;
+        let buf = pool
+            .base
+            .as_ptr()
+            .wrapping_add(usize::from(slot) * pool.slot_size + SEGMENT_HEADROOM);
+        // SAFETY: the super-frame lies in its block, pinned (one count in
+        // `out`) since `take_frame`, so the kernel does not write it; no
+        // buffer was handed out for it, so nothing else borrows it.
+        let frame = unsafe { std::slice::from_raw_parts(pending.frame.as_ptr(), pending.len) };
+        // SAFETY: slot `slot` was free, so no buffer points into it; its
+        // bytes after the headroom lie inside the pool's allocation, a
+        // different one from the ring's.
+        let out = unsafe { std::slice::from_raw_parts_mut(buf, pool.slot_size - SEGMENT_HEADROOM) };
+        let len = pending.plan.write_segment(frame, pending.next, out);
+        pending.next += 1;
+        if pending.next >= pending.plan.segments() || len == 0 {
+            self.segments.pending = None;
+            self.unpin(pending.block);
+        } else {
+            self.segments.pending = Some(pending);
+        }
+        if len == 0 {
+            // Not expected: the plan was checked against the room.
+            self.segments.free.push(slot);
+            return None;
+        }
+        self.out_total += 1;
+        self.stats.rx_packets += 1;
+        self.stats.rx_gso_segments += 1;
+        Some(AfPacketBuf {
+            ptr: NonNull::new(buf).expect("pool pointer is not null"),
+            len: len as u32,
+            headroom: SEGMENT_HEADROOM as u16,
+            block: SEGMENT | u32::from(slot),
+            owner,
+            port,
+            ring: port,
+            partial: 0,
+        })
     }
 
     #[inline(always)]
@@ -877,6 +1098,7 @@ impl AfPacketIo {
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, AfPacketError> {
         for p in &mut self.ports {
             if p.cursor.is_some()
+                || p.segments.pending.is_some()
                 || p.block_status(p.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
             {
                 return Ok(true);
@@ -909,7 +1131,7 @@ impl AfPacketIo {
             buf.owner, self.id,
             "AfPacketBuf returned to an AfPacketIo that did not receive it"
         );
-        self.ports[usize::from(buf.ring)].give_back(buf.block as usize);
+        self.ports[usize::from(buf.ring)].give_back(buf.block);
     }
 }
 
@@ -937,6 +1159,18 @@ impl PacketIo for AfPacketIo {
             let idx = (self.rx_next_port + i) % n;
             let port = &mut self.ports[idx];
             while burst.len() < burst.capacity() {
+                if port.segments.pending.is_some() {
+                    match port.next_segment(idx as u16, self.id) {
+                        Some(buf) => {
+                            burst.push(buf);
+                            continue;
+                        }
+                        // Out of segment buffers: more once the worker
+                        // returns this burst's.
+                        None if port.segments.pending.is_some() => break,
+                        None => {}
+                    }
+                }
                 if port.cursor.is_none() && !port.open_block() {
                     break;
                 }
@@ -991,6 +1225,14 @@ impl PacketIo for AfPacketIo {
             Err(e) => self.fanout_error = Some(e),
         }
     }
+
+    fn counters(&self, out: &mut Vec<(&'static str, u64)>) {
+        let mut total = AfPacketStats::default();
+        for p in &self.ports {
+            total.add(&p.stats);
+        }
+        out.extend(total.named());
+    }
 }
 
 impl Drop for AfPacketIo {
@@ -1003,6 +1245,7 @@ impl Drop for AfPacketIo {
                 if let Some(map) = p.rx_map.take() {
                     map.leak();
                 }
+                p.segments.leaked = true;
             }
             // Otherwise the mappings unmap and the sockets close as the
             // fields drop.
@@ -1055,10 +1298,14 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         check_flags(iface, flags)?;
     }
 
-    // RX: TPACKET_V3 ring on a socket bound to all protocols.
+    // RX: TPACKET_V3 ring on a socket bound to all protocols, each frame
+    // after a virtio-net header (before the ring exists, or it is refused).
     let v3 = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
     sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v3)
         .map_err(err("setsockopt(PACKET_VERSION, TPACKET_V3)"))?;
+    let one: libc::c_int = 1;
+    sys::setsockopt(&rx_fd, libc::SOL_PACKET, sys::PACKET_VNET_HDR, &one)
+        .map_err(err("setsockopt(PACKET_VNET_HDR)"))?;
     let req = libc::tpacket_req3 {
         tp_block_size: opts.block_size,
         tp_block_nr: opts.block_count,
@@ -1074,7 +1321,6 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         .map_err(err("setsockopt(PACKET_RX_RING)"))?;
     let rx_len = opts.block_size as usize * opts.block_count as usize;
     let rx_map = sys::Mmap::new(&rx_fd, rx_len).map_err(err("mmap(RX ring)"))?;
-    let one: libc::c_int = 1;
     let ignore_outgoing =
         sys::setsockopt(&rx_fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one);
     ignore_outgoing.map_err(err("setsockopt(PACKET_IGNORE_OUTGOING)"))?;
@@ -1135,6 +1381,7 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         tx_head: 0,
         tx_unkicked: false,
         tx_error: None,
+        segments: SegmentPool::new(opts.frame_size as usize - TX_DATA),
         stats: AfPacketStats::default(),
     })
 }

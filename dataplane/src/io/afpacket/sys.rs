@@ -30,6 +30,9 @@ pub(in crate::io) fn ifname(name: &str) -> Option<[libc::c_char; libc::IFNAMSIZ]
 
 /// `socket(AF_PACKET, SOCK_RAW, 0)`: protocol 0, so it receives nothing
 /// until it is bound with a protocol.
+/// `PACKET_VNET_HDR` (`linux/if_packet.h`), which the libc crate lacks.
+pub(super) const PACKET_VNET_HDR: libc::c_int = 15;
+
 pub(super) fn packet_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket() takes no pointers; its result is checked by `cvt`.
     let fd = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
@@ -306,6 +309,38 @@ pub(super) fn send_frame(fd: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result
             size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     };
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
+/// Sends one frame after a virtio-net header (a `PACKET_VNET_HDR` socket)
+/// out of `ifindex`, the two gathered by the kernel, not copied here.
+pub(super) fn send_frame_after(
+    fd: &OwnedFd,
+    ifindex: u32,
+    header: &[u8],
+    frame: &[u8],
+) -> io::Result<usize> {
+    let mut addr = sockaddr_ll(ifindex, 0);
+    let mut iov = [
+        libc::iovec {
+            iov_base: header.as_ptr().cast_mut().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: frame.as_ptr().cast_mut().cast(),
+            iov_len: frame.len(),
+        },
+    ];
+    // SAFETY: `msghdr` is plain data; all zeroes is an empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = ptr::from_mut(&mut addr).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
+    // SAFETY: `msg` points at `addr` and at two iovecs over `header` and
+    // `frame`, all live for the call with their lengths; the kernel only
+    // reads them (sendmsg does not write through `iov_base`).
+    let ret = unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const msg, 0) };
     usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 
