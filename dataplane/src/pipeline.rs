@@ -289,6 +289,15 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         let mtu = io.mtu();
         let mut io = io;
         io.serve_sources(&config.snat.addrs());
+        io.serve_own_addrs(&config.icmp.own_addrs);
+        // A worker built with services already (tests, restarts) tells
+        // its backend their addresses now; swaps tell it of changes.
+        if !snapshot.frontend_addrs().is_empty() {
+            io.serve_frontends(snapshot.frontend_addrs());
+        }
+        if !snapshot.endpoint_addrs().is_empty() {
+            io.serve_endpoints(snapshot.endpoint_addrs());
+        }
         Ok(Self {
             icmp: Icmp::new(config.icmp.clone(), now),
             v4: Tables::new(&config, now)?,
@@ -406,6 +415,9 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
         }
         if !newest.same_frontend_addrs(&self.snapshot) {
             self.io.serve_frontends(newest.frontend_addrs());
+        }
+        if !newest.same_endpoint_addrs(&self.snapshot) {
+            self.io.serve_endpoints(newest.endpoint_addrs());
         }
         self.stats.snapshot_swaps += 1;
         self.swapped_at = self.clock.now();

@@ -352,6 +352,8 @@ pub struct Snapshot {
     /// Every frontend address, sorted and deduplicated; shared with the
     /// previous snapshot while unchanged.
     frontend_addrs: Arc<[IpAddr]>,
+    /// Every backend address of every port, sorted.
+    endpoint_addrs: Arc<[IpAddr]>,
     lineage: Lineage,
 }
 
@@ -446,6 +448,16 @@ fn index_of(spec: &ServicePortSpec, addr: IpAddr, i: usize) -> u32 {
 }
 
 /// Every frontend address, sorted and deduplicated.
+fn endpoints_of(ports: &[Arc<ServicePort>]) -> Arc<[IpAddr]> {
+    let mut addrs: Vec<IpAddr> = ports
+        .iter()
+        .flat_map(|p| p.spec.backends.iter().map(|b| b.addr))
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs.into()
+}
+
 fn addrs_of(frontends: &FrontendMap) -> Arc<[IpAddr]> {
     let mut addrs: Vec<IpAddr> = frontends.keys().map(|f| f.addr).collect();
     addrs.sort_unstable();
@@ -469,12 +481,14 @@ impl Snapshot {
             claim_frontends(&mut frontends, &ports, i)?;
         }
         let frontend_addrs = addrs_of(&frontends);
+        let endpoint_addrs = endpoints_of(&ports);
         Ok(Self {
             generation,
             ports,
             frontends,
             by_id,
             frontend_addrs,
+            endpoint_addrs,
             lineage: Lineage::fresh(),
         })
     }
@@ -576,12 +590,19 @@ impl Snapshot {
         if cut {
             lineage.last_cut = generation;
         }
+        let endpoint_addrs = endpoints_of(&ports);
+        let endpoint_addrs = if *endpoint_addrs == *self.endpoint_addrs {
+            Arc::clone(&self.endpoint_addrs)
+        } else {
+            endpoint_addrs
+        };
         Ok(Self {
             generation,
             ports,
             frontends,
             by_id,
             frontend_addrs,
+            endpoint_addrs,
             lineage,
         })
     }
@@ -684,6 +705,17 @@ impl Snapshot {
     /// Every address a service is reached at, sorted.
     pub fn frontend_addrs(&self) -> &[IpAddr] {
         &self.frontend_addrs
+    }
+
+    /// Every address a service port balances to, sorted.
+    pub fn endpoint_addrs(&self) -> &[IpAddr] {
+        &self.endpoint_addrs
+    }
+
+    /// Whether both snapshots balance to the same addresses.
+    pub fn same_endpoint_addrs(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.endpoint_addrs, &other.endpoint_addrs)
+            || self.endpoint_addrs == other.endpoint_addrs
     }
 
     /// Whether both snapshots are reached at the same addresses (free when

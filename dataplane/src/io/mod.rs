@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod afpacket;
+pub mod afxdp;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod memory;
@@ -101,6 +102,17 @@ pub trait PacketIo {
     /// the destination port ([`crate::snat::port_owner`]), and backends
     /// that spread traffic over workers steer them so.
     fn serve_sources(&mut self, _sources: &[std::net::IpAddr]) {}
+
+    /// Told once, before any packet, limpet's own addresses (`--address`):
+    /// backends that share the interface with the host steer them to
+    /// limpet (`afxdp`).
+    fn serve_own_addrs(&mut self, _addrs: &[std::net::IpAddr]) {}
+
+    /// Told, at a snapshot swap, every endpoint address services balance
+    /// to: packets from them are replies of limpet's translated
+    /// connections, which backends sharing the interface with the host
+    /// steer to limpet (`afxdp`). Rare, so it may make a system call.
+    fn serve_endpoints(&mut self, _endpoints: &[std::net::IpAddr]) {}
 
     /// The backend's own counters (named, for the admin API), appended to
     /// `out`. Called at burst boundaries when the control plane asks; may

@@ -4,6 +4,7 @@
 
 pub mod fixtures;
 pub mod icmp;
+pub mod veth;
 
 use limpet_dataplane::clock::{Clock, ManualClock};
 use limpet_dataplane::command::{AffinityFilter, AffinityRecord, BackendLoad, Command};

@@ -28,19 +28,19 @@ pub(in crate::io) fn ifname(name: &str) -> Option<[libc::c_char; libc::IFNAMSIZ]
     Some(out)
 }
 
-/// `socket(AF_PACKET, SOCK_RAW, 0)`: protocol 0, so it receives nothing
-/// until it is bound with a protocol.
 /// `PACKET_VNET_HDR` (`linux/if_packet.h`), which the libc crate lacks.
 pub(super) const PACKET_VNET_HDR: libc::c_int = 15;
 
-pub(super) fn packet_socket() -> io::Result<OwnedFd> {
+/// `socket(AF_PACKET, SOCK_RAW, 0)`: protocol 0, so it receives nothing
+/// until it is bound with a protocol.
+pub(in crate::io) fn packet_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket() takes no pointers; its result is checked by `cvt`.
     let fd = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` was just created and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub(super) fn setsockopt<T>(
+pub(in crate::io) fn setsockopt<T>(
     fd: &OwnedFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -61,11 +61,13 @@ pub(super) fn setsockopt<T>(
 }
 
 /// Only for plain-integer types, for which every bit pattern is valid.
-trait PlainInts: Copy {}
+pub(in crate::io) trait PlainInts: Copy {}
 impl PlainInts for libc::c_int {}
 impl PlainInts for libc::tpacket_stats_v3 {}
+impl PlainInts for libc::xdp_mmap_offsets {}
+impl PlainInts for libc::xdp_statistics {}
 
-fn getsockopt<T: PlainInts>(
+pub(in crate::io) fn getsockopt<T: PlainInts>(
     fd: &OwnedFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -88,7 +90,7 @@ fn getsockopt<T: PlainInts>(
 }
 
 /// The socket's pending error (`SO_ERROR`), which reading clears.
-pub(super) fn take_socket_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
+pub(in crate::io) fn take_socket_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
     let err = getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, 0)?;
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
@@ -140,7 +142,7 @@ pub(in crate::io) fn if_nametoindex(name: &[libc::c_char; libc::IFNAMSIZ]) -> io
 }
 
 /// The interface's current name, or `None` once it is gone.
-pub(super) fn if_indextoname(index: u32) -> Option<String> {
+pub(in crate::io) fn if_indextoname(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IFNAMSIZ];
     // SAFETY: `buf` has the IFNAMSIZ bytes `if_indextoname` may write.
     let ret = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
@@ -189,7 +191,10 @@ pub(in crate::io) fn if_flags(
 }
 
 /// `SIOCGIFMTU`: the largest IP packet the interface sends.
-pub(super) fn if_mtu(fd: &OwnedFd, name: &[libc::c_char; libc::IFNAMSIZ]) -> io::Result<usize> {
+pub(in crate::io) fn if_mtu(
+    fd: &OwnedFd,
+    name: &[libc::c_char; libc::IFNAMSIZ],
+) -> io::Result<usize> {
     let mut req = ifreq(name);
     ioctl_ifreq(fd, libc::SIOCGIFMTU, &mut req)?;
     // SAFETY: SIOCGIFMTU wrote `ifru_mtu`; the union is plain data.
@@ -213,14 +218,38 @@ pub(super) fn if_hwaddr(
     Ok(mac)
 }
 
-/// A shared, writable mapping of a packet socket's rings, unmapped on drop.
-pub(super) struct Mmap {
+/// A writable mapping (a socket's rings, or anonymous memory), unmapped on
+/// drop.
+pub(in crate::io) struct Mmap {
     ptr: NonNull<u8>,
     len: usize,
 }
 
 impl Mmap {
     pub(super) fn new(fd: &OwnedFd, len: usize) -> io::Result<Mmap> {
+        Mmap::map(Some(fd), len, 0)
+    }
+
+    /// The part of `fd`'s mappable memory at `offset` (an `AF_XDP` ring).
+    pub(in crate::io) fn at(fd: &OwnedFd, len: usize, offset: u64) -> io::Result<Mmap> {
+        Mmap::map(Some(fd), len, offset)
+    }
+
+    /// Zeroed private memory of `len` bytes (an `AF_XDP` UMEM).
+    pub(in crate::io) fn anonymous(len: usize) -> io::Result<Mmap> {
+        Mmap::map(None, len, 0)
+    }
+
+    fn map(fd: Option<&OwnedFd>, len: usize, offset: u64) -> io::Result<Mmap> {
+        let (flags, raw) = match fd {
+            Some(fd) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd()),
+            None => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+            ),
+        };
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: a fresh mapping chosen by the kernel (null hint) cannot
         // overlap any Rust object; the result is checked below.
         let ptr = unsafe {
@@ -228,9 +257,9 @@ impl Mmap {
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                0,
+                flags,
+                raw,
+                offset,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -241,13 +270,13 @@ impl Mmap {
         Ok(Mmap { ptr, len })
     }
 
-    pub(super) fn as_ptr(&self) -> *mut u8 {
+    pub(in crate::io) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     /// Keeps the mapping for the rest of the process (buffers still point
     /// into it).
-    pub(super) fn leak(self) {
+    pub(in crate::io) fn leak(self) {
         std::mem::forget(self);
     }
 }
@@ -262,7 +291,7 @@ impl Drop for Mmap {
 }
 
 /// `poll()` over `fds`; returns how many have events.
-pub(super) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+pub(in crate::io) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: `fds` is a live, writable slice and its length is passed.
     let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -274,7 +303,7 @@ pub(super) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<us
 }
 
 /// Tells the kernel to send the TX ring's pending frames, without waiting.
-pub(super) fn kick(fd: &OwnedFd) -> io::Result<()> {
+pub(in crate::io) fn kick(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: a null buffer of length 0 and no address: the kernel reads
     // nothing from user memory but the mapped ring.
     let ret = unsafe {
