@@ -10,6 +10,7 @@ use limpet_dataplane::io::afpacket::{
     AfPacketError, AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket, link_state,
 };
 use limpet_dataplane::pipeline::Worker;
+use limpet_dataplane::wire::MacAddr;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,17 +44,7 @@ impl WorkerIo for AfPacketIo {
 /// starts, so a bad interface fails cleanly) and starts the workers on an
 /// empty snapshot.
 pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, BackendError> {
-    let mut sockets = Vec::with_capacity(opts.links.len());
-    for link in opts.links {
-        wait_for_link(&link.iface, opts.link_wait, stop)?;
-    }
-    for link in opts.links {
-        let raw = RawSocket::open_neighbour(&link.iface).map_err(|source| BackendError::Io {
-            iface: link.iface.clone(),
-            source,
-        })?;
-        sockets.push(raw);
-    }
+    let sockets = neighbour_sockets(opts, stop)?;
     // limpet sends from one MAC on every port: the first interface's,
     // unless --mac says otherwise.
     let mac = opts.mac.unwrap_or_else(|| sockets[0].mac());
@@ -83,6 +74,42 @@ pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, 
         })?;
         ios.push(io);
     }
+    start_workers(opts, stop, mac, ios, sockets)
+}
+
+/// Waits for every link to come up, then opens the neighbour thread's raw
+/// socket on each (ARP and neighbour discovery, which the kernel sees).
+pub(crate) fn neighbour_sockets(
+    opts: &WorkerSetup<'_>,
+    stop: &AtomicBool,
+) -> Result<Vec<RawSocket>, BackendError> {
+    for link in opts.links {
+        wait_for_link(&link.iface, opts.link_wait, stop)?;
+    }
+    let mut sockets = Vec::with_capacity(opts.links.len());
+    for link in opts.links {
+        let raw = RawSocket::open_neighbour(&link.iface).map_err(|source| BackendError::Io {
+            iface: link.iface.clone(),
+            source,
+        })?;
+        sockets.push(raw);
+    }
+    Ok(sockets)
+}
+
+/// Starts one worker thread per backend in `ios` (worker `i` on
+/// `--cpus[i]` when given), the neighbour thread's wires beside them.
+pub(crate) fn start_workers<I>(
+    opts: &WorkerSetup<'_>,
+    stop: &Arc<AtomicBool>,
+    mac: MacAddr,
+    ios: Vec<I>,
+    sockets: Vec<RawSocket>,
+) -> Result<Workers, BackendError>
+where
+    I: WorkerIo,
+    I::Buf: Send,
+{
     let (mut workers, retired) = Workers::new(mac);
     for (i, io) in ios.into_iter().enumerate() {
         let worker = workers.add(io, opts.worker, &retired)?;
@@ -144,14 +171,18 @@ fn wait_for_link(iface: &str, wait: Duration, stop: &AtomicBool) -> Result<(), B
 
 /// Starts worker `index` on its own thread, pinned to `cpu` when given;
 /// returns once the thread is running there (or could not be pinned).
-fn spawn_worker(
+fn spawn_worker<I>(
     index: usize,
-    mut worker: Worker<AfPacketIo, MonotonicClock>,
+    mut worker: Worker<I, MonotonicClock>,
     idle: Idle,
     cpu: Option<usize>,
     stop: Arc<AtomicBool>,
     beat: Arc<Heartbeat>,
-) -> Result<JoinHandle<()>, BackendError> {
+) -> Result<JoinHandle<()>, BackendError>
+where
+    I: WorkerIo,
+    I::Buf: Send,
+{
     let (pinned_tx, pinned_rx) = std::sync::mpsc::sync_channel(1);
     let handle = std::thread::Builder::new()
         .name(format!("limpet-worker-{index}"))

@@ -67,6 +67,12 @@ pub enum BackendError {
         #[source]
         source: limpet_dataplane::io::afpacket::AfPacketError,
     },
+    #[error("AF_XDP on {iface}: {source}")]
+    AfXdp {
+        iface: String,
+        #[source]
+        source: limpet_dataplane::io::afxdp::AfXdpError,
+    },
     #[cfg(feature = "dpdk")]
     #[error("DPDK: {0}")]
     Dpdk(#[from] limpet_dataplane::io::dpdk::DpdkError),

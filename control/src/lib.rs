@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod afpacket;
+pub mod afxdp;
 pub mod announce;
 pub mod backend;
 pub mod checkpoint;

@@ -57,6 +57,9 @@ pub enum IoBackend {
     /// `AF_PACKET` rings on kernel interfaces (`Link::iface` is the
     /// interface name).
     AfPacket,
+    /// `AF_XDP` sockets on kernel interfaces, behind limpet's steering
+    /// XDP program (`Link::iface` is the interface name).
+    AfXdp,
     /// DPDK ports (`Link::iface` is the port's name: a PCI address or a
     /// virtual device's name), with EAL set up from these options.
     #[cfg(feature = "dpdk")]
@@ -600,6 +603,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     let setup = opts.worker_setup();
     let workers = match &opts.io {
         IoBackend::AfPacket => crate::afpacket::start(&setup, &stop)?,
+        IoBackend::AfXdp => crate::afxdp::start(&setup, &stop)?,
         #[cfg(feature = "dpdk")]
         IoBackend::Dpdk(dpdk) => crate::dpdk::start(&setup, dpdk, &stop)?,
     };
@@ -983,20 +987,24 @@ fn signal_channel() -> Result<Receiver<Signal>, RunError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoKind {
     AfPacket,
+    AfXdp,
     Dpdk,
 }
 
-/// Parses `--io afpacket:IFACE[,IFACE2]` or `--io dpdk:PORT[,PORT2]`
+/// Parses `--io afpacket:IFACE[,IFACE2]`, `--io afxdp:IFACE[,IFACE2]` or
+/// `--io dpdk:PORT[,PORT2]`
 /// (a port is a PCI address such as `0000:3b:00.0` or a virtual device's
 /// name such as `net_af_packet0`).
 pub fn parse_io(spec: &str) -> Result<(IoKind, Vec<String>), String> {
     let (kind, list) = if let Some(list) = spec.strip_prefix("afpacket:") {
         (IoKind::AfPacket, list)
+    } else if let Some(list) = spec.strip_prefix("afxdp:") {
+        (IoKind::AfXdp, list)
     } else if let Some(list) = spec.strip_prefix("dpdk:") {
         (IoKind::Dpdk, list)
     } else {
         return Err(format!(
-            "unknown I/O backend in {spec:?}: expected afpacket:IFACE[,IFACE2] or dpdk:PORT[,PORT2]"
+            "unknown I/O backend in {spec:?}: expected afpacket:IFACE[,IFACE2], afxdp:IFACE[,IFACE2] or dpdk:PORT[,PORT2]"
         ));
     };
     let names: Vec<String> = list
@@ -1007,6 +1015,7 @@ pub fn parse_io(spec: &str) -> Result<(IoKind, Vec<String>), String> {
     if names.is_empty() {
         return Err(match kind {
             IoKind::AfPacket => "afpacket: needs at least one interface name".into(),
+            IoKind::AfXdp => "afxdp: needs at least one interface name".into(),
             IoKind::Dpdk => "dpdk: needs at least one port (PCI address or vdev name)".into(),
         });
     }
@@ -1050,6 +1059,11 @@ mod tests {
                 .unwrap_err()
                 .contains("PCI address or vdev")
         );
+        assert_eq!(
+            parse_io("afxdp:eth1").unwrap(),
+            (IoKind::AfXdp, vec!["eth1".to_owned()])
+        );
+        assert!(parse_io("afxdp:").unwrap_err().contains("interface name"));
         assert!(parse_io("xdp:lb0").unwrap_err().contains("dpdk:PORT"));
     }
 }

@@ -296,9 +296,9 @@ fn icmp_through_limpet_end_to_end_over_dpdk_af_packet() {
 
 fn icmp_story(io: Io, workers: u16) {
     must_be_root();
-    let testbed = Testbed::up(1);
+    let testbed = Testbed::up_with(1, io.testbed_args());
     testbed.mode("nat");
-    let mut behind = Behind::up(1280);
+    let mut behind = Behind::up(1280, io.offloads_on());
     behind.serve(&["python3", "-c", testbed::COUNT_SERVER, "9376"], 9376);
     let config = Config::new("icmp");
     config.write(MANIFEST);

@@ -349,9 +349,9 @@ fn encapsulated_dsr_end_to_end_over_dpdk_af_packet() {
 
 fn tunnel_story(io: Io) {
     must_be_root();
-    let testbed = Testbed::up(1);
+    let testbed = Testbed::up_with(1, io.testbed_args());
     testbed.mode("nat");
-    let mut behind = Behind::up(TUNNEL_MTU);
+    let mut behind = Behind::up(TUNNEL_MTU, io.offloads_on());
     endpoint_setup();
     let server = repo().join("scripts/testbed-http-server.py");
     let server = server.to_str().expect("server path");

@@ -260,6 +260,9 @@ pub struct Worker<I: PacketIo, C: Clock> {
     held: bool,
     /// [`PacketIo::max_frame`], read once.
     max_frame: usize,
+    /// [`PacketIo::checksum_state_unknown`], read once: every TCP/UDP
+    /// checksum is checked for being a sender's partial one.
+    detect_partial: bool,
     /// [`PacketIo::mtu`], read once.
     mtu: usize,
 }
@@ -286,6 +289,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
     ) -> Result<Self, TableError> {
         let now = clock.now();
         let max_frame = io.max_frame();
+        let detect_partial = io.checksum_state_unknown();
         let mtu = io.mtu();
         let mut io = io;
         io.serve_sources(&config.snat.addrs());
@@ -323,6 +327,7 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
             swapped_at: now,
             held: false,
             max_frame,
+            detect_partial,
             mtu,
         })
     }
@@ -620,7 +625,9 @@ impl<I: PacketIo, C: Clock> Worker<I, C> {
                 Meta::decided(Action::Drop(DropReason::Oversized))
             };
             if meta.early.is_none() {
-                if self.rx[i].checksum_partial() {
+                if self.rx[i].checksum_partial()
+                    || (self.detect_partial && looks_partial(self.rx[i].data(), &meta))
+                {
                     complete_checksum(self.rx[i].data_mut(), &meta);
                     self.stats.checksums_completed += 1;
                 }
@@ -898,6 +905,63 @@ fn complete_checksum(frame: &mut [u8], meta: &Meta) {
     if let Some(segment) = end.and_then(|end| frame.get_mut(l4..end)) {
         checksum::complete_partial(segment, field, udp);
     }
+}
+
+/// Whether a frame's TCP/UDP checksum field holds only its pseudo-header's
+/// sum, as a local sender's checksum offload leaves it, for backends that
+/// cannot say ([`PacketIo::checksum_state_unknown`]: `AF_XDP` hands over
+/// bytes, not the kernel's checksum state). A full checksum that happens
+/// to equal that sum (one in 65536) verifies as it is, and is left alone.
+#[inline(never)]
+fn looks_partial(frame: &[u8], meta: &Meta) -> bool {
+    let l3 = usize::from(meta.l3);
+    let l4 = l3 + usize::from(meta.l4);
+    let word = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    let protocol = match meta.tuple {
+        Tuple::V4(key) => key.protocol,
+        Tuple::V6(key) => key.protocol,
+    };
+    let field = match protocol {
+        IpProtocol::TCP => 16,
+        IpProtocol::UDP => 6,
+        _ => return false,
+    };
+    let (pseudo, end) = match frame.get(l3).map(|b| b >> 4) {
+        Some(4) => {
+            let (Some(total), Some(ip)) = (word(l3 + 2), frame.get(l3 + 12..l3 + 20)) else {
+                return false;
+            };
+            let end = l3 + usize::from(total);
+            let src = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+            let dst = Ipv4Addr::new(ip[4], ip[5], ip[6], ip[7]);
+            let len = end.saturating_sub(l4) as u32;
+            (checksum::pseudo_header_v4(src, dst, protocol, len), end)
+        }
+        Some(6) => {
+            let (Some(payload), Some(ip)) = (word(l3 + 4), frame.get(l3 + 8..l3 + 40)) else {
+                return false;
+            };
+            let end = l3 + ipv6::HEADER_LEN + usize::from(payload);
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&ip[..16]);
+            let src = Ipv6Addr::from(a);
+            a.copy_from_slice(&ip[16..]);
+            let dst = Ipv6Addr::from(a);
+            let len = end.saturating_sub(l4) as u32;
+            (checksum::pseudo_header_v6(src, dst, protocol, len), end)
+        }
+        _ => return false,
+    };
+    if word(l4 + field) != Some(checksum::fold(pseudo)) {
+        return false;
+    }
+    frame
+        .get(l4..end)
+        .is_some_and(|segment| checksum::fold(pseudo + checksum::sum(segment)) != 0xffff)
 }
 
 /// Whether a packet with these flags may open a connection.

@@ -174,14 +174,22 @@ fn limpets_traffic_is_steered_to_it_and_the_rest_passed_to_the_kernel() {
             );
         }
 
-        // An endpoint that leaves the set is the kernel's again.
+        // An endpoint that leaves the set stays limpet's while its
+        // connections may still be open, then is the kernel's again.
         io.serve_endpoints(&[]);
+        io.health().unwrap();
+        peer.send(&reply).unwrap();
+        assert_eq!(
+            drain(&mut io, Duration::from_millis(300)),
+            std::slice::from_ref(&reply)
+        );
+        io.steering_mut().unwrap().set_linger(Duration::ZERO);
         io.health().unwrap();
         peer.send(&reply).unwrap();
         assert!(drain(&mut io, Duration::from_millis(300)).is_empty());
         assert!(seen_by_kernel(&kernel, Duration::from_millis(300)).contains(&reply));
         let s = io.stats();
-        assert_eq!(s.rx_packets, 5, "{s:?}");
+        assert_eq!(s.rx_packets, 6, "{s:?}");
         assert_eq!(s.rx_packets, s.freed, "{s:?}");
         assert_eq!(io.outstanding(), 0);
     });

@@ -4,7 +4,9 @@
 //! the real pipeline on the in-memory backend. Whatever the mode (`nat`
 //! forward and reply, `dsr`), family and protocol, limpet sends exactly the
 //! bytes it sends for the same packet with its checksum complete, and
-//! etherparse verifies them; each completion is counted. A super-frame
+//! etherparse verifies them; each completion is counted. On a backend that
+//! cannot flag them (`AF_XDP`: `checksum_state_unknown`), the same frames
+//! unflagged come out the same, and complete checksums are left alone. A super-frame
 //! (GRO/GSO, segmentation offloads on) that reaches the pipeline whole,
 //! longer than the backend can send, is dropped and counted, not
 //! forwarded (the `AF_PACKET` backend cuts super-frames before the
@@ -201,13 +203,32 @@ proptest! {
         prop_assert_eq!(offloaded.worker.stats().checksums_completed, 1);
         prop_assert_eq!(complete.worker.stats().checksums_completed, 0);
 
+        // A backend that cannot say which frames are partial: the
+        // pipeline finds them by their checksum field.
+        let unknown = || {
+            let mut io = MemoryIo::new(256);
+            io.checksum_state_unknown = true;
+            Harness::with_io(specs(mode, protocol), io, |_| {})
+        };
+        let mut detecting = unknown();
+        let found_first = through(&mut detecting, &partial(&first), false);
+        prop_assert_eq!(&found_first, &want_first, "first packet, unflagged");
+        prop_assert_eq!(detecting.worker.stats().checksums_completed, 1);
+        // Complete checksums are left as they are.
+        let mut checking = unknown();
+        prop_assert_eq!(&through(&mut checking, &first, false), &want_first);
+        prop_assert_eq!(checking.worker.stats().checksums_completed, 0);
+
         if !dsr {
             // A reply from a backend on this host, offloaded too.
             let want_reply = through(&mut complete, &reply, false);
             prop_assert!(checksum_valid(&want_reply));
             let got_reply = through(&mut offloaded, &partial(&reply), true);
-            prop_assert_eq!(got_reply, want_reply, "reply");
+            prop_assert_eq!(&got_reply, &want_reply, "reply");
             prop_assert_eq!(offloaded.worker.stats().checksums_completed, 2);
+            let found_reply = through(&mut detecting, &partial(&reply), false);
+            prop_assert_eq!(&found_reply, &want_reply, "reply, unflagged");
+            prop_assert_eq!(detecting.worker.stats().checksums_completed, 2);
         }
     }
 }

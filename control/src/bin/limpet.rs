@@ -120,7 +120,10 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
     /// Packet I/O. `afpacket:IFACE[,IFACE2]` drives kernel interfaces with
-    /// AF_PACKET rings. `dpdk:PORT[,PORT2]` drives DPDK ports, each named
+    /// AF_PACKET rings. `afxdp:IFACE[,IFACE2]` drives them with AF_XDP
+    /// sockets behind limpet's XDP program, which takes only limpet's
+    /// traffic and leaves the rest to the host (worker i on receive queue
+    /// i). `dpdk:PORT[,PORT2]` drives DPDK ports, each named
     /// by PCI address (0000:3b:00.0, bound to vfio-pci) or by the name of a
     /// virtual device given with --vdev (net_af_packet0, net_af_xdp0,
     /// net_memif0, virtio_user0, net_ring0, net_null0); needs a limpet
@@ -606,6 +609,7 @@ fn affinity(
 fn io_backend(kind: IoKind, ports: &[String], args: &RunArgs) -> Result<IoBackend, String> {
     match kind {
         IoKind::AfPacket => Ok(IoBackend::AfPacket),
+        IoKind::AfXdp => Ok(IoBackend::AfXdp),
         #[cfg(feature = "dpdk")]
         IoKind::Dpdk => {
             let d = &args.dpdk;
@@ -742,9 +746,9 @@ fn tunnel_config(
 
 /// `--cpus` pins `AF_PACKET` workers, one CPU each.
 fn check_cpus(args: &RunArgs, kind: IoKind) -> Result<(), String> {
-    if !args.cpus.is_empty() && !matches!(kind, IoKind::AfPacket) {
+    if !args.cpus.is_empty() && !matches!(kind, IoKind::AfPacket | IoKind::AfXdp) {
         return Err(
-            "--cpus pins AF_PACKET workers; DPDK workers run on the EAL \
+            "--cpus pins AF_PACKET and AF_XDP workers; DPDK workers run on the EAL \
                     lcores --dpdk-cores / --dpdk-lcores give"
                 .to_owned(),
         );

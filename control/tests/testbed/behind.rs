@@ -33,8 +33,10 @@ pub struct Behind {
 }
 
 impl Behind {
-    /// Builds lp-rt and lp-far with `mtu` on the link between them.
-    pub fn up(mtu: u16) -> Self {
+    /// Builds lp-rt and lp-far with `mtu` on the link between them, their
+    /// veths' offloads as the kernel sets them (`offloads`) or off (for
+    /// DPDK's vdevs, which see neither partial checksums nor super-frames).
+    pub fn up(mtu: u16, offloads: bool) -> Self {
         let mtu = mtu.to_string();
         let setup: Vec<Vec<&str>> = [
             "netns add lp-rt",
@@ -88,9 +90,19 @@ impl Behind {
                 }
             }
         }
-        // Offloads stay as the kernel sets them, as on the rest of the
-        // testbed: the router forwards the endpoint's 64 KiB super-frames
-        // to limpet as a host's would.
+        // Offloads as on the rest of the testbed: left on, the router
+        // forwards the endpoint's 64 KiB super-frames to limpet as a host's
+        // would.
+        if !offloads {
+            for (ns, dev) in [
+                ("lp-sw", "sw-rt"),
+                ("lp-rt", "rt0"),
+                ("lp-rt", "rt1"),
+                ("lp-far", "eth0"),
+            ] {
+                ethtool_off(ns, dev);
+            }
+        }
         for kv in [
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",

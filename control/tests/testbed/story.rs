@@ -116,6 +116,9 @@ impl Drop for Config {
 pub enum Io {
     /// `--io afpacket:lb0`.
     AfPacket,
+    /// `--io afxdp:lb0`: limpet's XDP program on lb0 and `AF_XDP` sockets
+    /// (copy mode on a veth). A testbed veth has one queue, so one worker.
+    AfXdp,
     /// `--io dpdk:net_af_packet0` over a `net_af_packet` vdev on lb0
     /// (`qpairs` = workers), without hugepages.
     DpdkAfPacket,
@@ -130,24 +133,30 @@ impl Io {
     /// super-frames); DPDK's `net_af_packet` and `net_af_xdp` see neither
     /// flag, so their testbed turns the offloads off.
     pub fn testbed_args(self) -> &'static [&'static str] {
-        match self {
-            Io::AfPacket => &[],
-            Io::DpdkAfPacket | Io::DpdkAfXdp => &["--offloads", "off"],
+        if self.offloads_on() {
+            &[]
+        } else {
+            &["--offloads", "off"]
         }
+    }
+
+    /// Whether this I/O takes the veths' offloads as the kernel sets them.
+    pub fn offloads_on(self) -> bool {
+        matches!(self, Io::AfPacket | Io::AfXdp)
     }
 
     /// The most workers this I/O can run on the testbed.
     pub fn max_workers(self) -> u16 {
         match self {
             Io::AfPacket | Io::DpdkAfPacket => 64,
-            Io::DpdkAfXdp => 1,
+            Io::DpdkAfXdp | Io::AfXdp => 1,
         }
     }
 
     /// How `--address IFACE=...` names interface `index` (`iface`).
     pub fn port(self, index: usize, iface: &str) -> String {
         match self {
-            Io::AfPacket => iface.to_owned(),
+            Io::AfPacket | Io::AfXdp => iface.to_owned(),
             Io::DpdkAfPacket => format!("net_af_packet{index}"),
             Io::DpdkAfXdp => format!("net_af_xdp{index}"),
         }
@@ -156,16 +165,21 @@ impl Io {
     /// `--io` and what goes with it, for interfaces `ifaces` and `workers`.
     pub fn args(self, ifaces: &[&str], workers: u16) -> Vec<String> {
         let vdev = match self {
-            Io::AfPacket => {
+            Io::AfPacket | Io::AfXdp => {
                 // Each worker pinned, round robin over the CPUs the test may
                 // use, as an operator dedicates cores.
                 let cpus = allowed_cpu_list();
                 let pins: Vec<String> = (0..usize::from(workers))
                     .map(|i| cpus[i % cpus.len()].to_string())
                     .collect();
+                let kind = if self == Io::AfXdp {
+                    "afxdp"
+                } else {
+                    "afpacket"
+                };
                 return vec![
                     "--io".into(),
-                    format!("afpacket:{}", ifaces.join(",")),
+                    format!("{kind}:{}", ifaces.join(",")),
                     "--cpus".into(),
                     pins.join(","),
                 ];

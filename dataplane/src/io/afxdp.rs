@@ -9,7 +9,11 @@
 //! IPv4/IPv6 packets limpet owns: to an address it serves or holds (map
 //! bit `DST`: service addresses, `--address`es, source-NAT addresses),
 //! from an endpoint it balances to (bit `SRC`: its NAT flows' replies), and
-//! ICMP errors quoting either. Everything else (broadcast, multicast, ARP,
+//! ICMP errors quoting either. An endpoint that leaves the services (not
+//! ready, terminating, removed) stays in the map for
+//! [`XdpSteering::set_linger`] (by default the connection table's TCP
+//! established timeout): the connections limpet still holds to it keep
+//! their replies. Everything else (broadcast, multicast, ARP,
 //! neighbour discovery, the host's own traffic) goes on to the kernel
 //! (`XDP_PASS`): the host keeps SSH and its routes on the same interface,
 //! and limpet's neighbour thread reads ARP/ND through its own packet
@@ -140,6 +144,10 @@ pub struct XdpSteering {
     sources: Vec<IpAddr>,
     frontends: Vec<IpAddr>,
     endpoints: Vec<IpAddr>,
+    /// Endpoints no longer in the set, and since when: still steered
+    /// until `linger` has passed.
+    leaving: std::collections::HashMap<IpAddr, std::time::Instant>,
+    linger: Duration,
 }
 
 impl std::fmt::Debug for XdpSteering {
@@ -175,7 +183,31 @@ impl XdpSteering {
             sources: Vec::new(),
             frontends: Vec::new(),
             endpoints: Vec::new(),
+            leaving: std::collections::HashMap::new(),
+            linger: Duration::from_secs(u64::from(
+                crate::flow::FlowTimeouts::default().tcp_established,
+            )),
         })
+    }
+
+    /// How long an endpoint that left the services stays steered (its
+    /// open connections' replies): the longest a connection may idle in
+    /// the worker's table.
+    pub fn set_linger(&mut self, linger: Duration) {
+        self.linger = linger;
+    }
+
+    /// Stops steering endpoints that left more than `linger` ago. Called
+    /// about once a second (the worker's health check).
+    pub fn expire(&mut self, now: std::time::Instant) -> Result<(), AfXdpError> {
+        let before = self.leaving.len();
+        let linger = self.linger;
+        self.leaving
+            .retain(|_, since| now.duration_since(*since) < linger);
+        if self.leaving.len() == before {
+            return Ok(());
+        }
+        self.sync()
     }
 
     /// Where the program runs on `iface`.
@@ -234,6 +266,15 @@ impl XdpSteering {
     /// Every endpoint address limpet balances to: packets from them (its
     /// NAT flows' replies) are limpet's.
     pub fn set_endpoints(&mut self, addrs: &[IpAddr]) -> Result<(), AfXdpError> {
+        let now = std::time::Instant::now();
+        for old in &self.endpoints {
+            if !addrs.contains(old) {
+                self.leaving.entry(*old).or_insert(now);
+            }
+        }
+        for new in addrs {
+            self.leaving.remove(new);
+        }
         self.endpoints = addrs.to_vec();
         self.sync()
     }
@@ -245,7 +286,7 @@ impl XdpSteering {
         for a in self.own.iter().chain(&self.sources).chain(&self.frontends) {
             *want.entry(*a).or_default() |= STEER_DST;
         }
-        for a in &self.endpoints {
+        for a in self.endpoints.iter().chain(self.leaving.keys()) {
             *want.entry(*a).or_default() |= STEER_SRC;
         }
         for a in &mut self.ifaces {
@@ -752,6 +793,7 @@ impl AfXdpIo {
 
     /// A pending socket error, a failed map update, or an interface gone.
     pub fn health(&mut self) -> Result<(), AfXdpError> {
+        self.with_steering(|s| s.expire(std::time::Instant::now()));
         if let Some(e) = self.steering_error.take() {
             return Err(e);
         }
@@ -822,6 +864,13 @@ impl PacketIo for AfXdpIo {
 
     fn mtu(&self) -> usize {
         self.sockets.iter().map(|s| s.mtu).min().unwrap_or(0)
+    }
+
+    /// In copy mode (veth, virtio-net) a local sender's frame reaches the
+    /// socket with its checksum as the sender's offload left it, and
+    /// nothing says so.
+    fn checksum_state_unknown(&self) -> bool {
+        self.sockets.iter().any(|s| !s.zero_copy)
     }
 
     #[inline]

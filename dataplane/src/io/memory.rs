@@ -111,6 +111,9 @@ pub struct MemoryIo {
     pub pool_empty: u64,
     /// What [`PacketIo::max_frame`] says (tests of oversized frames).
     pub max_frame: usize,
+    /// What [`PacketIo::checksum_state_unknown`] says (tests of a backend
+    /// that cannot flag partial checksums).
+    pub checksum_state_unknown: bool,
 }
 
 impl MemoryIo {
@@ -124,6 +127,7 @@ impl MemoryIo {
             freed: 0,
             pool_empty: 0,
             max_frame: BUF_SIZE - HEADROOM,
+            checksum_state_unknown: false,
         }
     }
 
@@ -209,6 +213,10 @@ impl PacketIo for MemoryIo {
 
     fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    fn checksum_state_unknown(&self) -> bool {
+        self.checksum_state_unknown
     }
 
     #[inline]

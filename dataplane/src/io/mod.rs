@@ -70,6 +70,14 @@ pub trait PacketIo {
     /// Returns packets to the backend unsent and empties `burst`.
     fn free_burst(&mut self, burst: &mut Vec<Self::Buf>);
 
+    /// Whether a received frame's TCP/UDP checksum may be a local sender's
+    /// partial one without [`PacketBuf::checksum_partial`] saying so (the
+    /// backend sees bytes, not the kernel's checksum state): the pipeline
+    /// then checks every one ([`crate::pipeline`]'s `looks_partial`).
+    fn checksum_state_unknown(&self) -> bool {
+        false
+    }
+
     /// The longest frame `tx_burst` can send, Ethernet header included.
     fn max_frame(&self) -> usize {
         usize::MAX
