@@ -26,6 +26,13 @@ command -v nft >/dev/null || need+=(nftables)
 command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v taskset >/dev/null || need+=(util-linux)
+# The AF_XDP backend's XDP program is compiled by dataplane/build.rs with
+# clang against the kernel's UAPI headers (without clang limpet builds,
+# and dataplane/tests/afxdp.rs fails saying so).
+command -v clang >/dev/null || need+=(clang)
+[ -e /usr/include/linux/bpf.h ] || need+=(linux-libc-dev)
+# The DPDK stories turn a router's veth offloads off (testbed/behind.rs).
+command -v ethtool >/dev/null || need+=(ethtool)
 # The tier test (control/tests/e2e_tier.rs) runs BIRD 2 in its router and
 # node namespaces; the package's own service in the host is not wanted.
 new_bird=0
