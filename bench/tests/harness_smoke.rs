@@ -1,6 +1,7 @@
 //! A short run of `limpet-harness` on the testbed: a few thousand packets
-//! through limpet and through kube-proxy's nftables peer. Checks that both
-//! deliver and that the report files are written; asserts no speed.
+//! through limpet (over `AF_PACKET` and over `AF_XDP`) and through
+//! kube-proxy's nftables peer. Checks that all deliver and that the report
+//! files are written; asserts no speed.
 //!
 //! Needs root (network namespaces; CI runs as root) and takes the testbed
 //! lock, so it may wait while another test binary uses the testbed.
@@ -67,6 +68,8 @@ fn limpet_and_the_nftables_peer_deliver_and_the_report_is_written() {
             "--impl",
             "limpet",
             "--impl",
+            "limpet-afxdp",
+            "--impl",
             "nftables",
         ])
         .args(["--name", "smoke"])
@@ -89,7 +92,7 @@ fn limpet_and_the_nftables_peer_deliver_and_the_report_is_written() {
         .as_array()
         .expect("implementations");
     let names: Vec<&str> = impls.iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["limpet", "nftables"]);
+    assert_eq!(names, ["limpet", "limpet-afxdp", "nftables"]);
     for i in impls {
         let name = i["name"].as_str().unwrap();
         assert!(i["error"].is_null(), "{name}: {}", i["error"]);

@@ -6,7 +6,7 @@
 
 use crate::afpacket::{neighbour_sockets, start_workers};
 use crate::backend::{BackendError, WorkerIo, WorkerSetup, Workers};
-use limpet_dataplane::io::afxdp::{AfXdpIo, AfXdpOptions, XdpMode, XdpSteering};
+use limpet_dataplane::io::afxdp::{AfXdpIo, AfXdpOptions, XdpAttach, XdpMode, XdpSteering};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -26,7 +26,11 @@ impl WorkerIo for AfXdpIo {
 /// Attaches the program, opens every worker's sockets (all before any
 /// thread starts, so a bad interface or queue count fails cleanly), and
 /// starts the workers on an empty snapshot.
-pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, BackendError> {
+pub fn start(
+    opts: &WorkerSetup<'_>,
+    how: XdpAttach,
+    stop: &Arc<AtomicBool>,
+) -> Result<Workers, BackendError> {
     let wires = neighbour_sockets(opts, stop)?;
     let mac = opts.mac.unwrap_or_else(|| wires[0].mac());
     let ifaces: Vec<&str> = opts.links.iter().map(|l| l.iface.as_str()).collect();
@@ -34,7 +38,7 @@ pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, 
         iface: ifaces.join(","),
         source,
     };
-    let mut steering = XdpSteering::attach(&ifaces).map_err(afxdp)?;
+    let mut steering = XdpSteering::attach_with(&ifaces, how).map_err(afxdp)?;
     // An endpoint that leaves the services keeps its open connections'
     // replies for as long as the workers may hold those connections.
     let t = &opts.worker.timeouts;

@@ -58,8 +58,8 @@ pub enum IoBackend {
     /// interface name).
     AfPacket,
     /// `AF_XDP` sockets on kernel interfaces, behind limpet's steering
-    /// XDP program (`Link::iface` is the interface name).
-    AfXdp,
+    /// XDP program (`Link::iface` is the interface name), attached as asked.
+    AfXdp(limpet_dataplane::io::afxdp::XdpAttach),
     /// DPDK ports (`Link::iface` is the port's name: a PCI address or a
     /// virtual device's name), with EAL set up from these options.
     #[cfg(feature = "dpdk")]
@@ -603,7 +603,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     let setup = opts.worker_setup();
     let workers = match &opts.io {
         IoBackend::AfPacket => crate::afpacket::start(&setup, &stop)?,
-        IoBackend::AfXdp => crate::afxdp::start(&setup, &stop)?,
+        IoBackend::AfXdp(how) => crate::afxdp::start(&setup, *how, &stop)?,
         #[cfg(feature = "dpdk")]
         IoBackend::Dpdk(dpdk) => crate::dpdk::start(&setup, dpdk, &stop)?,
     };

@@ -10,7 +10,9 @@ mod common;
 
 use common::veth::{LB_MAC, Net, PEER_MAC};
 use limpet_dataplane::io::afpacket::{AfPacketIo, AfPacketOptions, RawSocket};
-use limpet_dataplane::io::afxdp::{AfXdpError, AfXdpIo, AfXdpOptions, XdpMode, XdpSteering};
+use limpet_dataplane::io::afxdp::{
+    AfXdpError, AfXdpIo, AfXdpOptions, XdpAttach, XdpMode, XdpSteering,
+};
 use limpet_dataplane::io::{BURST, PacketBuf, PacketIo};
 use limpet_pktgen::PacketSpec;
 use std::net::IpAddr;
@@ -317,6 +319,22 @@ fn bad_cases_fail_at_open_with_a_clear_error() {
         // Gone with its owner: the interface is free again.
         drop(steering);
         XdpSteering::attach(&[&net.a]).expect("detached when dropped");
+    });
+}
+
+#[test]
+fn the_generic_hook_serves_when_asked_for() {
+    let net = Net::new();
+    net.run(|| {
+        let mut steering = XdpSteering::attach_with(&[&net.a], XdpAttach::Generic).unwrap();
+        assert_eq!(steering.mode(&net.a), Some(XdpMode::Generic));
+        let mut io = AfXdpIo::open(&[&net.a], 0, &AfXdpOptions::default(), &mut steering).unwrap();
+        io.keep_steering(steering);
+        io.serve_frontends(&[ip(VIP)]);
+        let peer = RawSocket::open(&net.b).unwrap();
+        let frame = udp(CLIENT, VIP, 7);
+        peer.send(&frame).unwrap();
+        assert_eq!(drain(&mut io, Duration::from_millis(300)), [frame]);
     });
 }
 

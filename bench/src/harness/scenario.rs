@@ -24,6 +24,10 @@ use crate::testbed::{
 pub enum Impl {
     /// limpet over `AF_PACKET`, one worker.
     Limpet,
+    /// limpet over `AF_XDP`, one worker, its XDP program in the generic
+    /// hook after RPS, so the program's cost lands on the LB CPU.
+    #[serde(rename = "limpet-afxdp")]
+    LimpetAfxdp,
     /// The kernel with kube-proxy's iptables rules (`xt_recent` affinity).
     Iptables,
     /// The kernel with kube-proxy's nftables rules (dynamic-set affinity).
@@ -33,11 +37,18 @@ pub enum Impl {
 }
 
 impl Impl {
-    pub const ALL: [Impl; 4] = [Impl::Limpet, Impl::Iptables, Impl::Nftables, Impl::Floor];
+    pub const ALL: [Impl; 5] = [
+        Impl::Limpet,
+        Impl::LimpetAfxdp,
+        Impl::Iptables,
+        Impl::Nftables,
+        Impl::Floor,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Impl::Limpet => "limpet",
+            Impl::LimpetAfxdp => "limpet-afxdp",
             Impl::Iptables => "iptables",
             Impl::Nftables => "nftables",
             Impl::Floor => "floor",
@@ -48,6 +59,9 @@ impl Impl {
         match self {
             Impl::Limpet => {
                 "limpet run --io afpacket:lb0 --workers 1 --idle wait --forward nat, pinned to the LB CPU (SCHED_FIFO); the kernel stack kept off lb0 (netdev ingress drop after AF_PACKET)"
+            }
+            Impl::LimpetAfxdp => {
+                "limpet run --io afxdp:lb0 --xdp-mode generic --workers 1 --idle wait --forward nat, pinned to the LB CPU (SCHED_FIFO); its XDP program after RPS to the LB CPU (on a veth, native XDP would run on the sender's CPU, uncounted)"
             }
             Impl::Iptables => {
                 "kernel forwarding, kube-proxy iptables rules (xt_recent ip_list_tot 100, statistic random), RPS to the LB CPU"
@@ -64,7 +78,7 @@ impl Impl {
     /// Whether the CPU cost is the process's own busy-time accounting
     /// (user space over `AF_PACKET`) rather than the kernel's time.
     pub fn user_space(self) -> bool {
-        matches!(self, Impl::Limpet | Impl::Floor)
+        matches!(self, Impl::Limpet | Impl::LimpetAfxdp | Impl::Floor)
     }
 }
 
@@ -186,7 +200,7 @@ impl<'a> Running<'a> {
         }
         let n = self.bed.backends.to_string();
         match self.which {
-            Impl::Limpet => {
+            Impl::Limpet | Impl::LimpetAfxdp => {
                 self.bed.peer(&["userspace"])?;
                 self.write_config()?;
                 self.start_limpet()?;
@@ -234,18 +248,25 @@ impl<'a> Running<'a> {
             Sched::Dedicated,
             &self.bins.join("limpet"),
         );
-        cmd.arg("run").arg("--config").arg(&self.config_dir).args([
-            "--io",
-            "afpacket:lb0",
-            "--address",
-            "203.0.113.1/24",
-            "--forward",
-            "nat",
-            "--workers",
-            "1",
-            "--idle",
-            "wait",
-        ]);
+        let io: &[&str] = if self.which == Impl::LimpetAfxdp {
+            &["--io", "afxdp:lb0", "--xdp-mode", "generic"]
+        } else {
+            &["--io", "afpacket:lb0"]
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config_dir)
+            .args(io)
+            .args([
+                "--address",
+                "203.0.113.1/24",
+                "--forward",
+                "nat",
+                "--workers",
+                "1",
+                "--idle",
+                "wait",
+            ]);
         let mut p = Proc::spawn("limpet", cmd, self.work.join("limpet.log"))?;
         // Ready, and every backend's MAC resolved.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -291,7 +312,7 @@ impl<'a> Running<'a> {
 
     fn busy(&mut self) -> Result<Option<Busy>, HarnessError> {
         match self.which {
-            Impl::Limpet => {
+            Impl::Limpet | Impl::LimpetAfxdp => {
                 if let Some(p) = &mut self.proc {
                     p.alive()?;
                 }

@@ -309,6 +309,13 @@ struct RunArgs {
     /// moment later) before giving up. 0 fails at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     link_wait: u64,
+    /// With --io afxdp: where limpet's XDP program runs. `auto`: in the
+    /// driver where it can, in the kernel's generic hook otherwise;
+    /// `native`: in the driver or not at all; `generic`: in the generic
+    /// hook, after receive steering (RPS), which on a veth keeps its cost
+    /// on the CPUs given the interface's receive work.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
+    xdp_mode: XdpModeArg,
     /// Announce each LoadBalancer ingress address and external IP this
     /// node can serve through this node's BGP speaker (only `bird`: BIRD 2):
     /// limpet writes --bird-fragment, which bird.conf includes, and has
@@ -391,6 +398,13 @@ struct DpdkArgs {
     /// `--dpdk-eal=--log-level=pmd.net.af_xdp:debug`.
     #[arg(long = "dpdk-eal", value_name = "ARG", allow_hyphen_values = true)]
     dpdk_eal: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
 }
 
 /// BGP speakers limpet can drive (see `limpet_control::announce`).
@@ -609,7 +623,11 @@ fn affinity(
 fn io_backend(kind: IoKind, ports: &[String], args: &RunArgs) -> Result<IoBackend, String> {
     match kind {
         IoKind::AfPacket => Ok(IoBackend::AfPacket),
-        IoKind::AfXdp => Ok(IoBackend::AfXdp),
+        IoKind::AfXdp => Ok(IoBackend::AfXdp(match args.xdp_mode {
+            XdpModeArg::Auto => limpet_dataplane::io::afxdp::XdpAttach::Auto,
+            XdpModeArg::Native => limpet_dataplane::io::afxdp::XdpAttach::Native,
+            XdpModeArg::Generic => limpet_dataplane::io::afxdp::XdpAttach::Generic,
+        })),
         #[cfg(feature = "dpdk")]
         IoKind::Dpdk => {
             let d = &args.dpdk;

@@ -118,6 +118,20 @@ fn sys_err<'a>(iface: &'a str, call: &'static str) -> impl Fn(io::Error) -> AfXd
     }
 }
 
+/// Where to ask for the XDP program to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpAttach {
+    /// In the driver where it can, in the generic hook otherwise.
+    #[default]
+    Auto,
+    /// In the driver, or fail.
+    Native,
+    /// In the generic hook, after the kernel's receive steering (RPS): on
+    /// a veth, where native XDP runs on the sender's CPU, this keeps the
+    /// program's cost on the CPUs the interface's receive work is given.
+    Generic,
+}
+
 /// Where the XDP program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpMode {
@@ -169,12 +183,17 @@ impl XdpSteering {
     /// Loads the program once per interface and attaches it, native mode
     /// first, generic if the driver has none.
     pub fn attach(ifaces: &[&str]) -> Result<XdpSteering, AfXdpError> {
+        XdpSteering::attach_with(ifaces, XdpAttach::Auto)
+    }
+
+    /// [`attach`](Self::attach) in the mode `how` asks for.
+    pub fn attach_with(ifaces: &[&str], how: XdpAttach) -> Result<XdpSteering, AfXdpError> {
         if PROGRAM.is_empty() {
             return Err(AfXdpError::NoProgram);
         }
         let mut attached = Vec::with_capacity(ifaces.len());
         for iface in ifaces {
-            attached.push(attach_one(iface)?);
+            attached.push(attach_one(iface, how)?);
         }
         Ok(XdpSteering {
             ifaces: attached,
@@ -370,7 +389,7 @@ fn no_map() -> aya::maps::MapError {
     }
 }
 
-fn attach_one(iface: &str) -> Result<Attached, AfXdpError> {
+fn attach_one(iface: &str, how: XdpAttach) -> Result<Attached, AfXdpError> {
     let name = common::ifname(iface).ok_or_else(|| AfXdpError::BadName {
         iface: iface.to_owned(),
     })?;
@@ -388,9 +407,12 @@ fn attach_one(iface: &str) -> Result<Attached, AfXdpError> {
     program
         .load()
         .map_err(|e| program_err(iface, &format!("verifier: {e}")))?;
-    let mut mode = XdpMode::Native;
-    let mut result = program.attach_to_if_index(ifindex, aya::programs::XdpFlags::DRV_MODE);
-    if matches!(&result, Err(e) if !busy(e)) {
+    let (mut mode, flags) = match how {
+        XdpAttach::Generic => (XdpMode::Generic, aya::programs::XdpFlags::SKB_MODE),
+        XdpAttach::Auto | XdpAttach::Native => (XdpMode::Native, aya::programs::XdpFlags::DRV_MODE),
+    };
+    let mut result = program.attach_to_if_index(ifindex, flags);
+    if how == XdpAttach::Auto && matches!(&result, Err(e) if !busy(e)) {
         mode = XdpMode::Generic;
         result = program.attach_to_if_index(ifindex, aya::programs::XdpFlags::SKB_MODE);
     }
