@@ -271,6 +271,7 @@ fn rewritten_frames_go_back_out_of_the_same_socket() {
                 })
                 .collect();
             let s = io.stats();
+            eprintln!("{s:?}");
             assert_eq!(got.len(), expect.len(), "{s:?}");
             assert!(got == expect, "every rewritten frame, in order");
             assert_eq!(s.tx_packets, 2000, "{s:?}");
