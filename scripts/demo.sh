@@ -5,6 +5,9 @@
 # requests from 200 client addresses, prints which backend answered each
 # client, removes one endpoint, shows that only its clients moved, and
 # cleans up. Without root it runs the same story in memory (`limpet demo`).
+#
+# Usage: scripts/demo.sh [--io afpacket|afxdp]   (default afpacket; afxdp
+# runs it over AF_XDP sockets behind limpet's XDP program)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -12,6 +15,13 @@ repo=$(pwd)
 if ! command -v cargo >/dev/null; then
     echo "error: cargo not found; install Rust stable (rustup) first" >&2
     exit 1
+fi
+io=afpacket
+if [ "${1:-}" = --io ]; then
+    case ${2:-} in
+        afpacket|afxdp) io=$2; shift 2 ;;
+        *) echo "demo: --io takes afpacket or afxdp" >&2; exit 2 ;;
+    esac
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "demo: not root, so no network namespaces: running the in-memory demo instead" >&2
@@ -25,8 +35,14 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}"
 fi
 
-cargo build --release --locked -p limpet-control --bin limpet
-limpet="$repo/target/release/limpet"
+# LIMPET_BIN: a limpet binary already built (the test command's), instead
+# of building the release one.
+if [ -n "${LIMPET_BIN:-}" ]; then
+    limpet=$LIMPET_BIN
+else
+    cargo build --release --locked -p limpet-control --bin limpet
+    limpet="$repo/target/release/limpet"
+fi
 work=$(mktemp -d /tmp/limpet-demo.XXXXXX)
 pid=""
 cleanup() {
@@ -85,8 +101,8 @@ mkdir -p "$work/config"
 write_config 203.0.113.11 203.0.113.12 203.0.113.13
 echo "== testbed: clients in lp-client, limpet in lp-lb, backends lp-be1..3 answering their name"
 scripts/testbed up --backends 3 >/dev/null
-echo "== limpet run (ClientIP, timeoutSeconds 600, nat)"
-ip netns exec lp-lb "$limpet" run --config "$work/config" --io afpacket:lb0 \
+echo "== limpet run --io $io:lb0 (ClientIP, timeoutSeconds 600, nat)"
+ip netns exec lp-lb "$limpet" run --config "$work/config" --io "$io:lb0" \
     --address 203.0.113.1/24 --address 2001:db8:be::1/64 --idle wait \
     --flow-capacity 65536 --affinity-capacity 65536 >"$work/limpet.log" 2>&1 &
 pid=$!

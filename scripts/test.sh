@@ -59,13 +59,16 @@ fi
 # which needs libdpdk-dev and libclang: install them before anything builds.
 scripts/dpdk-setup
 
-echo "== format"
+# Each phase says how long the run has taken so far (CI must stay well
+# under 30 minutes).
+phase() { echo "== $* [$((SECONDS / 60))m$((SECONDS % 60))s]"; }
+phase "format"
 cargo fmt --all -- --check
-echo "== clippy"
+phase "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== tests"
+phase "tests"
 cargo test --workspace --locked
-echo "== DPDK backend (libdpdk-dev; --no-huge --no-pci, virtual devices)"
+phase "DPDK backend (libdpdk-dev; --no-huge --no-pci, virtual devices)"
 cargo clippy -p limpet-dataplane -p limpet-control --features dpdk --all-targets --locked -- -D warnings
 cargo test -p limpet-dpdk-sys --locked
 cargo test -p limpet-dataplane --features dpdk --test dpdk --locked
@@ -83,12 +86,13 @@ cargo clippy -p limpet-pktgen -p limpet-bench --features limpet-pktgen/dpdk,limp
 cargo test -p limpet-pktgen --features dpdk --lib --locked dpdk
 cargo test -p limpet-pktgen --features dpdk --test dpdk_memif --locked
 cargo run -p limpet-bench --features dpdk --bin limpet-dpdk-bench --locked -- --quick
-echo "== fuzzing (libFuzzer, 20 s a target from its seed corpus; fails on a crash)"
+phase "fuzzing (libFuzzer, 20 s a target from its seed corpus; fails on a crash)"
 if command -v rustup >/dev/null; then
     rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 fi
 scripts/fuzz all 20
 if [ -f bench/src/main.rs ] && grep -q -- '--quick' bench/src/main.rs; then
-    echo "== benchmark smoke run (figures only, not asserted)"
+    phase "benchmark smoke run (figures only, not asserted)"
     cargo run --release --locked -p limpet-bench -- --quick
 fi
+phase "done"

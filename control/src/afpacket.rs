@@ -9,6 +9,7 @@ use limpet_dataplane::clock::MonotonicClock;
 use limpet_dataplane::io::afpacket::{
     AfPacketError, AfPacketIo, AfPacketOptions, Fanout, FanoutMode, RawSocket, link_state,
 };
+use limpet_dataplane::io::afxdp::{XdpAttach, XdpMode, XdpSteering};
 use limpet_dataplane::pipeline::Worker;
 use limpet_dataplane::wire::MacAddr;
 use std::collections::BTreeSet;
@@ -43,7 +44,11 @@ impl WorkerIo for AfPacketIo {
 /// Opens one set of sockets per worker (all of them before any thread
 /// starts, so a bad interface fails cleanly) and starts the workers on an
 /// empty snapshot.
-pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, BackendError> {
+pub fn start(
+    opts: &WorkerSetup<'_>,
+    shed: Option<XdpAttach>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Workers, BackendError> {
     let sockets = neighbour_sockets(opts, stop)?;
     // limpet sends from one MAC on every port: the first interface's,
     // unless --mac says otherwise.
@@ -74,7 +79,54 @@ pub fn start(opts: &WorkerSetup<'_>, stop: &Arc<AtomicBool>) -> Result<Workers, 
         })?;
         ios.push(io);
     }
+    if let Some(how) = shed {
+        attach_shedding(&ifaces, how, opts, &mut ios);
+    }
     start_workers(opts, stop, mac, ios, sockets)
+}
+
+/// Puts the shedding program on the interfaces and connects every
+/// worker's rings to it; worker 0 keeps it (and its address maps). A
+/// program that cannot be attached is reported, and limpet runs without
+/// it: shedding protects the workers under overload, and is never worth
+/// refusing to serve for.
+fn attach_shedding(
+    ifaces: &[&str],
+    how: XdpAttach,
+    opts: &WorkerSetup<'_>,
+    ios: &mut [AfPacketIo],
+) {
+    let mut program = match XdpSteering::attach_shedding(ifaces, how) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(
+                error = %e,
+                "overload shedding is off: limpet forwards as usual, but a flood above what the workers can take may starve them (--shed off silences this)"
+            );
+            return;
+        }
+    };
+    let t = &opts.worker.timeouts;
+    program.set_linger(Duration::from_secs(u64::from(t.tcp_established.max(t.udp))));
+    for iface in ifaces {
+        let xdp = match program.mode(iface) {
+            Some(XdpMode::Native) => "native",
+            Some(XdpMode::Generic) => "generic",
+            None => "none",
+        };
+        info!(
+            iface,
+            xdp,
+            "overload shedding: limpet's traffic is dropped in XDP while a worker's ring is backed up"
+        );
+    }
+    let Some((first, rest)) = ios.split_first_mut() else {
+        return;
+    };
+    for io in rest {
+        io.shed_with(&program);
+    }
+    first.keep_shedding(program);
 }
 
 /// Waits for every link to come up, then opens the neighbour thread's raw

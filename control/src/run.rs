@@ -55,8 +55,9 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub enum IoBackend {
     /// `AF_PACKET` rings on kernel interfaces (`Link::iface` is the
-    /// interface name).
-    AfPacket,
+    /// interface name), with limpet's shedding XDP program attached as
+    /// asked (`None`: without it).
+    AfPacket(Option<limpet_dataplane::io::afxdp::XdpAttach>),
     /// `AF_XDP` sockets on kernel interfaces, behind limpet's steering
     /// XDP program (`Link::iface` is the interface name), attached as asked.
     AfXdp(limpet_dataplane::io::afxdp::XdpAttach),
@@ -602,7 +603,7 @@ pub fn run(opts: &RunOptions) -> Result<(), RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let setup = opts.worker_setup();
     let workers = match &opts.io {
-        IoBackend::AfPacket => crate::afpacket::start(&setup, &stop)?,
+        IoBackend::AfPacket(shed) => crate::afpacket::start(&setup, *shed, &stop)?,
         IoBackend::AfXdp(how) => crate::afxdp::start(&setup, *how, &stop)?,
         #[cfg(feature = "dpdk")]
         IoBackend::Dpdk(dpdk) => crate::dpdk::start(&setup, dpdk, &stop)?,

@@ -16,6 +16,15 @@
 // neighbour discovery (limpet's neighbour thread reads those through its
 // own packet socket, which sees what the kernel receives), and the rest.
 //
+// limpet_shed, the same classification in front of the AF_PACKET backend
+// (dataplane/src/io/afpacket.rs): passes everything while limpet keeps up,
+// and drops limpet's frames while a worker's receive ring is backed up
+// (limpet_shed.pressured, written by the workers through a shared mapping,
+// no system call). Dropped here, in the driver, a frame limpet could not
+// take costs a few dozen nanoseconds; dropped at a full packet ring it has
+// cost the whole receive path first, on the CPU the receive work runs on,
+// which is how a flood starves the worker (receive livelock).
+//
 // Built by dataplane/build.rs with clang (-target bpf); needs only the
 // kernel's UAPI headers (linux-libc-dev), not libbpf.
 
@@ -60,6 +69,21 @@ struct {
 	__type(value, __u8);
 } limpet_addrs6 SEC(".maps");
 
+// limpet_shed's one entry, mapped into the process (BPF_F_MMAPABLE).
+struct shed {
+	__u32 pressured;	// workers whose receive ring is backed up
+	__u32 pad;
+	__u64 dropped;		// frames dropped while it was non-zero
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct shed);
+} limpet_shed_state SEC(".maps");
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
@@ -79,68 +103,85 @@ static __always_inline int has6(const struct in6_addr *addr, __u8 bits)
 	return v && (*v & bits);
 }
 
-SEC("xdp")
-int limpet_steer(struct xdp_md *ctx)
+// 1 if the frame is limpet's (see the top of the file), 0 if the kernel's.
+static __always_inline int limpets(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end || (eth->h_dest[0] & 1))
-		return XDP_PASS;
+		return 0;
 	__be16 proto = eth->h_proto;
 	void *l3 = eth + 1;
 	if (proto == __constant_htons(ETH_P_8021Q) || proto == __constant_htons(ETH_P_8021AD)) {
 		struct vlan_hdr *tag = l3;
 		if ((void *)(tag + 1) > end)
-			return XDP_PASS;
+			return 0;
 		proto = tag->proto;
 		l3 = tag + 1;
 	}
 	if (proto == __constant_htons(ETH_P_IP)) {
 		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > end)
-			return XDP_PASS;
+			return 0;
 		if (has4(ip->daddr, DST) || has4(ip->saddr, SRC))
-			goto limpet;
+			return 1;
 		if (ip->protocol != IPPROTO_ICMP || ip->ihl < 5)
-			return XDP_PASS;
+			return 0;
 		__u8 *icmp = l3 + ip->ihl * 4;
 		if ((void *)(icmp + 8) > end)
-			return XDP_PASS;
+			return 0;
 		// Destination unreachable, time exceeded, parameter problem.
 		if (icmp[0] != 3 && icmp[0] != 11 && icmp[0] != 12)
-			return XDP_PASS;
+			return 0;
 		struct iphdr *inner = (struct iphdr *)(icmp + 8);
 		if ((void *)(inner + 1) > end)
-			return XDP_PASS;
+			return 0;
 		if (has4(inner->saddr, DST | SRC) || has4(inner->daddr, DST | SRC))
-			goto limpet;
-		return XDP_PASS;
+			return 1;
+		return 0;
 	}
 	if (proto == __constant_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > end)
-			return XDP_PASS;
+			return 0;
 		__u8 *icmp = (__u8 *)(ip6 + 1);
 		int is_icmp = ip6->nexthdr == IPPROTO_ICMPV6 && (void *)(icmp + 8) <= end;
 		// Router/neighbour solicitation and advertisement, redirect.
 		if (is_icmp && icmp[0] >= 133 && icmp[0] <= 137)
-			return XDP_PASS;
+			return 0;
 		if (has6(&ip6->daddr, DST) || has6(&ip6->saddr, SRC))
-			goto limpet;
+			return 1;
 		// Unreachable, packet too big, time exceeded, parameter problem.
 		if (!is_icmp || icmp[0] < 1 || icmp[0] > 4)
-			return XDP_PASS;
+			return 0;
 		struct ipv6hdr *inner = (struct ipv6hdr *)(icmp + 8);
 		if ((void *)(inner + 1) > end)
-			return XDP_PASS;
+			return 0;
 		if (has6(&inner->saddr, DST | SRC) || has6(&inner->daddr, DST | SRC))
-			goto limpet;
-		return XDP_PASS;
+			return 1;
+		return 0;
 	}
-	return XDP_PASS;
-limpet:
+	return 0;
+}
+
+SEC("xdp")
+int limpet_steer(struct xdp_md *ctx)
+{
+	if (!limpets(ctx))
+		return XDP_PASS;
 	return bpf_redirect_map(&limpet_xsks, ctx->rx_queue_index, XDP_PASS);
+}
+
+SEC("xdp")
+int limpet_shed(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct shed *state = bpf_map_lookup_elem(&limpet_shed_state, &zero);
+	if (!state || !state->pressured || !limpets(ctx))
+		return XDP_PASS;
+	__sync_fetch_and_add(&state->dropped, 1);
+	return XDP_DROP;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

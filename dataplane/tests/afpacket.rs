@@ -805,3 +805,89 @@ fn super_frames_arrive_cut_into_the_segments_the_wire_would_carry() {
         assert_eq!(s.rx_packets, s.freed, "{s:?}");
     });
 }
+
+fn io_counter(io: &AfPacketIo, name: &str) -> u64 {
+    let mut out = Vec::new();
+    io.counters(&mut out);
+    out.iter()
+        .find(|(n, _)| *n == name)
+        .map_or_else(|| panic!("no counter {name}"), |(_, v)| *v)
+}
+
+/// Overload shedding: a ring left a quarter full raises the switch, the
+/// XDP program then drops limpet's frames (to its service address) in the
+/// driver but still passes the host's, and once the worker has caught up
+/// limpet's frames come through again.
+#[test]
+fn a_backed_up_ring_sheds_limpets_frames_in_xdp_and_recovers() {
+    use limpet_dataplane::io::afxdp::{XdpAttach, XdpSteering};
+    let net = Net::new();
+    net.run(|| {
+        let opts = AfPacketOptions {
+            block_size: 1 << 12,
+            block_count: 16,
+            tx_frames: 64,
+            ..AfPacketOptions::default()
+        };
+        let mut io = AfPacketIo::open(&[&net.a], &opts).expect("open");
+        let program = XdpSteering::attach_shedding(&[&net.a], XdpAttach::Auto)
+            .expect("attach the shedding program (built with clang?)");
+        assert!(program.mode(&net.a).is_some());
+        io.keep_shedding(program);
+        let vip: IpAddr = Ipv4Addr::new(192, 0, 2, 10).into();
+        let host: IpAddr = Ipv4Addr::new(192, 0, 2, 77).into();
+        let client: IpAddr = Ipv4Addr::new(198, 18, 0, 1).into();
+        io.serve_frontends(&[vip]);
+        let peer = RawSocket::open(&net.b).expect("peer");
+        let send = |dst: IpAddr, id: u32| {
+            peer.send(&udp_frame(client, dst, 4000, 80, id))
+                .expect("send");
+        };
+
+        // Eight frames, each retired in a block of its own (the ring's
+        // 1 ms block timeout), while the worker reads nothing.
+        for id in 0..8 {
+            send(vip, id);
+            std::thread::sleep(Duration::from_millis(4));
+        }
+        assert!(!io.shedding_now());
+        // Reading one frame finds 4 of 16 blocks (a quarter) waiting
+        // behind it: the switch goes up.
+        let mut one = Vec::with_capacity(1);
+        let mut n = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while n == 0 && Instant::now() < deadline {
+            n = io.rx_burst(&mut one);
+        }
+        assert_eq!(n, 1);
+        io.free_burst(&mut one);
+        assert!(
+            io.shedding_now(),
+            "a quarter of the ring waiting raises the switch"
+        );
+        assert_eq!(io_counter(&io, "rx_shed_raised"), 1);
+
+        // Raised: frames to the service address are dropped in XDP, the
+        // host's own traffic still reaches the kernel (and so the ring).
+        for id in 100..110 {
+            send(vip, id);
+        }
+        send(host, 200);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(io_counter(&io, "rx_shed_dropped"), 10);
+
+        // Catching up lowers it: the rest of the backlog arrives (7 of the
+        // first frames, the host's), none of the shed ones.
+        let got = collect(&mut io, 8, Duration::from_secs(2), |f| udp_id(f).is_some());
+        let mut ids: Vec<u32> = got.iter().filter_map(|f| udp_id(f)).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5, 6, 7, 200]);
+        assert!(!io.shedding_now(), "caught up: the switch is down");
+        send(vip, 300);
+        let after = collect(&mut io, 1, Duration::from_secs(2), |f| {
+            udp_id(f) == Some(300)
+        });
+        assert_eq!(after.len(), 1, "limpet's frames pass again");
+        assert_eq!(io_counter(&io, "rx_shed_dropped"), 10);
+    });
+}

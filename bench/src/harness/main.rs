@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde::Serialize;
 
-use scenario::{Impl, Measurement, Placement, Running, Traffic};
+use scenario::{Impl, Measurement, OverloadMeasurement, Placement, Running, Traffic};
 use testbed::Testbed;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,7 @@ pub enum HarnessError {
     Usage(String),
 }
 
+#[allow(clippy::struct_excessive_bools)] // command-line switches
 #[derive(Parser, Debug)]
 #[command(
     name = "limpet-harness",
@@ -102,6 +103,19 @@ struct Cli {
     /// reported).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Offered loads of the overload steps (packets per second, comma
+    /// separated; a flat-out step follows), sent by pktgen over DPDK's
+    /// `net_af_xdp` straight into lb0 (pktgen built with `--features
+    /// dpdk`), with lb0's receive work on the LB CPU and on the other.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100000,200000,400000,800000"
+    )]
+    overload_rates: Vec<f64>,
+    /// Leave out the overload steps.
+    #[arg(long)]
+    no_overload: bool,
 }
 
 /// Everything one run sends.
@@ -122,6 +136,9 @@ pub struct Plan {
     pub reference_rate: f64,
     /// Runs of each load and new-connection step; the median is kept.
     pub repeats: usize,
+    /// Offered loads of the overload steps (`None`: flat out); empty: none.
+    pub overload_rates: Vec<Option<f64>>,
+    pub overload_seconds: f64,
 }
 
 impl Plan {
@@ -141,6 +158,9 @@ impl Plan {
                 new_conn_seconds: 0.4,
                 reference_rate: 5_000.0,
                 repeats: 1,
+                // The smoke run checks delivery; its pktgen has no DPDK.
+                overload_rates: Vec::new(),
+                overload_seconds: 0.0,
             };
         }
         let mut load_rates: Vec<Option<f64>> = cli.rates.iter().copied().map(Some).collect();
@@ -159,6 +179,15 @@ impl Plan {
             new_conn_seconds: 1.0,
             reference_rate: 100_000.0,
             repeats: cli.repeats,
+            overload_rates: if cli.no_overload {
+                Vec::new()
+            } else {
+                let mut r: Vec<Option<f64>> =
+                    cli.overload_rates.iter().copied().map(Some).collect();
+                r.push(None);
+                r
+            },
+            overload_seconds: cli.step_seconds,
         }
     }
 }
@@ -171,6 +200,7 @@ pub struct ImplResult {
     pub load: Vec<Measurement>,
     pub sticky: Vec<Measurement>,
     pub new_connections: Vec<Measurement>,
+    pub overload: Vec<OverloadMeasurement>,
     pub error: Option<String>,
 }
 
@@ -188,6 +218,7 @@ fn run_impl(
         load: Vec::new(),
         sticky: Vec::new(),
         new_connections: Vec::new(),
+        overload: Vec::new(),
         error: None,
     };
     let base = Traffic {
@@ -260,6 +291,28 @@ fn run_impl(
         );
         res.new_connections.push(m);
     }
+    // Overload: every configuration, receive work on the LB CPU and off it.
+    if !plan.overload_rates.is_empty() && which != Impl::Floor {
+        for (variant, io_args) in lb.overload_variants() {
+            lb.reconfigure(io_args)?;
+            for on_lb in [true, false] {
+                for &rate in &plan.overload_rates {
+                    let mut m = median_overload(plan.repeats, || {
+                        lb.overload(rate, plan.overload_seconds, plan.load_clients, on_lb)
+                    })?;
+                    variant.clone_into(&mut m.variant);
+                    eprintln!(
+                        "harness: {} {variant} overload (receive work {}): offered {:.0} pps, forwarded {:.0} pps",
+                        which.name(),
+                        if on_lb { "on the LB CPU" } else { "elsewhere" },
+                        m.offered_pps,
+                        m.forwarded_pps
+                    );
+                    res.overload.push(m);
+                }
+            }
+        }
+    }
     lb.stop();
     Ok(res)
 }
@@ -279,6 +332,23 @@ fn median_of(
     runs.sort_by(|a, b| a.cost_ns_per_packet.total_cmp(&b.cost_ns_per_packet));
     let mut m = runs.swap_remove(runs.len() / 2);
     m.cost_ns_per_packet_runs = costs;
+    Ok(m)
+}
+
+/// Runs an overload step `n` times and keeps the run with the median
+/// forwarded rate, with every run's beside it.
+fn median_overload(
+    n: usize,
+    mut step: impl FnMut() -> Result<OverloadMeasurement, HarnessError>,
+) -> Result<OverloadMeasurement, HarnessError> {
+    let mut runs = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        runs.push(step()?);
+    }
+    let all: Vec<f64> = runs.iter().map(|m| m.forwarded_pps).collect();
+    runs.sort_by(|a, b| a.forwarded_pps.total_cmp(&b.forwarded_pps));
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m.forwarded_pps_runs = all;
     Ok(m)
 }
 
@@ -378,6 +448,7 @@ fn run(cli: &Cli) -> Result<PathBuf, HarnessError> {
                         load: Vec::new(),
                         sticky: Vec::new(),
                         new_connections: Vec::new(),
+                        overload: Vec::new(),
                         error: Some(e.to_string()),
                     });
                 }

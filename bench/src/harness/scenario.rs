@@ -149,6 +149,27 @@ pub struct Measurement {
     pub cost_ns_per_packet_runs: Vec<f64>,
 }
 
+/// One overload step: pktgen over DPDK's `net_af_xdp` on `sw-lb` (lb0's
+/// bridge port) sends straight into lb0, so the one generator CPU offers
+/// several times what the load balancer forwards; DPDK's XDP program on
+/// sw-lb also takes what lb0 sends back, so the backends and sinks do no
+/// work. Forwarded = lb0's TX packets.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OverloadMeasurement {
+    /// The configuration measured (`--shed off`, `native`, ...), empty for
+    /// the kernel peers.
+    pub variant: String,
+    /// lb0's receive work (RPS): on the LB CPU (`true`) or the other.
+    pub receive_on_lb_cpu: bool,
+    pub offered_target_pps: Option<f64>,
+    pub sent: u64,
+    pub offered_pps: f64,
+    pub forwarded: u64,
+    pub forwarded_pps: f64,
+    /// Every run's forwarded packets per second (this one is the median).
+    pub forwarded_pps_runs: Vec<f64>,
+}
+
 /// Busy-time counters of a user-space load balancer.
 #[derive(Clone, Copy, Debug, Default)]
 struct Busy {
@@ -167,6 +188,8 @@ pub struct Running<'a> {
     proc: Option<Proc>,
     config_dir: PathBuf,
     step: usize,
+    /// limpet's `--io ...` arguments in place of its default ones.
+    io_args: Option<Vec<String>>,
 }
 
 impl<'a> Running<'a> {
@@ -187,6 +210,7 @@ impl<'a> Running<'a> {
             proc: None,
             config_dir,
             step: 0,
+            io_args: None,
         };
         r.reset()?;
         Ok(r)
@@ -248,15 +272,23 @@ impl<'a> Running<'a> {
             Sched::Dedicated,
             &self.bins.join("limpet"),
         );
-        let io: &[&str] = if self.which == Impl::LimpetAfxdp {
+        let default: &[&str] = if self.which == Impl::LimpetAfxdp {
             &["--io", "afxdp:lb0", "--xdp-mode", "generic"]
         } else {
-            &["--io", "afpacket:lb0"]
+            // Without overload shedding: its XDP program would run in lb0's
+            // driver hook, which on a veth is the sender's CPU, moving
+            // receive work off the measured CPU. The overload steps run
+            // both ways.
+            &["--io", "afpacket:lb0", "--shed", "off"]
         };
+        let io: Vec<String> = self
+            .io_args
+            .clone()
+            .unwrap_or_else(|| default.iter().map(|a| (*a).to_owned()).collect());
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config_dir)
-            .args(io)
+            .args(&io)
             .args([
                 "--address",
                 "203.0.113.1/24",
@@ -340,9 +372,7 @@ impl<'a> Running<'a> {
             .ok_or_else(|| HarnessError::Parse("floor".into(), "not running".into()))?;
         p.stop();
         let json = self.work.join("floor.json");
-        let text = std::fs::read_to_string(&json).map_err(|e| HarnessError::Io(json.clone(), e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| HarnessError::Parse(json.display().to_string(), e.to_string()))?;
+        let v: serde_json::Value = read_json(&json)?;
         let s = &v["stats"];
         let get = |k: &str| s[k].as_f64().unwrap_or(0.0);
         Ok(Busy {
@@ -382,12 +412,7 @@ impl<'a> Running<'a> {
     fn send(&self, t: &Traffic, stamp: bool) -> Result<SendReport, HarnessError> {
         let json = self.work.join("send.json");
         let _ = std::fs::remove_file(&json);
-        let mut cmd = in_ns(
-            CLIENT_NS,
-            Some(self.placement.generator_cpu),
-            Sched::Normal,
-            &self.bins.join("pktgen"),
-        );
+        let mut cmd = self.generator(CLIENT_NS);
         cmd.args([
             "send",
             "--iface",
@@ -419,9 +444,17 @@ impl<'a> Running<'a> {
         }
         cmd.arg("--json").arg(&json);
         crate::testbed::sh(&mut cmd)?;
-        let text = std::fs::read_to_string(&json).map_err(|e| HarnessError::Io(json.clone(), e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| HarnessError::Parse(json.display().to_string(), e.to_string()))
+        read_json(&json)
+    }
+
+    /// `pktgen` in namespace `ns` on the generator's CPU.
+    fn generator(&self, ns: &str) -> std::process::Command {
+        in_ns(
+            ns,
+            Some(self.placement.generator_cpu),
+            Sched::Normal,
+            &self.bins.join("pktgen"),
+        )
     }
 
     /// Sends `t` without measuring (warm-up: flows, conntrack entries,
@@ -463,11 +496,7 @@ impl<'a> Running<'a> {
         let mut reports = Vec::new();
         for (mut p, json) in sinks {
             p.stop();
-            let text =
-                std::fs::read_to_string(&json).map_err(|e| HarnessError::Io(json.clone(), e))?;
-            let r: SinkReport = serde_json::from_str(&text)
-                .map_err(|e| HarnessError::Parse(json.display().to_string(), e.to_string()))?;
-            reports.push(r);
+            reports.push(read_json::<SinkReport>(&json)?);
         }
         let sink = SinkReport::merge(&reports);
         Ok(summarise(
@@ -481,11 +510,170 @@ impl<'a> Running<'a> {
         ))
     }
 
+    /// The configurations the overload steps measure, as (label, limpet's
+    /// `--io ...` arguments): limpet over `AF_PACKET` without and with
+    /// overload shedding, over `AF_XDP` in the generic hook and in the
+    /// driver; the kernel peers as they are.
+    pub fn overload_variants(&self) -> Vec<(&'static str, Option<Vec<String>>)> {
+        let args = |a: &[&str]| Some(a.iter().map(|s| (*s).to_owned()).collect());
+        match self.which {
+            Impl::Limpet => vec![
+                (
+                    "--shed off",
+                    args(&["--io", "afpacket:lb0", "--shed", "off"]),
+                ),
+                (
+                    "--shed auto",
+                    args(&["--io", "afpacket:lb0", "--shed", "auto"]),
+                ),
+            ],
+            Impl::LimpetAfxdp => vec![
+                (
+                    "generic",
+                    args(&["--io", "afxdp:lb0", "--xdp-mode", "generic"]),
+                ),
+                (
+                    "native",
+                    args(&["--io", "afxdp:lb0", "--xdp-mode", "native"]),
+                ),
+            ],
+            Impl::Iptables | Impl::Nftables | Impl::Floor => vec![("", None)],
+        }
+    }
+
+    /// Restarts with fresh state in the configuration `io_args` names
+    /// (`None`: the default).
+    pub fn reconfigure(&mut self, io_args: Option<Vec<String>>) -> Result<(), HarnessError> {
+        self.io_args = io_args;
+        self.reset()
+    }
+
+    /// One overload step (see [`OverloadMeasurement`]).
+    pub fn overload(
+        &mut self,
+        rate: Option<f64>,
+        seconds: f64,
+        clients: usize,
+        receive_on_lb_cpu: bool,
+    ) -> Result<OverloadMeasurement, HarnessError> {
+        let rx_cpu = if receive_on_lb_cpu {
+            self.placement.lb_cpu
+        } else {
+            self.placement.generator_cpu
+        };
+        self.bed.peer(&[
+            "steer",
+            &rx_cpu.to_string(),
+            &self.placement.generator_cpu.to_string(),
+        ])?;
+        if !self.which.user_space() {
+            // DPDK's program on sw-lb takes lb0's ARP probes too: the
+            // kernel keeps its backends' addresses as limpet does.
+            for n in 1..=self.bed.backends {
+                crate::testbed::sh(std::process::Command::new("ip").args([
+                    "-n",
+                    LB_NS,
+                    "neigh",
+                    "replace",
+                    &backend_ip(n),
+                    "lladdr",
+                    &backend_mac(n),
+                    "nud",
+                    "permanent",
+                    "dev",
+                    "lb0",
+                ]))?;
+            }
+        }
+        if let Some(p) = &mut self.proc {
+            p.alive()?;
+        }
+        let json = self.work.join("overload.json");
+        let _ = std::fs::remove_file(&json);
+        let mut cmd = self.generator(crate::testbed::SWITCH_NS);
+        cmd.args([
+            "send",
+            "--io",
+            "dpdk",
+            "--vdev",
+            "net_af_xdp0,iface=sw-lb",
+            "--iface",
+            "net_af_xdp0",
+            "--dpdk-cpu",
+            &self.placement.generator_cpu.to_string(),
+            "--dst-mac",
+            LB_MAC,
+            "--vip",
+            VIP,
+            "--proto",
+            "udp",
+            "--clients",
+            &clients.to_string(),
+            "--duration",
+            &seconds.to_string(),
+        ]);
+        match rate {
+            Some(r) => cmd.args(["--rate", &r.to_string()]),
+            None => cmd.arg("--flat-out"),
+        };
+        cmd.arg("--json").arg(&json);
+        let before = lb0_tx_packets()?;
+        crate::testbed::sh(&mut cmd)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let forwarded = lb0_tx_packets()?.saturating_sub(before);
+        if let Some(p) = &mut self.proc {
+            p.alive()?;
+        }
+        self.steer()?;
+        let sent: SendReport = read_json(&json)?;
+        Ok(OverloadMeasurement {
+            variant: String::new(),
+            receive_on_lb_cpu,
+            offered_target_pps: rate,
+            sent: sent.sent,
+            offered_pps: sent.pps,
+            forwarded,
+            forwarded_pps: per_second(forwarded, sent.elapsed_s),
+            forwarded_pps_runs: Vec::new(),
+        })
+    }
+
     pub fn stop(mut self) {
         if let Some(mut p) = self.proc.take() {
             p.stop();
         }
     }
+}
+
+/// A JSON report a pktgen process wrote.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, HarnessError> {
+    let text = std::fs::read_to_string(path).map_err(|e| HarnessError::Io(path.to_owned(), e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| HarnessError::Parse(path.display().to_string(), e.to_string()))
+}
+
+fn per_second(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Frames lb0 has sent (`/sys/class/net/lb0/statistics/tx_packets` in
+/// lp-lb): what any implementation forwarded, since all of them forward
+/// out of lb0.
+fn lb0_tx_packets() -> Result<u64, HarnessError> {
+    let out = crate::testbed::sh(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        LB_NS,
+        "cat",
+        "/sys/class/net/lb0/statistics/tx_packets",
+    ]))?;
+    out.trim()
+        .parse()
+        .map_err(|e| HarnessError::Parse("lb0 tx_packets".into(), format!("{e}: {out:?}")))
 }
 
 fn summarise(
@@ -524,11 +712,7 @@ fn summarise(
         send_elapsed_s: sent.elapsed_s,
         offered_pps: sent.pps,
         delivered,
-        delivered_pps: if sent.elapsed_s > 0.0 {
-            delivered as f64 / sent.elapsed_s
-        } else {
-            0.0
-        },
+        delivered_pps: per_second(delivered, sent.elapsed_s),
         loss: if sent.sent == 0 {
             0.0
         } else {

@@ -17,6 +17,8 @@ pub const TESTBED_LOCK: &str = "/run/lock/limpet-testbed.lock";
 
 pub const LB_NS: &str = "lp-lb";
 pub const CLIENT_NS: &str = "lp-client";
+/// The testbed's bridge: lb0's peer `sw-lb` is here.
+pub const SWITCH_NS: &str = "lp-sw";
 pub const LB_MAC: &str = "02:00:00:00:01:00";
 pub const VIP: &str = "192.0.2.10:80";
 pub const TARGET_PORT: u16 = 9376;

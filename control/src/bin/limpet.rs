@@ -316,6 +316,18 @@ struct RunArgs {
     /// on the CPUs given the interface's receive work.
     #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
     xdp_mode: XdpModeArg,
+    /// With --io afpacket: overload shedding. limpet attaches its XDP
+    /// program in shedding mode: it passes every frame to the kernel, as
+    /// without it, except limpet's own traffic while a worker's receive
+    /// ring is backed up, which it then drops in the driver before the
+    /// kernel spends its receive path on it (otherwise a flood above what
+    /// the workers can forward takes their CPUs: receive livelock).
+    /// `auto`: in the driver where it can, the generic hook otherwise;
+    /// `native`, `generic` as for --xdp-mode; `off`: no program. If it
+    /// cannot be attached (another XDP program is there, no BPF) limpet
+    /// says so and runs without it; it never replaces another program.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
+    shed: ShedArg,
     /// Announce each LoadBalancer ingress address and external IP this
     /// node can serve through this node's BGP speaker (only `bird`: BIRD 2):
     /// limpet writes --bird-fragment, which bird.conf includes, and has
@@ -405,6 +417,14 @@ enum XdpModeArg {
     Auto,
     Native,
     Generic,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ShedArg {
+    Auto,
+    Native,
+    Generic,
+    Off,
 }
 
 /// BGP speakers limpet can drive (see `limpet_control::announce`).
@@ -622,7 +642,12 @@ fn affinity(
 #[cfg_attr(feature = "dpdk", allow(clippy::unnecessary_wraps))]
 fn io_backend(kind: IoKind, ports: &[String], args: &RunArgs) -> Result<IoBackend, String> {
     match kind {
-        IoKind::AfPacket => Ok(IoBackend::AfPacket),
+        IoKind::AfPacket => Ok(IoBackend::AfPacket(match args.shed {
+            ShedArg::Off => None,
+            ShedArg::Auto => Some(limpet_dataplane::io::afxdp::XdpAttach::Auto),
+            ShedArg::Native => Some(limpet_dataplane::io::afxdp::XdpAttach::Native),
+            ShedArg::Generic => Some(limpet_dataplane::io::afxdp::XdpAttach::Generic),
+        })),
         IoKind::AfXdp => Ok(IoBackend::AfXdp(match args.xdp_mode {
             XdpModeArg::Auto => limpet_dataplane::io::afxdp::XdpAttach::Auto,
             XdpModeArg::Native => limpet_dataplane::io::afxdp::XdpAttach::Native,

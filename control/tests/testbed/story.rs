@@ -220,6 +220,17 @@ pub struct Limpet {
 
 impl Limpet {
     pub fn start(config: &Config, io: Io, forward: &str, workers: u16) -> Self {
+        Self::start_extra(config, io, forward, workers, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments after the usual ones.
+    pub fn start_extra(
+        config: &Config,
+        io: Io,
+        forward: &str,
+        workers: u16,
+        extra: &[&str],
+    ) -> Self {
         let workers = workers.min(io.max_workers());
         let mut args = io.args(&["lb0"], workers);
         args.extend(
@@ -235,6 +246,7 @@ impl Limpet {
             ]
             .map(str::to_owned),
         );
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         Self::start_with(config, &args)
     }
 

@@ -91,6 +91,23 @@
 //! extension header, a segment longer than a TX slot) is dropped and
 //! counted (`rx_gso_refused`), never forwarded malformed. Interfaces'
 //! offloads may therefore stay at their defaults.
+//!
+//! # Overload: shedding in XDP
+//!
+//! Offered more than the workers can forward, with the interface's receive
+//! work on a worker's CPU, the kernel's receive softirq runs first (on
+//! every interrupt and every system call the worker makes) and takes each
+//! frame through its whole receive path, only to drop it at the full ring:
+//! the worker gets almost no CPU and forwarding collapses (receive
+//! livelock). With [`AfPacketIo::shed_with`], a ring whose kernel side has
+//! filled a quarter of its blocks ahead of the worker raises its
+//! interface's [`ShedSignal`] (a word in an XDP program's map, mapped into
+//! the process: no system call), and the program (`limpet_shed` in
+//! `bpf/steer.c`) drops limpet's frames in the driver until the worker is
+//! back within `block_count / 16` blocks. The host's own traffic is never
+//! shed: the program tells limpet's frames (to its service, source-NAT
+//! and own addresses, from its endpoints, ICMP errors about either) from
+//! the rest by the same address maps the `AF_XDP` backend steers with.
 
 pub(crate) mod bpf;
 mod raw;
@@ -99,6 +116,7 @@ pub(super) mod sys;
 pub use bpf::{MAX_INSNS, fanout_client_program, neighbour_filter};
 pub use raw::{Offload, RawSocket};
 
+use super::afxdp::{AfXdpError, ShedSignal, XdpSteering};
 use super::{PacketBuf, PacketIo};
 use crate::gso::{GsoKind, SuperFrame};
 use std::io;
@@ -136,6 +154,8 @@ pub enum AfPacketError {
     ProgramTooLong { frontends: usize, insns: usize },
     #[error("set_fanout_program needs fanout mode Client (PACKET_FANOUT_CBPF)")]
     NotClientFanout,
+    #[error("the shedding program: {0}")]
+    Shedding(#[source] AfXdpError),
 }
 
 impl AfPacketError {
@@ -253,6 +273,12 @@ pub struct AfPacketStats {
     pub rx_gso_segments: u64,
     /// Super-frames dropped because they could not be cut.
     pub rx_gso_refused: u64,
+    /// Times this ring backed up and raised the interface's shedding
+    /// switch (see the module docs).
+    pub rx_shed_raised: u64,
+    /// Frames the shedding program dropped in the driver (reported by the
+    /// worker that keeps the program, so counted once per interface).
+    pub rx_shed_dropped: u64,
 }
 
 impl AfPacketStats {
@@ -271,10 +297,12 @@ impl AfPacketStats {
         self.rx_gso_frames += o.rx_gso_frames;
         self.rx_gso_segments += o.rx_gso_segments;
         self.rx_gso_refused += o.rx_gso_refused;
+        self.rx_shed_raised += o.rx_shed_raised;
+        self.rx_shed_dropped += o.rx_shed_dropped;
     }
 
     /// Every counter by name, for the admin API's `limpet_io_total`.
-    pub fn named(&self) -> [(&'static str, u64); 14] {
+    pub fn named(&self) -> [(&'static str, u64); 16] {
         [
             ("rx_packets", self.rx_packets),
             ("rx_blocks", self.rx_blocks),
@@ -290,6 +318,8 @@ impl AfPacketStats {
             ("rx_gso_frames", self.rx_gso_frames),
             ("rx_gso_segments", self.rx_gso_segments),
             ("rx_gso_refused", self.rx_gso_refused),
+            ("rx_shed_raised", self.rx_shed_raised),
+            ("rx_shed_dropped", self.rx_shed_dropped),
         ]
     }
 }
@@ -497,6 +527,10 @@ struct Port {
     tx_unkicked: bool,
     tx_error: Option<io::Error>,
     segments: SegmentPool,
+    /// The interface's shedding switch, with whether this ring holds it
+    /// raised.
+    shed: Option<ShedSignal>,
+    shedding: bool,
     stats: AfPacketStats,
 }
 
@@ -547,6 +581,9 @@ impl Port {
         self.next_block = (block + 1) % self.block_count;
         self.held_blocks += 1;
         self.stats.rx_blocks += 1;
+        if self.shed.is_some() {
+            self.watch_backlog(block);
+        }
         if status & libc::TP_STATUS_LOSING != 0 {
             self.stats.rx_losing_blocks += 1;
         }
@@ -560,6 +597,30 @@ impl Port {
             });
         }
         true
+    }
+
+    /// Raises the shedding switch when the kernel has filled a quarter of
+    /// the ring ahead of the block just opened (this worker is that far
+    /// behind), and lowers it once fewer than `block_count / 16` blocks
+    /// wait: a band wide enough that the switch flips every few
+    /// milliseconds under overload, not every block. Reads two status
+    /// words; no system call.
+    #[inline]
+    fn watch_backlog(&mut self, opened: usize) {
+        let ahead = |n: usize| (opened + n.max(1)) % self.block_count;
+        let retired =
+            |b: usize| self.block_status(b).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0;
+        let Some(shed) = &self.shed else { return };
+        if !self.shedding {
+            if retired(ahead(self.block_count / 4)) {
+                shed.raise();
+                self.shedding = true;
+                self.stats.rx_shed_raised += 1;
+            }
+        } else if !retired(ahead(self.block_count / 16)) {
+            shed.lower();
+            self.shedding = false;
+        }
     }
 
     #[allow(clippy::cast_ptr_alignment)] // ring layout: page-aligned blocks, 16-byte-aligned headers
@@ -924,6 +985,10 @@ pub struct AfPacketIo {
     /// Where source-translated connections' replies come back to (see
     /// [`PacketIo::serve_sources`]), for the fanout program.
     sources: Vec<IpAddr>,
+    /// The shedding program, kept by one worker, which keeps its address
+    /// maps current at snapshot swaps.
+    shedding: Option<XdpSteering>,
+    shedding_error: Option<AfXdpError>,
 }
 
 // SAFETY: the raw pointers are into mappings this value owns (and unmaps
@@ -975,7 +1040,45 @@ impl AfPacketIo {
             pollfds,
             fanout_error: None,
             sources: Vec::new(),
+            shedding: None,
+            shedding_error: None,
         })
+    }
+
+    /// Connects each port to its interface's shedding switch (a program
+    /// attached with [`XdpSteering::attach_shedding`] on the same
+    /// interfaces): from now on a ring that backs up makes the driver drop
+    /// limpet's frames until it has caught up. Every worker on the
+    /// interfaces calls this; one of them also keeps the program
+    /// ([`keep_shedding`](Self::keep_shedding)).
+    pub fn shed_with(&mut self, program: &XdpSteering) {
+        for p in &mut self.ports {
+            p.shed = program.shed_signal(&p.iface);
+        }
+    }
+
+    /// Keeps the shedding program (detached when this backend is dropped)
+    /// and its address maps current from the snapshots this worker is
+    /// given: what counts as limpet's traffic, so the host's own is never
+    /// shed.
+    pub fn keep_shedding(&mut self, program: XdpSteering) {
+        self.shed_with(&program);
+        self.shedding = Some(program);
+    }
+
+    /// Whether any port's switch is raised now.
+    pub fn shedding_now(&self) -> bool {
+        self.ports
+            .iter()
+            .any(|p| p.shed.as_ref().is_some_and(ShedSignal::raised))
+    }
+
+    fn with_shedding(&mut self, f: impl FnOnce(&mut XdpSteering) -> Result<(), AfXdpError>) {
+        if let Some(s) = &mut self.shedding
+            && let Err(e) = f(s)
+        {
+            self.shedding_error = Some(e);
+        }
     }
 
     /// Number of ports (interfaces).
@@ -1032,6 +1135,10 @@ impl AfPacketIo {
     pub fn health(&mut self) -> Result<(), AfPacketError> {
         if let Some(e) = self.fanout_error.take() {
             return Err(e);
+        }
+        self.with_shedding(|s| s.expire(std::time::Instant::now()));
+        if let Some(e) = self.shedding_error.take() {
+            return Err(AfPacketError::Shedding(e));
         }
         let mut first = None;
         for p in &mut self.ports {
@@ -1217,6 +1324,7 @@ impl PacketIo for AfPacketIo {
     /// [`FanoutMode::Client`]; other modes have nothing to update.
     fn serve_sources(&mut self, sources: &[IpAddr]) {
         self.sources = sources.to_vec();
+        self.with_shedding(|s| s.set_sources(sources));
     }
 
     fn serve_frontends(&mut self, frontends: &[IpAddr]) {
@@ -1224,12 +1332,24 @@ impl PacketIo for AfPacketIo {
             Ok(()) | Err(AfPacketError::NotClientFanout) => {}
             Err(e) => self.fanout_error = Some(e),
         }
+        self.with_shedding(|s| s.set_frontends(frontends));
+    }
+
+    fn serve_own_addrs(&mut self, addrs: &[IpAddr]) {
+        self.with_shedding(|s| s.set_own_addrs(addrs));
+    }
+
+    fn serve_endpoints(&mut self, endpoints: &[IpAddr]) {
+        self.with_shedding(|s| s.set_endpoints(endpoints));
     }
 
     fn counters(&self, out: &mut Vec<(&'static str, u64)>) {
         let mut total = AfPacketStats::default();
         for p in &self.ports {
             total.add(&p.stats);
+            if self.shedding.is_some() {
+                total.rx_shed_dropped += p.shed.as_ref().map_or(0, ShedSignal::dropped);
+            }
         }
         out.extend(total.named());
     }
@@ -1238,6 +1358,11 @@ impl PacketIo for AfPacketIo {
 impl Drop for AfPacketIo {
     fn drop(&mut self) {
         for p in &mut self.ports {
+            if p.shedding
+                && let Some(shed) = &p.shed
+            {
+                shed.lower();
+            }
             if p.out_total > 0 {
                 // Buffers still point into this ring: stop receiving and keep
                 // the mapping rather than unmap memory they may read.
@@ -1382,6 +1507,8 @@ fn open_port(iface: &str, index: u16, opts: &AfPacketOptions) -> Result<Port, Af
         tx_unkicked: false,
         tx_error: None,
         segments: SegmentPool::new(opts.frame_size as usize - TX_DATA),
+        shed: None,
+        shedding: false,
         stats: AfPacketStats::default(),
     })
 }

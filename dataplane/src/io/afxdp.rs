@@ -146,6 +146,126 @@ struct Attached {
     queues: u32,
     ebpf: aya::Ebpf,
     mode: XdpMode,
+    /// `limpet_shed`'s state, mapped (shedding programs only).
+    shed: Option<ShedSignal>,
+}
+
+/// Which of `bpf/steer.c`'s programs an [`XdpSteering`] attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program {
+    /// `limpet_steer`: limpet's frames to its `AF_XDP` sockets.
+    Steer,
+    /// `limpet_shed`: everything on to the kernel, except limpet's frames
+    /// while a worker's `AF_PACKET` ring is backed up.
+    Shed,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::Steer => "limpet_steer",
+            Program::Shed => "limpet_shed",
+        }
+    }
+}
+
+/// `struct shed` of `bpf/steer.c`: the one entry of `limpet_shed_state`.
+const SHED_PRESSURED: usize = 0;
+const SHED_DROPPED: usize = 8;
+
+/// The shedding program's switch on one interface, shared by the workers
+/// reading it: a worker whose receive ring is backed up raises it, and
+/// the program drops limpet's frames in the driver while any worker has
+/// it raised. It lives in the program's array map, mapped into the
+/// process, so raising and lowering it is a memory write, not a system
+/// call.
+#[derive(Clone)]
+pub struct ShedSignal {
+    map: std::sync::Arc<ShedMap>,
+}
+
+/// The mapping of `limpet_shed_state`'s value.
+struct ShedMap(common::Mmap);
+
+// SAFETY: the mapping is shared memory the kernel also writes; this side
+// touches it only through `ShedSignal`'s atomics, and the `Arc` around it
+// keeps it mapped while any handle lives.
+unsafe impl Send for ShedMap {}
+// SAFETY: as for `Send`: every access is atomic.
+unsafe impl Sync for ShedMap {}
+
+impl std::fmt::Debug for ShedSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShedSignal")
+            .field("pressured", &self.pressured().load(Ordering::Relaxed))
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl ShedSignal {
+    fn map(ebpf: &aya::Ebpf, iface: &str) -> Result<ShedSignal, AfXdpError> {
+        let map = ebpf
+            .map("limpet_shed_state")
+            .ok_or_else(|| program_err(iface, "no map limpet_shed_state"))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(program_err(iface, "limpet_shed_state is not an array"));
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(sys_err(iface, "dup (shed map)"))?;
+        let mmap = common::Mmap::at(&fd, common::page_size(), 0)
+            .map_err(sys_err(iface, "mmap (shed map)"))?;
+        Ok(ShedSignal {
+            map: std::sync::Arc::new(ShedMap(mmap)),
+        })
+    }
+
+    #[allow(clippy::cast_ptr_alignment)] // a page-aligned mapping
+    fn pressured(&self) -> &AtomicU32 {
+        let p = self
+            .map
+            .0
+            .as_ptr()
+            .wrapping_add(SHED_PRESSURED)
+            .cast::<u32>();
+        // SAFETY: offset 0 of the page-aligned, page-long mapping of the
+        // map's value: `struct shed`'s aligned `pressured` word, which the
+        // program only reads.
+        unsafe { AtomicU32::from_ptr(p) }
+    }
+
+    /// One more worker is backed up: limpet's frames are dropped in the
+    /// driver from now on.
+    pub fn raise(&self) {
+        self.pressured().fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// That worker caught up (call once per [`raise`](Self::raise)).
+    pub fn lower(&self) {
+        let _ = self
+            .pressured()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Whether any worker has it raised.
+    pub fn raised(&self) -> bool {
+        self.pressured().load(Ordering::Acquire) != 0
+    }
+
+    /// Frames the program has dropped while it was raised.
+    #[allow(clippy::cast_ptr_alignment)] // a page-aligned mapping
+    pub fn dropped(&self) -> u64 {
+        let p = self
+            .map
+            .0
+            .as_ptr()
+            .wrapping_add(SHED_DROPPED)
+            .cast::<std::sync::atomic::AtomicU64>();
+        // SAFETY: offset 8 of the mapping: `struct shed`'s 8-byte-aligned
+        // `dropped`, which the program updates with atomic adds.
+        unsafe { &*p }.load(Ordering::Relaxed)
+    }
 }
 
 /// The steering program attached to each of a set of interfaces, and its
@@ -188,12 +308,29 @@ impl XdpSteering {
 
     /// [`attach`](Self::attach) in the mode `how` asks for.
     pub fn attach_with(ifaces: &[&str], how: XdpAttach) -> Result<XdpSteering, AfXdpError> {
+        XdpSteering::attach_program(ifaces, how, Program::Steer)
+    }
+
+    /// The shedding program (`limpet_shed`) for the `AF_PACKET` backend:
+    /// the kernel gets every frame, as without it, except limpet's while
+    /// one of its workers' rings is backed up ([`shed_signal`](Self::shed_signal)).
+    /// The address maps are kept as for steering, so the host's own
+    /// traffic is never shed.
+    pub fn attach_shedding(ifaces: &[&str], how: XdpAttach) -> Result<XdpSteering, AfXdpError> {
+        XdpSteering::attach_program(ifaces, how, Program::Shed)
+    }
+
+    fn attach_program(
+        ifaces: &[&str],
+        how: XdpAttach,
+        program: Program,
+    ) -> Result<XdpSteering, AfXdpError> {
         if PROGRAM.is_empty() {
             return Err(AfXdpError::NoProgram);
         }
         let mut attached = Vec::with_capacity(ifaces.len());
         for iface in ifaces {
-            attached.push(attach_one(iface, how)?);
+            attached.push(attach_one(iface, how, program)?);
         }
         Ok(XdpSteering {
             ifaces: attached,
@@ -235,6 +372,15 @@ impl XdpSteering {
             .iter()
             .find(|a| a.iface == iface)
             .map(|a| a.mode)
+    }
+
+    /// The shedding switch of `iface` (attached with
+    /// [`attach_shedding`](Self::attach_shedding)).
+    pub fn shed_signal(&self, iface: &str) -> Option<ShedSignal> {
+        self.ifaces
+            .iter()
+            .find(|a| a.iface == iface)
+            .and_then(|a| a.shed.clone())
     }
 
     /// Receive queues of `iface` (what bounds the workers on it).
@@ -389,7 +535,7 @@ fn no_map() -> aya::maps::MapError {
     }
 }
 
-fn attach_one(iface: &str, how: XdpAttach) -> Result<Attached, AfXdpError> {
+fn attach_one(iface: &str, how: XdpAttach, which: Program) -> Result<Attached, AfXdpError> {
     let name = common::ifname(iface).ok_or_else(|| AfXdpError::BadName {
         iface: iface.to_owned(),
     })?;
@@ -399,9 +545,13 @@ fn attach_one(iface: &str, how: XdpAttach) -> Result<Attached, AfXdpError> {
     let queues = rx_queues(iface);
     let mut ebpf =
         aya::Ebpf::load(PROGRAM).map_err(|e| program_err(iface, &format!("load: {e}")))?;
+    let shed = match which {
+        Program::Shed => Some(ShedSignal::map(&ebpf, iface)?),
+        Program::Steer => None,
+    };
     let program: &mut aya::programs::Xdp = ebpf
-        .program_mut("limpet_steer")
-        .ok_or_else(|| program_err(iface, "no program limpet_steer"))?
+        .program_mut(which.name())
+        .ok_or_else(|| program_err(iface, &format!("no program {}", which.name())))?
         .try_into()
         .map_err(|e| program_err(iface, &format!("{e}")))?;
     program
@@ -430,6 +580,7 @@ fn attach_one(iface: &str, how: XdpAttach) -> Result<Attached, AfXdpError> {
         queues,
         ebpf,
         mode,
+        shed,
     })
 }
 

@@ -398,7 +398,7 @@ pub(super) fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usiz
     }
 }
 
-pub(super) fn page_size() -> usize {
+pub(in crate::io) fn page_size() -> usize {
     // SAFETY: sysconf takes no pointers.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size).unwrap_or(4096)
