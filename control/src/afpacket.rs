@@ -106,14 +106,9 @@ fn attach_shedding(
             return;
         }
     };
-    let t = &opts.worker.timeouts;
-    program.set_linger(Duration::from_secs(u64::from(t.tcp_established.max(t.udp))));
+    program.set_linger(crate::afxdp::endpoint_linger(opts));
     for iface in ifaces {
-        let xdp = match program.mode(iface) {
-            Some(XdpMode::Native) => "native",
-            Some(XdpMode::Generic) => "generic",
-            None => "none",
-        };
+        let xdp = program.mode(iface).map_or("none", XdpMode::name);
         info!(
             iface,
             xdp,

@@ -23,6 +23,14 @@ impl WorkerIo for AfXdpIo {
     }
 }
 
+/// How long an XDP program keeps steering an endpoint that left the
+/// services: as long as the workers may hold a connection to it, so its
+/// replies keep reaching limpet.
+pub(crate) fn endpoint_linger(opts: &WorkerSetup<'_>) -> Duration {
+    let t = &opts.worker.timeouts;
+    Duration::from_secs(u64::from(t.tcp_established.max(t.udp)))
+}
+
 /// Attaches the program, opens every worker's sockets (all before any
 /// thread starts, so a bad interface or queue count fails cleanly), and
 /// starts the workers on an empty snapshot.
@@ -39,10 +47,7 @@ pub fn start(
         source,
     };
     let mut steering = XdpSteering::attach_with(&ifaces, how).map_err(afxdp)?;
-    // An endpoint that leaves the services keeps its open connections'
-    // replies for as long as the workers may hold those connections.
-    let t = &opts.worker.timeouts;
-    steering.set_linger(Duration::from_secs(u64::from(t.tcp_established.max(t.udp))));
+    steering.set_linger(endpoint_linger(opts));
     let mut ios = Vec::with_capacity(opts.workers);
     for queue in 0..opts.workers {
         let io = AfXdpIo::open(
@@ -55,10 +60,7 @@ pub fn start(
         ios.push(io);
     }
     for (port, iface) in ifaces.iter().enumerate() {
-        let mode = match steering.mode(iface) {
-            Some(XdpMode::Native) => "native",
-            _ => "generic",
-        };
+        let mode = steering.mode(iface).map_or("generic", XdpMode::name);
         let zero_copy = ios[0].zero_copy()[port];
         info!(
             iface,

@@ -141,6 +141,16 @@ pub enum XdpMode {
     Generic,
 }
 
+impl XdpMode {
+    /// As logs and `--xdp-mode` say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
 struct Attached {
     iface: String,
     queues: u32,
@@ -1099,10 +1109,9 @@ impl PacketIo for AfXdpIo {
                 match out.free.pop() {
                     Some(frame) if (buf.len as usize) <= out.frame_size as usize => {
                         let dst = out.frame_ptr(frame);
-                        // SAFETY: `frame` was free, so nothing points into
-                        // it; it holds `frame_size >= len` bytes inside the
-                        // other socket's UMEM, a different mapping from
-                        // `buf`'s.
+                        // SAFETY: `frame` was free (nothing points into it);
+                        // it holds `frame_size >= len` bytes of the other
+                        // socket's UMEM, a mapping apart from `buf`'s.
                         unsafe {
                             std::ptr::copy_nonoverlapping(buf.ptr.as_ptr(), dst, buf.len as usize);
                         }
